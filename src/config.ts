@@ -1,0 +1,240 @@
+import path from "node:path";
+import { z } from "zod";
+
+/**
+ * Where and how to reach one PostgreSQL database. Parsed from a
+ * `postgres://user:password@host:port/database?sslmode=...` URL.
+ */
+export interface PgTarget {
+  readonly host: string;
+  readonly port: number;
+  readonly user: string | undefined;
+  readonly password: string | undefined;
+  readonly database: string;
+  readonly sslmode: string | undefined;
+}
+
+export type ArchiveFormatSetting = "custom" | "plain";
+export type CompressionSetting = "zstd" | "gzip";
+
+/** The service's whole configuration, validated once at start. */
+export interface Config {
+  readonly grpcHost: string;
+  readonly grpcPort: number;
+  readonly tlsCertFile: string | undefined;
+  readonly tlsKeyFile: string | undefined;
+  readonly control: PgTarget;
+  readonly target: PgTarget;
+  readonly dataDir: string;
+  readonly backupDir: string;
+  readonly backupFormat: ArchiveFormatSetting;
+  readonly backupCompression: CompressionSetting;
+  readonly compressionLevel: number;
+  /** zstd worker threads (-T). */
+  readonly compressionThreads: number;
+  readonly retentionDays: number;
+  /** Directory of pg_dump/pg_restore/psql; PATH when unset. */
+  readonly pgBinDir: string | undefined;
+  readonly jwt: {
+    readonly secret: string | undefined;
+    readonly secretFile: string | undefined;
+    readonly publicKeyFile: string | undefined;
+    readonly privateKeyFile: string | undefined;
+    readonly issuer: string | undefined;
+    readonly audience: string | undefined;
+    readonly roleClaim: string;
+    readonly usernameClaim: string;
+  };
+  readonly logLevel: string;
+  readonly shutdownGraceMs: number;
+}
+
+/** Thrown when the environment does not hold a valid configuration. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+const optionalString = z
+  .string()
+  .optional()
+  .transform((v) => (v === undefined || v.trim() === "" ? undefined : v));
+
+function intSetting(def: number, min: number, max: number) {
+  return z
+    .string()
+    .optional()
+    .transform((v, ctx) => {
+      if (v === undefined || v.trim() === "") return def;
+      if (!/^-?\d+$/.test(v.trim())) {
+        ctx.addIssue({ code: "custom", message: `must be a whole number from ${min} to ${max}` });
+        return z.NEVER;
+      }
+      const n = Number(v);
+      if (n < min || n > max) {
+        ctx.addIssue({ code: "custom", message: `must be a whole number from ${min} to ${max}` });
+        return z.NEVER;
+      }
+      return n;
+    });
+}
+
+function pgUrl(def: string) {
+  return z
+    .string()
+    .optional()
+    .transform((v, ctx): PgTarget => {
+      const raw = v === undefined || v.trim() === "" ? def : v.trim();
+      const parsed = parsePgUrl(raw);
+      if (typeof parsed === "string") {
+        ctx.addIssue({ code: "custom", message: parsed });
+        return z.NEVER;
+      }
+      return parsed;
+    });
+}
+
+/** Parses a PostgreSQL URL; returns a reason (never the URL) when it is not one. */
+export function parsePgUrl(raw: string): PgTarget | string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    return "must be a URL of the form postgres://user:password@host:port/database";
+  }
+  if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
+    return "must start with postgres:// or postgresql://";
+  }
+  const database = decodeURIComponent(url.pathname.replace(/^\//, ""));
+  if (database === "" || database.includes("/")) {
+    return "must name a database in its path, e.g. postgres://127.0.0.1:5432/mydb";
+  }
+  const host = url.searchParams.get("host") ?? (decodeURIComponent(url.hostname) || "127.0.0.1");
+  const port = url.port === "" ? 5432 : Number(url.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return "has an invalid port";
+  return {
+    host: host.replace(/^\[(.*)\]$/, "$1"),
+    port,
+    user: url.username === "" ? undefined : decodeURIComponent(url.username),
+    password: url.password === "" ? undefined : decodeURIComponent(url.password),
+    database,
+    sslmode: url.searchParams.get("sslmode") ?? undefined,
+  };
+}
+
+const envSchema = z.object({
+  GRPC_HOST: optionalString.transform((v) => v ?? "127.0.0.1"),
+  GRPC_PORT: intSetting(50051, 0, 65535),
+  TLS_CERT_FILE: optionalString,
+  TLS_KEY_FILE: optionalString,
+  CONTROL_DATABASE_URL: pgUrl("postgres://127.0.0.1:5432/backup_service"),
+  TARGET_DATABASE_URL: pgUrl("postgres://127.0.0.1:5432/postgres"),
+  DATA_DIR: optionalString,
+  BACKUP_DIR: optionalString,
+  BACKUP_FORMAT: optionalString.pipe(z.enum(["custom", "plain"], { message: "must be custom or plain" }).optional()),
+  BACKUP_COMPRESSION: optionalString.pipe(z.enum(["zstd", "gzip"], { message: "must be zstd or gzip" }).optional()),
+  BACKUP_COMPRESSION_LEVEL: optionalString,
+  BACKUP_COMPRESSION_THREADS: intSetting(2, 0, 64),
+  RETENTION_DAYS: intSetting(30, 1, 3650),
+  PG_BIN_DIR: optionalString,
+  JWT_SECRET: optionalString,
+  JWT_SECRET_FILE: optionalString,
+  JWT_PUBLIC_KEY_FILE: optionalString,
+  JWT_PRIVATE_KEY_FILE: optionalString,
+  JWT_ISSUER: optionalString,
+  JWT_AUDIENCE: optionalString,
+  JWT_ROLE_CLAIM: optionalString.transform((v) => v ?? "role"),
+  JWT_USERNAME_CLAIM: optionalString.transform((v) => v ?? "username"),
+  LOG_LEVEL: optionalString.pipe(
+    z
+      .enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"], {
+        message: "must be one of fatal, error, warn, info, debug, trace, silent",
+      })
+      .optional(),
+  ),
+  SHUTDOWN_GRACE_MS: intSetting(10_000, 0, 600_000),
+});
+
+/**
+ * Reads and validates the configuration. This is the only place that reads
+ * the environment. Errors name the setting and the rule, never the value.
+ */
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const result = envSchema.safeParse(env);
+  if (!result.success) {
+    const lines = result.error.issues.map((i) => `${i.path.join(".")}: ${i.message}`);
+    throw new ConfigError(`invalid configuration: ${lines.join("; ")}`);
+  }
+  const e = result.data;
+  const problems: string[] = [];
+  const compression = e.BACKUP_COMPRESSION ?? "zstd";
+  const [minLevel, maxLevel, defLevel] = compression === "zstd" ? [1, 19, 3] : [1, 9, 6];
+  let level = defLevel;
+  if (e.BACKUP_COMPRESSION_LEVEL !== undefined) {
+    const n = Number(e.BACKUP_COMPRESSION_LEVEL);
+    if (!Number.isInteger(n) || n < minLevel || n > maxLevel) {
+      problems.push(`BACKUP_COMPRESSION_LEVEL: must be a whole number from ${minLevel} to ${maxLevel} for ${compression}`);
+    } else {
+      level = n;
+    }
+  }
+  if ((e.TLS_CERT_FILE === undefined) !== (e.TLS_KEY_FILE === undefined)) {
+    problems.push("TLS_CERT_FILE, TLS_KEY_FILE: set both to serve TLS, or neither");
+  }
+  const keySources = [e.JWT_SECRET, e.JWT_SECRET_FILE, e.JWT_PUBLIC_KEY_FILE].filter((v) => v !== undefined);
+  if (keySources.length > 1) {
+    problems.push("JWT_SECRET, JWT_SECRET_FILE, JWT_PUBLIC_KEY_FILE: set at most one of them");
+  }
+  if (e.JWT_SECRET !== undefined && Buffer.byteLength(e.JWT_SECRET) < 32) {
+    problems.push("JWT_SECRET: must be at least 32 bytes long");
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
+
+  const dataDir = path.resolve(e.DATA_DIR ?? "data");
+  return Object.freeze({
+    grpcHost: e.GRPC_HOST,
+    grpcPort: e.GRPC_PORT,
+    tlsCertFile: e.TLS_CERT_FILE,
+    tlsKeyFile: e.TLS_KEY_FILE,
+    control: Object.freeze(e.CONTROL_DATABASE_URL),
+    target: Object.freeze(e.TARGET_DATABASE_URL),
+    dataDir,
+    backupDir: path.resolve(e.BACKUP_DIR ?? path.join(dataDir, "backups")),
+    backupFormat: e.BACKUP_FORMAT ?? "custom",
+    backupCompression: compression,
+    compressionLevel: level,
+    compressionThreads: e.BACKUP_COMPRESSION_THREADS,
+    retentionDays: e.RETENTION_DAYS,
+    pgBinDir: e.PG_BIN_DIR,
+    jwt: Object.freeze({
+      secret: e.JWT_SECRET,
+      secretFile: e.JWT_SECRET_FILE,
+      publicKeyFile: e.JWT_PUBLIC_KEY_FILE,
+      privateKeyFile: e.JWT_PRIVATE_KEY_FILE,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+      roleClaim: e.JWT_ROLE_CLAIM,
+      usernameClaim: e.JWT_USERNAME_CLAIM,
+    }),
+    logLevel: e.LOG_LEVEL ?? "info",
+    shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+  });
+}
+
+/** A PostgreSQL URL without its password, for logs and messages. */
+export function describeTarget(t: PgTarget): string {
+  return `${t.user ? `${t.user}@` : ""}${t.host}:${t.port}/${t.database}`;
+}
+
+/**
+ * The environment handed to child processes: ours, minus libpq's variables
+ * (each child gets exactly the connection we give it) and the service's own
+ * secrets.
+ */
+export function childProcessEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (k.startsWith("PG") || k.startsWith("JWT_") || k.endsWith("DATABASE_URL")) continue;
+    env[k] = v;
+  }
+  return env;
+}

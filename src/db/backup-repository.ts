@@ -1,0 +1,99 @@
+import { and, count, desc, eq, inArray, sql, type SQL } from "drizzle-orm";
+import type { BackupRecord } from "../domain/backup.js";
+import { FAILED_STATUSES, SUCCESSFUL_STATUSES } from "../domain/backup.js";
+import type { BackupFilter, BackupRepository, BackupStats, Page } from "../domain/ports.js";
+import { notFound } from "../errors.js";
+import type { Db } from "./client.js";
+import { backupHistory as t } from "./schema.js";
+
+// The table's columns are named after the record's fields, so a row is a record.
+const toRecord = (row: typeof t.$inferSelect): BackupRecord => row;
+
+export function createBackupRepository(db: Db): BackupRepository {
+  function whereOf(filter: BackupFilter): SQL | undefined {
+    const conds: SQL[] = [];
+    if (!filter.includeDeleted) conds.push(eq(t.isDeleted, false));
+    if (filter.status) conds.push(eq(t.status, filter.status));
+    if (filter.backupType) conds.push(eq(t.backupType, filter.backupType));
+    if (filter.database !== undefined) conds.push(eq(t.databaseName, filter.database));
+    return conds.length > 0 ? and(...conds) : undefined;
+  }
+
+  return {
+    async insert(record) {
+      const [row] = await db.insert(t).values(record).returning();
+      return toRecord(row!);
+    },
+
+    async update(id, patch) {
+      const [row] = await db
+        .update(t)
+        .set({ ...patch, updatedAt: new Date() })
+        .where(eq(t.id, id))
+        .returning();
+      if (!row) throw notFound(`backup ${id} not found`);
+      return toRecord(row);
+    },
+
+    async findById(id) {
+      const [row] = await db.select().from(t).where(eq(t.id, id)).limit(1);
+      return row ? toRecord(row) : null;
+    },
+
+    async list(filter, offset, limit): Promise<Page<BackupRecord>> {
+      const where = whereOf(filter);
+      const [rows, [totals]] = await Promise.all([
+        db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset),
+        db.select({ n: count() }).from(t).where(where),
+      ]);
+      return { items: rows.map(toRecord), total: totals?.n ?? 0 };
+    },
+
+    async stats(database): Promise<BackupStats> {
+      const base = database === undefined ? eq(t.isDeleted, false) : and(eq(t.isDeleted, false), eq(t.databaseName, database));
+      const ok = inArray(t.status, [...SUCCESSFUL_STATUSES]);
+      const bad = inArray(t.status, [...FAILED_STATUSES]);
+      const [[agg], [latest]] = await Promise.all([
+        db
+          .select({
+            total: count(),
+            successful: sql<number>`count(*) filter (where ${ok})`.mapWith(Number),
+            failed: sql<number>`count(*) filter (where ${bad})`.mapWith(Number),
+            totalSize: sql<number>`coalesce(sum(${t.fileSize}) filter (where ${ok}), 0)`.mapWith(Number),
+            avgCompression: sql<number | null>`avg(${t.compressionRatio}) filter (where ${ok})`,
+          })
+          .from(t)
+          .where(base),
+        db.select().from(t).where(and(base, ok)).orderBy(desc(t.startedAt)).limit(1),
+      ]);
+      const avg = agg?.avgCompression;
+      return {
+        total: agg?.total ?? 0,
+        successful: agg?.successful ?? 0,
+        failed: agg?.failed ?? 0,
+        latest: latest ? toRecord(latest) : null,
+        totalSizeBytes: agg?.totalSize ?? 0,
+        averageCompression: avg === null || avg === undefined ? null : Math.round(Number(avg) * 100) / 100,
+      };
+    },
+
+    async findInProgress(database) {
+      const where =
+        database === undefined
+          ? eq(t.status, "IN_PROGRESS")
+          : and(eq(t.status, "IN_PROGRESS"), eq(t.databaseName, database));
+      const rows = await db.select().from(t).where(where).orderBy(desc(t.startedAt));
+      return rows.map(toRecord);
+    },
+
+    async latestSuccessful(database) {
+      const [row] = await db
+        .select()
+        .from(t)
+        .where(and(eq(t.databaseName, database), eq(t.isDeleted, false), inArray(t.status, [...SUCCESSFUL_STATUSES])))
+        .orderBy(desc(t.startedAt))
+        .limit(1);
+      return row ? toRecord(row) : null;
+    },
+  };
+}

@@ -1,0 +1,92 @@
+import { fileURLToPath } from "node:url";
+import pg from "pg";
+import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
+import { migrate } from "drizzle-orm/node-postgres/migrator";
+import type { PgTarget } from "../config.js";
+import type { Logger } from "../logger.js";
+import { MIGRATIONS_SCHEMA } from "./schema.js";
+import * as schema from "./schema.js";
+
+export type Db = NodePgDatabase<typeof schema>;
+
+/** node-postgres settings for a target; the password stays in memory only. */
+export function pgConfigOf(t: PgTarget, extra: pg.PoolConfig = {}): pg.PoolConfig {
+  const ssl =
+    t.sslmode === undefined || t.sslmode === "disable" || t.sslmode === "allow" || t.sslmode === "prefer"
+      ? undefined
+      : { rejectUnauthorized: t.sslmode === "verify-ca" || t.sslmode === "verify-full" };
+  return {
+    host: t.host,
+    port: t.port,
+    user: t.user,
+    password: t.password,
+    database: t.database,
+    ssl,
+    connectionTimeoutMillis: 10_000,
+    ...extra,
+  };
+}
+
+export function createPool(t: PgTarget, logger: Logger, extra: pg.PoolConfig = {}): pg.Pool {
+  const pool = new pg.Pool(pgConfigOf(t, { max: 10, idleTimeoutMillis: 30_000, ...extra }));
+  // Without a listener, an idle connection ended by the server crashes the process.
+  pool.on("error", (err) => logger.warn({ err: { message: err.message } }, "idle database connection lost"));
+  return pool;
+}
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Creates the control database when it does not exist and the role may create it. */
+export async function ensureDatabase(t: PgTarget, logger: Logger): Promise<void> {
+  const probe = new pg.Client(pgConfigOf(t));
+  try {
+    await probe.connect();
+    return;
+  } catch (err) {
+    if ((err as { code?: string }).code !== "3D000") throw err;
+  } finally {
+    await probe.end().catch(() => undefined);
+  }
+  const admin = new pg.Client(pgConfigOf({ ...t, database: "postgres" }));
+  await admin.connect();
+  try {
+    await admin.query(`CREATE DATABASE ${quoteIdent(t.database)}`);
+    logger.info({ database: t.database }, "created control database");
+  } catch (err) {
+    // Another replica won the race.
+    const code = (err as { code?: string }).code;
+    if (code !== "42P04" && code !== "23505") throw err;
+  } finally {
+    await admin.end().catch(() => undefined);
+  }
+}
+
+const MIGRATION_LOCK = [0x6275, 0x1]; // "bu", 1: arbitrary but fixed
+
+/**
+ * Applies drizzle's migrations. drizzle's migrate() takes no lock, so replicas
+ * starting together would collide; a session advisory lock serialises them.
+ */
+export async function migrateControlDatabase(pool: pg.Pool, db: Db): Promise<void> {
+  const client = await pool.connect();
+  try {
+    await client.query("SELECT pg_advisory_lock($1, $2)", MIGRATION_LOCK);
+    try {
+      await migrate(db, {
+        migrationsFolder: fileURLToPath(new URL("../../drizzle", import.meta.url)),
+        migrationsSchema: MIGRATIONS_SCHEMA,
+        migrationsTable: "__drizzle_migrations",
+      });
+    } finally {
+      await client.query("SELECT pg_advisory_unlock($1, $2)", MIGRATION_LOCK);
+    }
+  } finally {
+    client.release();
+  }
+}
+
+export function createDb(pool: pg.Pool): Db {
+  return drizzle(pool, { schema });
+}

@@ -1,0 +1,49 @@
+import { createHash } from "node:crypto";
+import pg from "pg";
+import type { PgTarget } from "../config.js";
+import type { Lock, LockManager } from "../domain/ports.js";
+import type { Logger } from "../logger.js";
+import { pgConfigOf } from "./client.js";
+
+const NAMESPACE = 0x62616b; // "bak": keeps our keys apart from other users of advisory locks
+
+function keyOf(key: string): number {
+  return createHash("sha256").update(key).digest().readInt32BE(0);
+}
+
+/**
+ * Session advisory locks in the control database, each on its own connection:
+ * held as long as the work runs, released by PostgreSQL itself if the holder
+ * dies, and shared by every replica that uses the same control database.
+ */
+export function createAdvisoryLocks(control: PgTarget, logger: Logger): LockManager {
+  return {
+    async tryAcquire(key: string): Promise<Lock | null> {
+      const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock" }));
+      client.on("error", (err) => logger.warn({ err: { message: err.message }, key }, "lock connection lost"));
+      await client.connect();
+      try {
+        const res = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [
+          NAMESPACE,
+          keyOf(key),
+        ]);
+        if (!res.rows[0]?.ok) {
+          await client.end();
+          return null;
+        }
+      } catch (err) {
+        await client.end().catch(() => undefined);
+        throw err;
+      }
+      let released = false;
+      return {
+        async release() {
+          if (released) return;
+          released = true;
+          // Ending the session releases the lock; no need to unlock first.
+          await client.end().catch(() => undefined);
+        },
+      };
+    },
+  };
+}

@@ -1,0 +1,107 @@
+import { sql } from "drizzle-orm";
+import {
+  bigint,
+  boolean,
+  doublePrecision,
+  index,
+  integer,
+  jsonb,
+  pgSchema,
+  text,
+  timestamp,
+  uuid,
+  varchar,
+} from "drizzle-orm/pg-core";
+
+/**
+ * Every table of the service lives in its own schema of the control database,
+ * so that even when someone points the target at the same database, its dumps
+ * can leave the service's records out (`--exclude-schema`).
+ */
+export const SERVICE_SCHEMA = "backup_service";
+/** Where drizzle keeps its record of applied migrations. */
+export const MIGRATIONS_SCHEMA = "backup_service_migrations";
+export const serviceSchema = pgSchema(SERVICE_SCHEMA);
+
+export const backupTypeEnum = serviceSchema.enum("backup_type", ["FULL", "INCREMENTAL", "MANUAL"]);
+export const backupStatusEnum = serviceSchema.enum("backup_status", [
+  "IN_PROGRESS",
+  "COMPLETED",
+  "FAILED",
+  "VERIFIED",
+  "CORRUPTED",
+]);
+
+const ts = (name: string) => timestamp(name, { withTimezone: true, mode: "date" });
+
+export const backupHistory = serviceSchema.table(
+  "backup_history",
+  {
+    // The reference design's columns.
+    id: uuid("id").primaryKey().defaultRandom(),
+    backupType: backupTypeEnum("backup_type").notNull(),
+    fileName: varchar("file_name", { length: 255 }).notNull(),
+    fileSize: bigint("file_size", { mode: "number" }),
+    status: backupStatusEnum("status").notNull(),
+    startedAt: ts("started_at").notNull().defaultNow(),
+    completedAt: ts("completed_at"),
+    durationMs: bigint("duration_ms", { mode: "number" }),
+    databaseSize: bigint("database_size", { mode: "number" }),
+    tableCount: integer("table_count"),
+    rowCount: bigint("row_count", { mode: "number" }),
+    compressionRatio: doublePrecision("compression_ratio"),
+    checksum: varchar("checksum", { length: 64 }),
+    verifiedAt: ts("verified_at"),
+    isEncrypted: boolean("is_encrypted").notNull().default(false),
+    triggeredBy: text("triggered_by"),
+    triggeredByUsername: text("triggered_by_username"),
+    errorMessage: text("error_message"),
+    metadata: jsonb("metadata").$type<Record<string, unknown>>().notNull().default({}),
+    retentionDays: integer("retention_days").notNull(),
+    expiresAt: ts("expires_at").notNull(),
+    isDeleted: boolean("is_deleted").notNull().default(false),
+    deletedAt: ts("deleted_at"),
+    createdAt: ts("created_at").notNull().defaultNow(),
+    updatedAt: ts("updated_at").notNull().defaultNow(),
+    // This service's additions.
+    databaseName: text("database_name").notNull(),
+    dumpSize: bigint("dump_size", { mode: "number" }),
+    archiveFormat: varchar("archive_format", { length: 16 }).$type<"custom" | "plain">().notNull(),
+    compression: varchar("compression", { length: 16 }).$type<"zstd" | "gzip">().notNull(),
+    serverVersion: text("server_version"),
+    pgDumpVersion: text("pg_dump_version"),
+    label: text("label"),
+    tableRowCounts: jsonb("table_row_counts").$type<Record<string, number>>(),
+  },
+  (t) => [
+    index("idx_backup_history_status").on(t.status),
+    index("idx_backup_history_backup_type").on(t.backupType),
+    index("idx_backup_history_started_at").on(t.startedAt.desc()),
+    index("idx_backup_history_expires_at").on(t.expiresAt),
+    index("idx_backup_history_is_deleted").on(t.isDeleted),
+    index("idx_backup_history_triggered_by").on(t.triggeredBy),
+    index("idx_backup_history_database_started").on(t.databaseName, t.startedAt.desc()),
+  ],
+);
+
+export const auditEvents = serviceSchema.table(
+  "audit_events",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    occurredAt: ts("occurred_at").notNull().default(sql`now()`),
+    actor: text("actor"),
+    actorUsername: text("actor_username"),
+    action: text("action").notNull(),
+    // Text, not a foreign key: denied calls may name ids that do not exist.
+    backupId: text("backup_id"),
+    outcome: text("outcome").notNull(),
+    clientAddress: text("client_address"),
+    message: text("message"),
+  },
+  (t) => [
+    index("idx_audit_events_occurred_at").on(t.occurredAt.desc()),
+    index("idx_audit_events_backup_id").on(t.backupId),
+    index("idx_audit_events_actor").on(t.actor),
+    index("idx_audit_events_action").on(t.action),
+  ],
+);

@@ -1,0 +1,508 @@
+import type { Logger } from "../logger.js";
+import { DomainError, invalidArgument, isDomainError, notFound } from "../errors.js";
+import {
+  type Actor,
+  type ArchiveFormat,
+  type BackupRecord,
+  type BackupStatus,
+  type BackupType,
+  type CompressionKind,
+  BACKUP_STATUSES,
+  BACKUP_TYPES,
+  DEFAULT_PAGE_SIZE,
+  MAX_LABEL_LENGTH,
+  MAX_PAGE_SIZE,
+  MAX_RETENTION_DAYS,
+  MIN_RETENTION_DAYS,
+  backupFileName,
+  compressionRatioOf,
+  expiryOf,
+  isUuid,
+  pageCount,
+} from "./backup.js";
+import type {
+  AuditEvent,
+  AuditFilter,
+  AuditRepository,
+  BackupFilter,
+  BackupRepository,
+  BackupStats,
+  BlobStore,
+  Clock,
+  DumpEngine,
+  LockManager,
+} from "./ports.js";
+
+export interface BackupServiceDeps {
+  backups: BackupRepository;
+  audit: AuditRepository;
+  locks: LockManager;
+  engine: DumpEngine;
+  store: BlobStore;
+  clock: Clock;
+  logger: Logger;
+  options: {
+    /** Database backed up when a request names none. */
+    defaultDatabase: string;
+    /** host:port of the target server, part of every lock key. */
+    targetServer: string;
+    format: ArchiveFormat;
+    compression: CompressionKind;
+    retentionDays: number;
+  };
+}
+
+export interface CreateBackupInput {
+  backupType?: BackupType;
+  retentionDays?: number;
+  label?: string;
+  database?: string;
+  async: boolean;
+  actor: Actor;
+  /** Free-form facts stored with the record (e.g. which job took it). */
+  metadata?: Record<string, unknown>;
+}
+
+export interface PageRequest {
+  page?: number;
+  pageSize?: number;
+}
+
+export interface PageResult<T> {
+  items: T[];
+  total: number;
+  page: number;
+  pages: number;
+}
+
+export interface VerificationCheck {
+  name: string;
+  passed: boolean;
+  detail: string;
+}
+
+export interface VerificationResult {
+  verified: boolean;
+  status: BackupStatus;
+  checks: VerificationCheck[];
+  message: string;
+  record: BackupRecord;
+}
+
+export type BackupService = ReturnType<typeof createBackupService>;
+
+/** Exact names of the checks, in the order they run. */
+export const CHECK_NAMES = ["file_exists", "file_size", "checksum", "decompress", "archive"] as const;
+
+const SHUTDOWN = new DomainError("unavailable", "interrupted by shutdown");
+
+/**
+ * The backup use cases: take a backup and prove it, verify one again, list,
+ * inspect and count them, and recover from a crash at start-up.
+ */
+export function createBackupService(deps: BackupServiceDeps) {
+  const { backups, audit, locks, engine, store, clock, logger, options } = deps;
+  const shutdownController = new AbortController();
+  const running = new Set<Promise<unknown>>();
+
+  function lockKey(database: string): string {
+    return `backup:${options.targetServer}/${database}`;
+  }
+
+  function validateDatabaseName(name: string): string {
+    if (name.length === 0 || Buffer.byteLength(name) > 63 || name.includes("\0")) {
+      throw invalidArgument("database", "must be a database name of 1 to 63 bytes");
+    }
+    return name;
+  }
+
+  function validatePage(req: PageRequest): { page: number; pageSize: number } {
+    const page = req.page ?? 0;
+    const pageSize = req.pageSize ?? 0;
+    if (!Number.isInteger(page) || page < 0) throw invalidArgument("page", "must be 1 or more");
+    if (!Number.isInteger(pageSize) || pageSize < 0 || pageSize > MAX_PAGE_SIZE) {
+      throw invalidArgument("page_size", `must be from 1 to ${MAX_PAGE_SIZE} (default ${DEFAULT_PAGE_SIZE})`);
+    }
+    return { page: page === 0 ? 1 : page, pageSize: pageSize === 0 ? DEFAULT_PAGE_SIZE : pageSize };
+  }
+
+  function validateId(id: string, field = "id"): string {
+    if (!isUuid(id)) throw invalidArgument(field, "must be a backup UUID such as 0b9f7c1e-5d2a-4c1b-9a3e-2f4d6b8a0c1e");
+    return id.toLowerCase();
+  }
+
+  async function findRunningId(database: string): Promise<string | null> {
+    // The lock holder inserts its record right after taking the lock; give it a moment.
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const [rec] = await backups.findInProgress(database);
+      if (rec) return rec.id;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    return null;
+  }
+
+  function track<T>(p: Promise<T>): Promise<T> {
+    running.add(p);
+    void p.then(
+      () => running.delete(p),
+      () => running.delete(p),
+    );
+    return p;
+  }
+
+  function failureOf(err: unknown, signal: AbortSignal): DomainError {
+    if (signal.aborted) {
+      const reason: unknown = signal.reason;
+      return isDomainError(reason) ? reason : new DomainError("cancelled", "cancelled");
+    }
+    if (isDomainError(err)) return err;
+    return new DomainError("dump_failed", `backup failed: ${err instanceof Error ? err.message : String(err)}`, {
+      cause: err,
+    });
+  }
+
+  async function preflight(record: BackupRecord, signal: AbortSignal) {
+    const info = await engine.probe(record.databaseName, signal);
+    if (engine.pgDumpMajor < info.serverMajor) {
+      throw new DomainError(
+        "failed_precondition",
+        `pg_dump ${engine.pgDumpVersion} cannot dump server version ${info.serverVersion} ` +
+          `(hint: install postgresql-client-${info.serverMajor} and point PG_BIN_DIR at its bin directory)`,
+      );
+    }
+    // A compressed logical dump is rarely larger than a quarter of the database on disk
+    // (indexes are not dumped); the previous backup of the same database is a better guess.
+    const previous = await backups.latestSuccessful(record.databaseName);
+    const needed = Math.ceil(previous?.fileSize ? previous.fileSize * 1.2 : info.databaseSize / 4);
+    const free = await store.freeBytes();
+    if (free < needed) {
+      throw new DomainError(
+        "resource_exhausted",
+        `not enough free space in the backup directory: about ${needed} bytes needed, ${free} free ` +
+          `(hint: free space, or point BACKUP_DIR at a larger disk)`,
+      );
+    }
+    return info;
+  }
+
+  /** The dump, then the verification; always leaves the record in a final state. */
+  async function runBackup(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
+    const started = performance.now();
+    let current = record;
+    try {
+      const info = await preflight(record, signal);
+      current = await backups.update(record.id, {
+        databaseSize: info.databaseSize,
+        serverVersion: info.serverVersion,
+        pgDumpVersion: engine.pgDumpVersion,
+      });
+      const result = await engine.dump(
+        {
+          database: record.databaseName,
+          format: record.archiveFormat,
+          compression: record.compression,
+          outputPath: store.partialPath(record.fileName),
+        },
+        signal,
+      );
+      signal.throwIfAborted();
+      await store.commit(record.fileName);
+      const counts = Object.values(result.tableRowCounts);
+      current = await backups.update(record.id, {
+        status: "COMPLETED",
+        completedAt: clock.now(),
+        durationMs: result.durationMs,
+        fileSize: result.fileSize,
+        checksum: result.checksum,
+        tableRowCounts: result.tableRowCounts,
+        tableCount: counts.length,
+        rowCount: counts.reduce((a, b) => a + b, 0),
+      });
+    } catch (err) {
+      const failure = failureOf(err, signal);
+      await store.discardPartial(record.fileName).catch((e: unknown) => {
+        logger.error({ err: e, backupId: record.id }, "could not remove partial backup file");
+      });
+      await backups
+        .update(record.id, {
+          status: "FAILED",
+          errorMessage: failure.message,
+          completedAt: clock.now(),
+          durationMs: Math.round(performance.now() - started),
+        })
+        .catch((e: unknown) => logger.error({ err: e, backupId: record.id }, "could not record backup failure"));
+      logger.warn({ backupId: record.id, database: record.databaseName, reason: failure.message }, "backup failed");
+      throw withBackupId(failure, record.id);
+    }
+    // The dump is complete and durable; from here on the question is only whether it is good.
+    const verification = await verifyRecord(current, signal);
+    logger.info(
+      { backupId: record.id, database: record.databaseName, status: verification.status, bytes: current.fileSize },
+      "backup finished",
+    );
+    if (!verification.verified) {
+      throw withBackupId(
+        new DomainError("corrupted", `backup ${record.id} failed verification: ${verification.message}`),
+        record.id,
+      );
+    }
+    return verification.record;
+  }
+
+  async function runChecks(record: BackupRecord, signal?: AbortSignal) {
+    const checks: VerificationCheck[] = [];
+    let dumpSize: number | null = null;
+    const stat = await store.stat(record.fileName);
+    checks.push({
+      name: "file_exists",
+      passed: stat !== null,
+      detail: stat ? `${record.fileName} is present` : `${record.fileName} is missing from the backup directory`,
+    });
+    if (!stat) return { checks, dumpSize };
+    checks.push({
+      name: "file_size",
+      passed: stat.size === record.fileSize,
+      detail:
+        stat.size === record.fileSize
+          ? `${stat.size} bytes as recorded`
+          : `file has ${stat.size} bytes, ${record.fileSize ?? "unknown"} recorded`,
+    });
+    const [hash, inspected] = await Promise.all([
+      store.sha256(record.fileName, signal),
+      engine.inspect(
+        {
+          path: store.path(record.fileName),
+          format: record.archiveFormat,
+          compression: record.compression,
+          expectedTables: Object.keys(record.tableRowCounts ?? {}),
+        },
+        signal,
+      ),
+    ]);
+    checks.push({
+      name: "checksum",
+      passed: hash === record.checksum,
+      detail: hash === record.checksum ? `sha256 ${hash}` : `sha256 is ${hash}, ${record.checksum ?? "none"} recorded`,
+    });
+    checks.push({ name: "decompress", passed: inspected.decompress.passed, detail: inspected.decompress.detail });
+    checks.push({ name: "archive", passed: inspected.archive.passed, detail: inspected.archive.detail });
+    if (inspected.decompress.passed) dumpSize = inspected.decompress.dumpSize;
+    return { checks, dumpSize };
+  }
+
+  /** Runs every check and records the outcome as the backup's status. */
+  async function verifyRecord(record: BackupRecord, signal?: AbortSignal): Promise<VerificationResult> {
+    const started = performance.now();
+    const { checks, dumpSize } = await runChecks(record, signal);
+    signal?.throwIfAborted();
+    const failed = checks.filter((c) => !c.passed);
+    const verified = failed.length === 0;
+    const now = clock.now();
+    const message = verified
+      ? `all ${checks.length} checks passed`
+      : failed.map((c) => `${c.name}: ${c.detail}`).join("; ");
+    const patch: Parameters<BackupRepository["update"]>[1] = {
+      status: verified ? "VERIFIED" : "CORRUPTED",
+      errorMessage: verified ? null : `verification failed: ${message}`,
+      metadata: {
+        ...record.metadata,
+        verification: {
+          level: "checksum",
+          at: now.toISOString(),
+          durationMs: Math.round(performance.now() - started),
+          checks,
+        },
+      },
+    };
+    if (verified) patch.verifiedAt = now;
+    if (dumpSize !== null) {
+      patch.dumpSize = dumpSize;
+      patch.compressionRatio = compressionRatioOf(record.fileSize, dumpSize);
+    }
+    const updated = await backups.update(record.id, patch);
+    if (!verified) logger.warn({ backupId: record.id, failed: failed.map((c) => c.name) }, "backup failed verification");
+    return { verified, status: updated.status, checks, message, record: updated };
+  }
+
+  return {
+    /**
+     * Takes a backup. Synchronous calls resolve with the verified record or
+     * reject with what failed; async calls resolve at once with the
+     * IN_PROGRESS record while the work goes on.
+     */
+    async createBackup(input: CreateBackupInput, signal?: AbortSignal): Promise<{ record: BackupRecord; verified: boolean }> {
+      const backupType = input.backupType ?? "MANUAL";
+      if (!BACKUP_TYPES.includes(backupType)) throw invalidArgument("backup_type", "unknown backup type");
+      if (backupType === "INCREMENTAL") {
+        throw invalidArgument(
+          "backup_type",
+          "INCREMENTAL is not supported: logical backups (pg_dump) are always full; use FULL or MANUAL",
+        );
+      }
+      const retentionDays = input.retentionDays ?? options.retentionDays;
+      if (!Number.isInteger(retentionDays) || retentionDays < MIN_RETENTION_DAYS || retentionDays > MAX_RETENTION_DAYS) {
+        throw invalidArgument("retention_days", `must be from ${MIN_RETENTION_DAYS} to ${MAX_RETENTION_DAYS} days`);
+      }
+      const label = input.label?.trim() || null;
+      if (label !== null && label.length > MAX_LABEL_LENGTH) {
+        throw invalidArgument("label", `must be at most ${MAX_LABEL_LENGTH} characters`);
+      }
+      const database = validateDatabaseName(input.database ?? options.defaultDatabase);
+      if (shutdownController.signal.aborted) throw SHUTDOWN;
+
+      const lock = await locks.tryAcquire(lockKey(database));
+      if (!lock) {
+        const runningId = await findRunningId(database);
+        throw new DomainError(
+          "busy",
+          `a backup or restore of database "${database}" is already running` +
+            (runningId ? ` (backup ${runningId})` : "") +
+            "; wait for it to finish",
+        );
+      }
+      let record: BackupRecord;
+      try {
+        const startedAt = clock.now();
+        record = await backups.insert({
+          backupType,
+          fileName: backupFileName(database, startedAt, options.format, options.compression),
+          status: "IN_PROGRESS",
+          startedAt,
+          triggeredBy: input.actor.sub,
+          triggeredByUsername: input.actor.username,
+          retentionDays,
+          expiresAt: expiryOf(startedAt, retentionDays),
+          databaseName: database,
+          archiveFormat: options.format,
+          compression: options.compression,
+          label,
+          metadata: input.metadata ?? {},
+        });
+      } catch (err) {
+        await lock.release();
+        throw err;
+      }
+      logger.info({ backupId: record.id, database, actor: input.actor.sub, async: input.async }, "backup started");
+
+      const jobSignal =
+        input.async || !signal ? shutdownController.signal : AbortSignal.any([signal, shutdownController.signal]);
+      const job = track(runBackup(record, jobSignal).finally(() => lock.release()));
+      if (input.async) {
+        job.catch(() => {
+          /* recorded on the backup and logged */
+        });
+        return { record, verified: false };
+      }
+      return { record: await job, verified: true };
+    },
+
+    async getBackup(id: string): Promise<{ record: BackupRecord; fileExists: boolean }> {
+      const record = await backups.findById(validateId(id));
+      if (!record) throw notFound(`backup ${id} not found`);
+      const stat = record.status === "IN_PROGRESS" || record.status === "FAILED" ? null : await store.stat(record.fileName);
+      return { record, fileExists: stat !== null };
+    },
+
+    async listBackups(
+      filter: Partial<BackupFilter> & PageRequest,
+    ): Promise<PageResult<BackupRecord>> {
+      const { page, pageSize } = validatePage(filter);
+      if (filter.status !== undefined && !BACKUP_STATUSES.includes(filter.status)) {
+        throw invalidArgument("status", "unknown status");
+      }
+      if (filter.backupType !== undefined && !BACKUP_TYPES.includes(filter.backupType)) {
+        throw invalidArgument("backup_type", "unknown backup type");
+      }
+      if (filter.database !== undefined) validateDatabaseName(filter.database);
+      const { items, total } = await backups.list(
+        {
+          status: filter.status,
+          backupType: filter.backupType,
+          database: filter.database,
+          includeDeleted: filter.includeDeleted ?? false,
+        },
+        (page - 1) * pageSize,
+        pageSize,
+      );
+      return { items, total, page, pages: pageCount(total, pageSize) };
+    },
+
+    async verifyBackup(id: string, signal?: AbortSignal): Promise<VerificationResult> {
+      const record = await backups.findById(validateId(id));
+      if (!record) throw notFound(`backup ${id} not found`);
+      if (record.isDeleted) {
+        throw new DomainError("failed_precondition", `backup ${id} was deleted; there is nothing to verify`);
+      }
+      if (record.status === "IN_PROGRESS") {
+        throw new DomainError("failed_precondition", `backup ${id} is still in progress; verify it when it has finished`);
+      }
+      if (record.status === "FAILED") {
+        throw new DomainError("failed_precondition", `backup ${id} failed and has no file to verify`);
+      }
+      return verifyRecord(record, signal);
+    },
+
+    async getStats(database?: string): Promise<BackupStats & { successRate: number }> {
+      if (database !== undefined) validateDatabaseName(database);
+      const stats = await backups.stats(database);
+      const finished = stats.successful + stats.failed;
+      const successRate = finished === 0 ? 0 : Math.round((stats.successful / finished) * 10_000) / 100;
+      return { ...stats, successRate };
+    },
+
+    async listAuditEvents(filter: AuditFilter & PageRequest): Promise<PageResult<AuditEvent>> {
+      const { page, pageSize } = validatePage(filter);
+      if (filter.backupId !== undefined) validateId(filter.backupId, "backup_id");
+      const { items, total } = await audit.list(
+        { backupId: filter.backupId?.toLowerCase(), actor: filter.actor, action: filter.action },
+        (page - 1) * pageSize,
+        pageSize,
+      );
+      return { items, total, page, pages: pageCount(total, pageSize) };
+    },
+
+    /**
+     * After a crash: backups left IN_PROGRESS whose lock nobody holds become
+     * FAILED, and partial files that no running backup owns are removed.
+     */
+    async recoverInterrupted(): Promise<number> {
+      let recovered = 0;
+      for (const record of await backups.findInProgress()) {
+        const lock = await locks.tryAcquire(lockKey(record.databaseName));
+        if (!lock) continue; // another replica is running it right now
+        try {
+          const fresh = await backups.findById(record.id);
+          if (fresh?.status !== "IN_PROGRESS") continue;
+          await store.discardPartial(record.fileName);
+          await backups.update(record.id, {
+            status: "FAILED",
+            errorMessage: "interrupted: the service stopped before the backup finished",
+            completedAt: clock.now(),
+          });
+          recovered++;
+          logger.warn({ backupId: record.id, database: record.databaseName }, "marked interrupted backup as failed");
+        } finally {
+          await lock.release();
+        }
+      }
+      const owned = new Set((await backups.findInProgress()).map((r) => r.fileName));
+      for (const name of await store.listPartials()) {
+        if (owned.has(name)) continue;
+        await store.discardPartial(name);
+        logger.warn({ file: `${name}.partial` }, "removed orphaned partial backup file");
+      }
+      return recovered;
+    },
+
+    /** Cancels running backups (recorded as interrupted by shutdown) and waits for them. */
+    async shutdown(): Promise<void> {
+      shutdownController.abort(SHUTDOWN);
+      await Promise.allSettled([...running]);
+    },
+  };
+}
+
+function withBackupId(err: DomainError, backupId: string): DomainError {
+  const message = err.message.includes(backupId) ? err.message : `backup ${backupId}: ${err.message}`;
+  return new DomainError(err.kind, message, { cause: err, backupId });
+}

@@ -1,0 +1,151 @@
+/**
+ * The small interfaces the domain talks to. Adapters in src/db, src/dump and
+ * src/storage implement them; src/app.ts wires them together.
+ */
+import type {
+  ArchiveFormat,
+  BackupPatch,
+  BackupRecord,
+  BackupStatus,
+  BackupType,
+  CompressionKind,
+  NewBackupRecord,
+  TableRowCounts,
+} from "./backup.js";
+
+export interface Page<T> {
+  items: T[];
+  total: number;
+}
+
+export interface BackupFilter {
+  status?: BackupStatus;
+  backupType?: BackupType;
+  database?: string;
+  includeDeleted: boolean;
+}
+
+export interface BackupStats {
+  total: number;
+  successful: number;
+  failed: number;
+  latest: BackupRecord | null;
+  totalSizeBytes: number;
+  averageCompression: number | null;
+}
+
+/** The backup history, kept in the control database. */
+export interface BackupRepository {
+  insert(record: NewBackupRecord): Promise<BackupRecord>;
+  /** Updates a record and returns it as stored; throws not_found if it is gone. */
+  update(id: string, patch: BackupPatch): Promise<BackupRecord>;
+  findById(id: string): Promise<BackupRecord | null>;
+  list(filter: BackupFilter, offset: number, limit: number): Promise<Page<BackupRecord>>;
+  stats(database?: string): Promise<BackupStats>;
+  findInProgress(database?: string): Promise<BackupRecord[]>;
+  latestSuccessful(database: string): Promise<BackupRecord | null>;
+}
+
+export interface AuditEvent {
+  id: number;
+  occurredAt: Date;
+  actor: string | null;
+  actorUsername: string | null;
+  action: string;
+  backupId: string | null;
+  outcome: string;
+  clientAddress: string | null;
+  message: string | null;
+}
+
+export type NewAuditEvent = Omit<AuditEvent, "id" | "occurredAt">;
+
+export interface AuditFilter {
+  backupId?: string;
+  actor?: string;
+  action?: string;
+}
+
+export interface AuditRepository {
+  record(event: NewAuditEvent): Promise<void>;
+  list(filter: AuditFilter, offset: number, limit: number): Promise<Page<AuditEvent>>;
+}
+
+export interface Lock {
+  release(): Promise<void>;
+}
+
+/** Locks shared by every replica (PostgreSQL advisory locks). */
+export interface LockManager {
+  /** The lock, or null when another holder has it. Never waits. */
+  tryAcquire(key: string): Promise<Lock | null>;
+}
+
+/** Where backup files live. Files are written as `<name>.partial` first. */
+export interface BlobStore {
+  partialPath(name: string): string;
+  path(name: string): string;
+  stat(name: string): Promise<{ size: number } | null>;
+  sha256(name: string, signal?: AbortSignal): Promise<string>;
+  /** fsyncs `<name>.partial`, renames it to `<name>` and fsyncs the directory. */
+  commit(name: string): Promise<void>;
+  discardPartial(name: string): Promise<void>;
+  remove(name: string): Promise<void>;
+  freeBytes(): Promise<number>;
+  /** Names (without `.partial`) of the partial files present. */
+  listPartials(): Promise<string[]>;
+}
+
+export interface TargetInfo {
+  serverVersion: string;
+  serverMajor: number;
+  databaseSize: number;
+}
+
+export interface DumpOptions {
+  database: string;
+  format: ArchiveFormat;
+  compression: CompressionKind;
+  /** Where to write the compressed archive. */
+  outputPath: string;
+}
+
+export interface DumpResult {
+  fileSize: number;
+  /** SHA-256 of the bytes written, hex. */
+  checksum: string;
+  tableRowCounts: TableRowCounts;
+  durationMs: number;
+}
+
+export interface InspectOptions {
+  path: string;
+  format: ArchiveFormat;
+  compression: CompressionKind;
+  /** Tables (`schema.table`) whose data the archive must hold. */
+  expectedTables: string[];
+}
+
+export interface CheckOutcome {
+  passed: boolean;
+  detail: string;
+}
+
+export interface InspectResult {
+  decompress: CheckOutcome & { dumpSize: number | null };
+  archive: CheckOutcome;
+}
+
+/** pg_dump and friends, as child processes. */
+export interface DumpEngine {
+  readonly pgDumpVersion: string;
+  readonly pgDumpMajor: number;
+  /** Connects to the database; throws unavailable / not_found / failed_precondition. */
+  probe(database: string, signal?: AbortSignal): Promise<TargetInfo>;
+  dump(options: DumpOptions, signal: AbortSignal): Promise<DumpResult>;
+  inspect(options: InspectOptions, signal?: AbortSignal): Promise<InspectResult>;
+}
+
+export interface Clock {
+  now(): Date;
+}

@@ -1,0 +1,399 @@
+import { createHash } from "node:crypto";
+import { createWriteStream } from "node:fs";
+import { pipeline } from "node:stream/promises";
+import type { Readable, Writable } from "node:stream";
+import pg from "pg";
+import { childProcessEnv, describeTarget, type PgTarget } from "../config.js";
+import type { CompressionKind, TableRowCounts } from "../domain/backup.js";
+import type {
+  CheckOutcome,
+  DumpEngine,
+  DumpOptions,
+  DumpResult,
+  InspectOptions,
+  InspectResult,
+  TargetInfo,
+} from "../domain/ports.js";
+import { DomainError } from "../errors.js";
+import { pgConfigOf } from "../db/client.js";
+import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
+import type { Tools } from "./tools.js";
+
+export interface DumpEngineOptions {
+  target: PgTarget;
+  tools: Tools;
+  compressionLevel: number;
+  compressionThreads: number;
+  /** Schemas never dumped (the service's own, when the target is the control database). */
+  excludeSchemas: string[];
+}
+
+const WRITE_CHUNK = 1 << 20;
+const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
+
+function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+/** Turns a libpq/node-postgres connection failure into something a person can act on. */
+function connectionFailure(err: unknown, where: string, database: string): DomainError {
+  const e = err as { code?: string; message?: string };
+  const msg = (e.message ?? String(err)).replace(/\s+/g, " ").trim();
+  switch (e.code) {
+    case "3D000":
+      return new DomainError("not_found", `database "${database}" does not exist on ${where}`);
+    case "28P01":
+    case "28000":
+      return new DomainError(
+        "failed_precondition",
+        `cannot log in to ${where}: ${msg} (hint: check the user and password in TARGET_DATABASE_URL)`,
+      );
+    case "42501":
+      return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`);
+    default:
+      return new DomainError(
+        "unavailable",
+        `cannot reach the target database at ${where}: ${msg} (hint: check TARGET_DATABASE_URL and that PostgreSQL is running)`,
+      );
+  }
+}
+
+/** Runs pg_dump, the compressors and pg_restore as child processes. */
+export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
+  const { target, tools } = opts;
+  const where = describeTarget({ ...target, database: "" }).replace(/\/$/, "");
+
+  function libpqEnv(database: string): NodeJS.ProcessEnv {
+    const env = childProcessEnv();
+    env.PGHOST = target.host;
+    env.PGPORT = String(target.port);
+    if (target.user) env.PGUSER = target.user;
+    // The password goes in the environment, never on a command line.
+    if (target.password) env.PGPASSWORD = target.password;
+    if (target.sslmode) env.PGSSLMODE = target.sslmode;
+    env.PGDATABASE = database;
+    env.PGCONNECT_TIMEOUT = "10";
+    env.PGAPPNAME = "backup-service";
+    return env;
+  }
+
+  async function connect(database: string, signal?: AbortSignal): Promise<pg.Client> {
+    const client = new pg.Client(pgConfigOf({ ...target, database }, { application_name: "backup-service" }));
+    client.on("error", () => undefined); // reported through the failing query instead
+    const onAbort = () => void client.end().catch(() => undefined);
+    signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      await client.connect();
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      signal?.throwIfAborted();
+      throw connectionFailure(err, where, database);
+    } finally {
+      signal?.removeEventListener("abort", onAbort);
+    }
+    return client;
+  }
+
+  function compressArgs(kind: CompressionKind): [string, string[]] {
+    return kind === "zstd"
+      ? [tools.zstd, [`-${opts.compressionLevel}`, `-T${opts.compressionThreads}`, "-q", "-c"]]
+      : [tools.gzip, [`-${opts.compressionLevel}`, "-c"]];
+  }
+
+  function decompressArgs(kind: CompressionKind, path: string): [string, string[]] {
+    return kind === "zstd" ? [tools.zstd, ["-dc", "-q", "--", path]] : [tools.gzip, ["-dc", "--", path]];
+  }
+
+  async function listTables(client: pg.Client): Promise<{ schema: string; name: string }[]> {
+    // What pg_dump writes data for: ordinary tables and partitions outside the system
+    // schemas, not owned by an extension, not temporary, not in an excluded schema.
+    const res = await client.query<{ schema: string; name: string }>(
+      `SELECT n.nspname AS schema, c.relname AS name
+         FROM pg_catalog.pg_class c
+         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'r'
+          AND c.relpersistence <> 't'
+          AND n.nspname <> ALL ($1::text[])
+          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+          AND n.nspname NOT LIKE 'pg\\_toast%'
+          AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                           WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                             AND d.objid = c.oid AND d.deptype = 'e')
+        ORDER BY 1, 2`,
+      [opts.excludeSchemas],
+    );
+    return res.rows;
+  }
+
+  async function countRows(client: pg.Client, tables: { schema: string; name: string }[], signal: AbortSignal) {
+    const counts: TableRowCounts = {};
+    for (const t of tables) {
+      signal.throwIfAborted();
+      const res = await client.query<{ n: string }>(
+        `SELECT count(*) AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+      );
+      counts[`${t.schema}.${t.name}`] = Number(res.rows[0]!.n);
+    }
+    return counts;
+  }
+
+  return {
+    pgDumpVersion: tools.pgDumpVersion,
+    pgDumpMajor: tools.pgDumpMajor,
+
+    async probe(database, signal): Promise<TargetInfo> {
+      const client = await connect(database, signal);
+      try {
+        const res = await client.query<{ v: string; n: number; size: string }>(
+          `SELECT current_setting('server_version') AS v,
+                  current_setting('server_version_num')::int AS n,
+                  pg_database_size(current_database()) AS size`,
+        );
+        const row = res.rows[0]!;
+        return {
+          serverVersion: row.v.split(" ")[0]!,
+          serverMajor: Math.floor(row.n / 10_000),
+          databaseSize: Number(row.size),
+        };
+      } catch (err) {
+        signal?.throwIfAborted();
+        throw connectionFailure(err, where, database);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    },
+
+    async dump(options: DumpOptions, signal: AbortSignal): Promise<DumpResult> {
+      const started = performance.now();
+      // One snapshot for pg_dump and for the row counts, so that the counts describe
+      // exactly what the dump holds.
+      const client = await connect(options.database, signal);
+      const onAbort = () => void client.end().catch(() => undefined);
+      signal.addEventListener("abort", onAbort, { once: true });
+      try {
+        // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
+        await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
+        await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+        const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
+        const tables = await listTables(client);
+
+        const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
+        const excludeArgs = opts.excludeSchemas.map((s) => `--exclude-schema=${s}`);
+        const dump = startChild(
+          "pg_dump",
+          tools.pgDump,
+          [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
+          { env: libpqEnv(options.database), stdio: ["ignore", "pipe", "pipe"], signal },
+        );
+        const [compressCmd, compressArgv] = compressArgs(options.compression);
+        // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
+        const compressor = startChild(options.compression, compressCmd, compressArgv, {
+          env: childProcessEnv(),
+          stdio: [dump.child.stdout!, "pipe", "pipe"],
+          signal,
+        });
+        // Our copy of the pipe's read end must go, or pg_dump would block instead of
+        // getting SIGPIPE if the compressor died.
+        dump.child.stdout!.destroy();
+
+        const hash = createHash("sha256");
+        let fileSize = 0;
+        const written = pipeline(
+          compressor.child.stdout!,
+          async function* (source: AsyncIterable<Buffer>) {
+            for await (const chunk of source) {
+              hash.update(chunk);
+              fileSize += chunk.length;
+              yield chunk;
+            }
+          },
+          createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
+          { signal },
+        );
+        const counting = countRows(client, tables, signal);
+        const [dumpExit, compressExit, writeResult, countResult] = await Promise.all([
+          dump.exit,
+          compressor.exit,
+          written.then(
+            () => null,
+            (err: unknown) => err,
+          ),
+          counting.then(
+            (c) => ({ ok: true as const, counts: c }),
+            (err: unknown) => ({ ok: false as const, err }),
+          ),
+        ]);
+        signal.throwIfAborted();
+        if (!succeeded(dumpExit)) throw dumpFailure(dumpExit);
+        if (!succeeded(compressExit)) throw dumpFailure(compressExit);
+        if (writeResult) {
+          throw new DomainError("dump_failed", `writing the backup file failed: ${(writeResult as Error).message}`);
+        }
+        if (!countResult.ok) {
+          const msg = (countResult.err as Error).message;
+          throw new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${msg}`);
+        }
+        await client.query("COMMIT");
+        return {
+          fileSize,
+          checksum: hash.digest("hex"),
+          tableRowCounts: countResult.counts,
+          durationMs: Math.round(performance.now() - started),
+        };
+      } catch (err) {
+        signal.throwIfAborted();
+        if (err instanceof DomainError) throw err;
+        throw new DomainError("dump_failed", `backup of "${options.database}" failed: ${(err as Error).message}`, {
+          cause: err,
+        });
+      } finally {
+        signal.removeEventListener("abort", onAbort);
+        await client.end().catch(() => undefined);
+      }
+    },
+
+    async inspect(options: InspectOptions, signal?: AbortSignal): Promise<InspectResult> {
+      const [decompress, toc] = await Promise.all([
+        readWhole(options, signal),
+        options.format === "custom" ? listArchive(options, signal) : Promise.resolve(null),
+      ]);
+      let archive: CheckOutcome;
+      if (options.format === "plain") {
+        archive = decompress.trailer
+          ? { passed: true, detail: "plain dump ends with pg_dump's completion trailer" }
+          : { passed: false, detail: "plain dump lacks pg_dump's completion trailer: the dump is truncated" };
+      } else if (!toc!.ok) {
+        archive = { passed: false, detail: `pg_restore cannot read the archive's table of contents: ${toc!.detail}` };
+      } else if (!decompress.restoreOk) {
+        archive = { passed: false, detail: `pg_restore cannot read the whole archive: ${decompress.restoreDetail}` };
+      } else {
+        const missing = options.expectedTables.filter((t) => !toc!.tables.has(t));
+        archive =
+          missing.length === 0
+            ? {
+                passed: true,
+                detail: `archive is complete: ${toc!.tables.size} tables' data listed, ${options.expectedTables.length} expected`,
+              }
+            : {
+                passed: false,
+                detail: `archive lacks the data of ${missing.length} table(s): ${missing.slice(0, 10).join(", ")}`,
+              };
+      }
+      return {
+        decompress: {
+          passed: decompress.ok,
+          detail: decompress.ok ? `decompresses to ${decompress.bytes} bytes` : decompress.detail,
+          dumpSize: decompress.ok ? decompress.bytes : null,
+        },
+        archive,
+      };
+    },
+  };
+
+  /**
+   * Decompresses the whole file, counting the bytes. A custom archive is also fed
+   * to `pg_restore -f /dev/null`, which reads every data block; a plain dump's tail
+   * is kept to look for pg_dump's completion trailer.
+   */
+  async function readWhole(options: InspectOptions, signal?: AbortSignal) {
+    const [cmd, argv] = decompressArgs(options.compression, options.path);
+    const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
+    const restore =
+      options.format === "custom"
+        ? startChild("pg_restore", tools.pgRestore, ["--file=/dev/null"], {
+            env: childProcessEnv(),
+            stdio: ["pipe", "ignore", "pipe"],
+            signal,
+          })
+        : null;
+    let bytes = 0;
+    let tail = Buffer.alloc(0);
+    const fed = feed(dec.child.stdout!, restore?.child.stdin ?? null, (chunk) => {
+      bytes += chunk.length;
+      if (!restore) tail = Buffer.concat([tail, chunk]).subarray(-1024);
+    });
+    const [decExit, restoreExit] = await Promise.all([dec.exit, restore?.exit ?? Promise.resolve(null), fed]);
+    signal?.throwIfAborted();
+    const ok = succeeded(decExit);
+    return {
+      ok,
+      bytes,
+      detail: ok ? "" : `${describeExit(decExit)} (the file does not decompress completely)`,
+      trailer: tail.toString("utf8").includes(PLAIN_TRAILER),
+      restoreOk: restoreExit ? succeeded(restoreExit) : true,
+      restoreDetail: restoreExit ? describeExit(restoreExit) : "",
+    };
+  }
+
+  /** `pg_restore --list`: the TABLE DATA entries of the archive's table of contents. */
+  async function listArchive(options: InspectOptions, signal?: AbortSignal) {
+    const [cmd, argv] = decompressArgs(options.compression, options.path);
+    const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
+    const list = startChild("pg_restore", tools.pgRestore, ["--list"], {
+      env: childProcessEnv(),
+      stdio: [dec.child.stdout!, "pipe", "pipe"],
+      signal,
+    });
+    dec.child.stdout!.destroy();
+    let out = "";
+    list.child.stdout!.setEncoding("utf8");
+    list.child.stdout!.on("data", (s: string) => (out += s));
+    // pg_restore stops after the table of contents; the decompressor then gets
+    // SIGPIPE, which says nothing about the file (readWhole checks that).
+    const [, listExit] = await Promise.all([dec.exit, list.exit]);
+    signal?.throwIfAborted();
+    if (!succeeded(listExit)) return { ok: false, detail: describeExit(listExit), tables: new Set<string>() };
+    const tables = new Set<string>();
+    const expected = new Map(options.expectedTables.map((t) => [t, t]));
+    for (const line of out.split("\n")) {
+      const m = /^\d+; \d+ \d+ TABLE DATA (.*)$/.exec(line);
+      if (!m) continue;
+      // "<schema> <name> <owner>": names may hold spaces, so match known tables by prefix.
+      for (const t of expected.keys()) {
+        const dot = t.indexOf(".");
+        if (m[1]!.startsWith(`${t.slice(0, dot)} ${t.slice(dot + 1)} `)) tables.add(t);
+      }
+      if (expected.size === 0) tables.add(m[1]!);
+    }
+    return { ok: true, detail: "", tables };
+  }
+}
+
+function dumpFailure(e: ExitInfo): DomainError {
+  const hint =
+    e.name === "pg_dump" && /permission denied/i.test(e.stderr)
+      ? " (hint: the role in TARGET_DATABASE_URL must be able to read every table)"
+      : "";
+  return new DomainError("dump_failed", `${describeExit(e)}${hint}`);
+}
+
+/**
+ * Copies `source` into `sink` (when there is one) with back-pressure, calling
+ * `onChunk` for every chunk. If the sink goes away early, the source is still
+ * drained so that the producer's own exit status stays meaningful.
+ */
+function feed(source: Readable, sink: Writable | null, onChunk: (chunk: Buffer) => void): Promise<void> {
+  return new Promise((resolve) => {
+    let sinkOpen = sink !== null;
+    const closeSink = () => {
+      if (!sinkOpen) return;
+      sinkOpen = false;
+      source.resume();
+    };
+    sink?.on("error", closeSink);
+    sink?.on("close", closeSink);
+    source.on("data", (chunk: Buffer) => {
+      onChunk(chunk);
+      if (sinkOpen && !sink!.write(chunk)) {
+        source.pause();
+        sink!.once("drain", () => source.resume());
+      }
+    });
+    source.on("error", () => undefined);
+    source.on("close", () => {
+      if (sinkOpen) sink!.end();
+      resolve();
+    });
+  });
+}
