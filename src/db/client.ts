@@ -1,3 +1,4 @@
+import os from "node:os";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
@@ -18,7 +19,8 @@ export function pgConfigOf(t: PgTarget, extra: pg.PoolConfig = {}): pg.PoolConfi
   return {
     host: t.host,
     port: t.port,
-    user: t.user,
+    // Like libpq: no user in the URL means the operating-system user.
+    user: t.user ?? os.userInfo().username,
     password: t.password,
     database: t.database,
     ssl,

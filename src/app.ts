@@ -1,0 +1,141 @@
+import { createContextValues } from "@connectrpc/connect";
+import { connectNodeAdapter } from "@connectrpc/connect-node";
+import { BackupService, file_backup_v1_backup } from "../gen/backup/v1/backup_pb.js";
+import { file_health_v1_health } from "../gen/health/v1/health_pb.js";
+import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { loadJwtKeys, type JwtKeys } from "./auth/keys.js";
+import { describeTarget, type Config, type PgTarget } from "./config.js";
+import { createAuditRepository } from "./db/audit-repository.js";
+import { createBackupRepository } from "./db/backup-repository.js";
+import { createDb, createPool, ensureDatabase, migrateControlDatabase } from "./db/client.js";
+import { createAdvisoryLocks } from "./db/locks.js";
+import { MIGRATIONS_SCHEMA, SERVICE_SCHEMA } from "./db/schema.js";
+import { createBackupService, type BackupService as Domain } from "./domain/backup-service.js";
+import { createDumpEngine } from "./dump/engine.js";
+import { resolveTools } from "./dump/tools.js";
+import type { Logger } from "./logger.js";
+import { createBackupHandlers } from "./rpc/backup-handlers.js";
+import { kClientAddress } from "./rpc/context.js";
+import { createHealth } from "./rpc/health.js";
+import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor } from "./rpc/interceptors.js";
+import { registerReflection } from "./rpc/reflection.js";
+import { startServer, type RunningServer } from "./rpc/server.js";
+import { createLocalStore } from "./storage/local-store.js";
+
+export interface App {
+  readonly server: RunningServer;
+  readonly service: Domain;
+  readonly keys: JwtKeys;
+  /** Graceful stop: refuse new work, cancel running work, close everything. */
+  close(): Promise<void>;
+}
+
+const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "::1"]);
+function sameDatabase(a: PgTarget, b: PgTarget): boolean {
+  const host = (h: string) => (LOCAL_HOSTS.has(h) ? "localhost" : h);
+  return host(a.host) === host(b.host) && a.port === b.port && a.database === b.database;
+}
+
+/** The composition root: the only place that builds adapters. */
+export async function createApp(config: Config, logger: Logger): Promise<App> {
+  const tools = await resolveTools(config.pgBinDir);
+  const keys = await loadJwtKeys(config);
+  if (keys.generated) {
+    logger.warn({ source: keys.source }, "no JWT key configured: generated a random HS256 secret (mode 0600); mint tokens with `npm run token`");
+  }
+  logger.info({ source: keys.source, algorithms: keys.algorithms }, "JWT verification key loaded");
+
+  await ensureDatabase(config.control, logger);
+  const pool = createPool(config.control, logger);
+  try {
+    const db = createDb(pool);
+    await migrateControlDatabase(pool, db);
+    const store = await createLocalStore(config.backupDir);
+    const audit = createAuditRepository(db);
+    const sharedWithControl = sameDatabase(config.control, config.target);
+    if (sharedWithControl) {
+      logger.warn("TARGET_DATABASE_URL is the control database: the service's own schemas are left out of its dumps");
+    }
+    const service = createBackupService({
+      backups: createBackupRepository(db),
+      audit,
+      locks: createAdvisoryLocks(config.control, logger),
+      engine: createDumpEngine({
+        target: config.target,
+        tools,
+        compressionLevel: config.compressionLevel,
+        compressionThreads: config.compressionThreads,
+        excludeSchemas: sharedWithControl ? [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] : [],
+      }),
+      store,
+      clock: { now: () => new Date() },
+      logger,
+      options: {
+        defaultDatabase: config.target.database,
+        targetServer: `${config.target.host}:${config.target.port}`,
+        format: config.backupFormat,
+        compression: config.backupCompression,
+        retentionDays: config.retentionDays,
+      },
+    });
+    const recovered = await service.recoverInterrupted();
+    if (recovered > 0) logger.warn({ recovered }, "backups interrupted by an earlier stop were marked failed");
+
+    const health = createHealth([BackupService.typeName]);
+    const handler = connectNodeAdapter({
+      contextValues: (req) => createContextValues().set(kClientAddress, req.socket?.remoteAddress),
+      routes(router) {
+        health.register(router);
+        registerReflection(
+          router,
+          [file_backup_v1_backup, file_health_v1_health, file_grpc_reflection_v1_reflection, file_grpc_reflection_v1alpha_reflection],
+          [
+            BackupService.typeName,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+          ],
+        );
+        router.service(BackupService, createBackupHandlers(service), {
+          interceptors: [
+            createAuthInterceptor(keys, config.jwt, audit, logger),
+            createAuditInterceptor(audit, logger),
+            createErrorInterceptor(logger),
+          ],
+        });
+      },
+    });
+    const server = await startServer({
+      host: config.grpcHost,
+      port: config.grpcPort,
+      handler,
+      tls: config.tlsCertFile && config.tlsKeyFile ? { certFile: config.tlsCertFile, keyFile: config.tlsKeyFile } : undefined,
+    });
+    logger.info(
+      { url: server.url, target: describeTarget(config.target), control: describeTarget(config.control), backupDir: config.backupDir },
+      "backup service listening",
+    );
+
+    let closing: Promise<void> | undefined;
+    return {
+      server,
+      service,
+      keys,
+      close() {
+        closing ??= (async () => {
+          health.setServing(false);
+          const serverClosed = server.close(config.shutdownGraceMs);
+          await service.shutdown();
+          await serverClosed;
+          await pool.end();
+          logger.info("backup service stopped");
+        })();
+        return closing;
+      },
+    };
+  } catch (err) {
+    await pool.end().catch(() => undefined);
+    throw err;
+  }
+}

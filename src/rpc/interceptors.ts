@@ -1,0 +1,171 @@
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { JwtKeys } from "../auth/keys.js";
+import { describeTokenError } from "../auth/keys.js";
+import type { Actor } from "../domain/backup.js";
+import type { AuditRepository, NewAuditEvent } from "../domain/ports.js";
+import { DomainError } from "../errors.js";
+import type { Logger } from "../logger.js";
+import { kActor, kClientAddress } from "./context.js";
+import { codeName, toConnectError } from "./errors.js";
+
+const ADMIN_ROLES = new Set(["admin", "superadmin"]);
+
+/** RPCs that change state: every call is audited, whatever its outcome. */
+export const AUDITED_METHODS = new Set([
+  "CreateBackup",
+  "VerifyBackup",
+  "RestoreBackup",
+  "DeleteBackup",
+  "CleanupExpiredBackups",
+]);
+
+function recordAudit(audit: AuditRepository, logger: Logger, event: NewAuditEvent): Promise<void> {
+  // An audit write that fails is logged; it never changes the call's outcome.
+  return audit.record(event).catch((err: unknown) => logger.error({ err, event }, "could not write audit event"));
+}
+
+/**
+ * Every call must carry `authorization: Bearer <JWT>`, valid for the
+ * configured key, with an admin role. Denials are audited.
+ */
+export function createAuthInterceptor(
+  keys: JwtKeys,
+  claims: { roleClaim: string; usernameClaim: string },
+  audit: AuditRepository,
+  logger: Logger,
+): Interceptor {
+  async function authenticate(header: string | null): Promise<Actor> {
+    if (!header) {
+      throw new ConnectError("missing authorization header (expected: authorization: Bearer <JWT>)", Code.Unauthenticated);
+    }
+    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    if (!m) throw new ConnectError("authorization header must be of the form 'Bearer <JWT>'", Code.Unauthenticated);
+    let payload;
+    try {
+      payload = await keys.verify(m[1]!);
+    } catch (err) {
+      throw new ConnectError(describeTokenError(err), Code.Unauthenticated);
+    }
+    if (typeof payload.sub !== "string" || payload.sub === "") {
+      throw new ConnectError("token has no sub claim", Code.Unauthenticated);
+    }
+    const username = payload[claims.usernameClaim];
+    const actor: Actor = { sub: payload.sub, username: typeof username === "string" ? username : null };
+    const role = payload[claims.roleClaim];
+    const roles = Array.isArray(role) ? role : [role];
+    if (!roles.some((r) => typeof r === "string" && ADMIN_ROLES.has(r))) {
+      const err = new ConnectError(
+        `role claim "${claims.roleClaim}" must be admin or superadmin to use the backup service`,
+        Code.PermissionDenied,
+      );
+      (err as ConnectError & { actor?: Actor }).actor = actor;
+      throw err;
+    }
+    return actor;
+  }
+
+  return (next) => async (req) => {
+    let actor: Actor;
+    try {
+      actor = await authenticate(req.header.get("authorization"));
+    } catch (err) {
+      const ce = err as ConnectError & { actor?: Actor };
+      const clientAddress = req.contextValues.get(kClientAddress) ?? null;
+      logger.warn({ method: req.method.name, code: codeName(ce.code), reason: ce.rawMessage, clientAddress }, "call denied");
+      await recordAudit(audit, logger, {
+        actor: ce.actor?.sub ?? null,
+        actorUsername: ce.actor?.username ?? null,
+        action: req.method.name,
+        backupId: null,
+        outcome: codeName(ce.code),
+        clientAddress,
+        message: ce.rawMessage,
+      });
+      throw ce;
+    }
+    req.contextValues.set(kActor, actor);
+    return next(req);
+  };
+}
+
+function requestBackupId(message: unknown): string | null {
+  const id = (message as { id?: unknown } | null)?.id;
+  return typeof id === "string" && id !== "" ? id : null;
+}
+
+/** Records every call to a state-changing RPC with its outcome. */
+export function createAuditInterceptor(audit: AuditRepository, logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    if (!AUDITED_METHODS.has(req.method.name)) return next(req);
+    const actor = req.contextValues.get(kActor);
+    const base = {
+      actor: actor?.sub ?? null,
+      actorUsername: actor?.username ?? null,
+      action: req.method.name,
+      clientAddress: req.contextValues.get(kClientAddress) ?? null,
+    };
+    const requestId = req.stream ? null : requestBackupId(req.message);
+    const failed = (err: unknown, backupId: string | null) => {
+      const ce = err instanceof ConnectError ? err : new ConnectError(String(err), Code.Unknown);
+      const cause = ce.cause instanceof DomainError ? ce.cause.backupId : undefined;
+      return recordAudit(audit, logger, {
+        ...base,
+        backupId: cause ?? backupId,
+        outcome: codeName(ce.code),
+        message: ce.rawMessage,
+      });
+    };
+    let res;
+    try {
+      res = await next(req);
+    } catch (err) {
+      await failed(err, requestId);
+      throw err;
+    }
+    if (!res.stream) {
+      const backup = (res.message as { backup?: { id?: string } }).backup;
+      await recordAudit(audit, logger, { ...base, backupId: backup?.id || requestId, outcome: "OK", message: null });
+      return res;
+    }
+    const inner = res.message;
+    return {
+      ...res,
+      message: (async function* () {
+        let lastId: string | null = requestId;
+        try {
+          for await (const m of inner) {
+            lastId = requestBackupId(m) ?? lastId;
+            yield m;
+          }
+        } catch (err) {
+          await failed(err, lastId);
+          throw err;
+        }
+        await recordAudit(audit, logger, { ...base, backupId: lastId, outcome: "OK", message: null });
+      })(),
+    };
+  };
+}
+
+/** Innermost: turns domain errors into status codes, for unary and streaming calls. */
+export function createErrorInterceptor(logger: Logger): Interceptor {
+  return (next) => async (req) => {
+    try {
+      const res = await next(req);
+      if (!res.stream) return res;
+      const inner = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* inner;
+          } catch (err) {
+            throw toConnectError(err, logger, req.method.name);
+          }
+        })(),
+      };
+    } catch (err) {
+      throw toConnectError(err, logger, req.method.name);
+    }
+  };
+}

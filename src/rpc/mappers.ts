@@ -1,0 +1,106 @@
+import { create, type JsonObject } from "@bufbuild/protobuf";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import {
+  ArchiveFormat,
+  type AuditEvent as AuditEventMsg,
+  AuditEventSchema,
+  type Backup,
+  BackupSchema,
+  BackupStatus,
+  BackupType,
+  Compression,
+} from "../../gen/backup/v1/backup_pb.js";
+import type { BackupRecord, BackupStatus as DomainStatus, BackupType as DomainType } from "../domain/backup.js";
+import type { AuditEvent } from "../domain/ports.js";
+import { invalidArgument } from "../errors.js";
+
+const TYPE_TO_PROTO: Record<DomainType, BackupType> = {
+  FULL: BackupType.FULL,
+  INCREMENTAL: BackupType.INCREMENTAL,
+  MANUAL: BackupType.MANUAL,
+};
+const STATUS_TO_PROTO: Record<DomainStatus, BackupStatus> = {
+  IN_PROGRESS: BackupStatus.IN_PROGRESS,
+  COMPLETED: BackupStatus.COMPLETED,
+  FAILED: BackupStatus.FAILED,
+  VERIFIED: BackupStatus.VERIFIED,
+  CORRUPTED: BackupStatus.CORRUPTED,
+};
+
+function invert<K extends string, V extends number>(m: Record<K, V>): Map<V, K> {
+  return new Map(Object.entries(m).map(([k, v]) => [v as V, k as K]));
+}
+const TYPE_FROM_PROTO = invert(TYPE_TO_PROTO);
+const STATUS_FROM_PROTO = invert(STATUS_TO_PROTO);
+
+/** UNSPECIFIED -> undefined; a value the contract does not define -> invalid_argument naming the field. */
+export function backupTypeFromProto(v: BackupType, field = "backup_type"): DomainType | undefined {
+  if (v === BackupType.UNSPECIFIED) return undefined;
+  const t = TYPE_FROM_PROTO.get(v);
+  if (!t) throw invalidArgument(field, `unknown value ${v} (expected FULL or MANUAL)`);
+  return t;
+}
+
+export function backupStatusFromProto(v: BackupStatus, field = "status"): DomainStatus | undefined {
+  if (v === BackupStatus.UNSPECIFIED) return undefined;
+  const s = STATUS_FROM_PROTO.get(v);
+  if (!s) throw invalidArgument(field, `unknown value ${v} (expected IN_PROGRESS, COMPLETED, FAILED, VERIFIED or CORRUPTED)`);
+  return s;
+}
+
+export function statusToProto(s: DomainStatus): BackupStatus {
+  return STATUS_TO_PROTO[s];
+}
+
+const ts = (d: Date | null) => (d ? timestampFromDate(d) : undefined);
+
+export function backupToProto(r: BackupRecord): Backup {
+  return create(BackupSchema, {
+    id: r.id,
+    backupType: TYPE_TO_PROTO[r.backupType],
+    fileName: r.fileName,
+    fileSize: BigInt(r.fileSize ?? 0),
+    status: STATUS_TO_PROTO[r.status],
+    startedAt: ts(r.startedAt),
+    completedAt: ts(r.completedAt),
+    duration: r.durationMs === null ? undefined : durationFromMs(r.durationMs),
+    databaseSize: BigInt(r.databaseSize ?? 0),
+    tableCount: r.tableCount ?? 0,
+    rowCount: BigInt(r.rowCount ?? 0),
+    compressionRatio: r.compressionRatio ?? 0,
+    checksum: r.checksum ?? "",
+    verifiedAt: ts(r.verifiedAt),
+    isEncrypted: r.isEncrypted,
+    triggeredBy: r.triggeredBy ?? "",
+    triggeredByUsername: r.triggeredByUsername ?? "",
+    errorMessage: r.errorMessage ?? "",
+    metadata: r.metadata as JsonObject,
+    retentionDays: r.retentionDays,
+    expiresAt: ts(r.expiresAt),
+    isDeleted: r.isDeleted,
+    deletedAt: ts(r.deletedAt),
+    createdAt: ts(r.createdAt),
+    updatedAt: ts(r.updatedAt),
+    databaseName: r.databaseName,
+    dumpSize: BigInt(r.dumpSize ?? 0),
+    archiveFormat: r.archiveFormat === "custom" ? ArchiveFormat.CUSTOM : ArchiveFormat.PLAIN,
+    compression: r.compression === "zstd" ? Compression.ZSTD : Compression.GZIP,
+    serverVersion: r.serverVersion ?? "",
+    pgDumpVersion: r.pgDumpVersion ?? "",
+    label: r.label ?? "",
+  });
+}
+
+export function auditEventToProto(e: AuditEvent): AuditEventMsg {
+  return create(AuditEventSchema, {
+    id: BigInt(e.id),
+    occurredAt: timestampFromDate(e.occurredAt),
+    actor: e.actor ?? "",
+    actorUsername: e.actorUsername ?? "",
+    action: e.action,
+    backupId: e.backupId ?? "",
+    outcome: e.outcome,
+    clientAddress: e.clientAddress ?? "",
+    message: e.message ?? "",
+  });
+}
