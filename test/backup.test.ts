@@ -1,0 +1,220 @@
+import { execFileSync } from "node:child_process";
+import { statSync } from "node:fs";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  ArchiveFormat,
+  BackupStatus,
+  BackupType,
+  Compression,
+} from "../gen/backup/v1/backup_pb.js";
+import {
+  backupFiles,
+  createDatabase,
+  dropDatabase,
+  removeDir,
+  seedDatabase,
+  sql,
+  startService,
+  uniqueName,
+  waitFor,
+  type TestService,
+} from "./helpers.js";
+
+const control = uniqueName("bs_ctl_backup");
+const target = uniqueName("bs_tgt_backup");
+let expected: Record<string, number>;
+let svc: TestService;
+
+beforeAll(async () => {
+  await createDatabase(target);
+  expected = await seedDatabase(target, 2000);
+  svc = await startService(control, target);
+});
+
+afterAll(async () => {
+  await svc?.close();
+  await dropDatabase(target);
+  await dropDatabase(control);
+  if (svc) await removeDir(svc.dataDir);
+});
+
+function sha256sum(file: string): string {
+  return execFileSync("sha256sum", [file], { encoding: "utf8" }).split(" ")[0]!;
+}
+
+describe("CreateBackup (custom format, zstd)", () => {
+  it("takes a verified backup whose record describes the file and the data", async () => {
+    const before = Date.now();
+    const res = await svc.client.createBackup({ label: "nightly check", retentionDays: 7 });
+    const b = res.backup!;
+    expect(res.verified).toBe(true);
+    expect(b.status).toBe(BackupStatus.VERIFIED);
+    expect(b.backupType).toBe(BackupType.MANUAL);
+    expect(b.databaseName).toBe(target);
+    expect(b.label).toBe("nightly check");
+    expect(b.triggeredBy).toBe("test-admin");
+    expect(b.triggeredByUsername).toBe("Test Admin");
+    expect(b.archiveFormat).toBe(ArchiveFormat.CUSTOM);
+    expect(b.compression).toBe(Compression.ZSTD);
+    expect(b.fileName).toMatch(new RegExp(`^${target}_backup_\\d{8}T\\d{9}Z\\.dump\\.zst$`));
+
+    // Counts are exact, in the dump's snapshot.
+    expect(b.tableCount).toBe(Object.keys(expected).length);
+    expect(Number(b.rowCount)).toBe(Object.values(expected).reduce((a, n) => a + n, 0));
+
+    // The checksum and size are those of the file on disk.
+    const file = path.join(svc.backupDir, b.fileName);
+    expect(b.checksum).toBe(sha256sum(file));
+    expect(Number(b.fileSize)).toBe(statSync(file).size);
+
+    // Ratio = (1 - file/dump) * 100, from the real decompressed size.
+    const dumpSize = Number(execFileSync("sh", ["-c", `zstd -dc '${file}' | wc -c`], { encoding: "utf8" }).trim());
+    expect(Number(b.dumpSize)).toBe(dumpSize);
+    expect(b.compressionRatio).toBeCloseTo((1 - Number(b.fileSize) / dumpSize) * 100, 1);
+    expect(b.compressionRatio).toBeGreaterThan(0);
+    expect(b.compressionRatio).toBeLessThan(100);
+
+    const [{ size }] = await sql<{ size: string }>(target, "SELECT pg_database_size(current_database()) AS size");
+    expect(Number(b.databaseSize)).toBeGreaterThan(Number(size) / 2);
+    expect(b.serverVersion).toMatch(/^\d+\.\d+$/);
+    expect(b.pgDumpVersion).toMatch(/^\d+\.\d+$/);
+    expect(b.verifiedAt).toBeDefined();
+    expect(b.duration).toBeDefined();
+    expect(b.retentionDays).toBe(7);
+    const started = Number(b.startedAt!.seconds) * 1000;
+    expect(started).toBeGreaterThanOrEqual(Math.floor(before / 1000) * 1000);
+    expect(Number(b.expiresAt!.seconds) - Number(b.startedAt!.seconds)).toBe(7 * 86400);
+
+    // pg_restore can read it, and it holds every table's data.
+    const list = execFileSync("sh", ["-c", `zstd -dc '${file}' | pg_restore --list`], { encoding: "utf8" });
+    expect(list).toContain("TABLE DATA public customers");
+    expect(list).toContain("TABLE DATA billing Invoice Lines");
+    expect(list).toMatch(/FUNCTION public add_one/);
+    expect(list).toMatch(/VIEW public big_orders/);
+
+    // Nothing but the final file is left in the directory.
+    expect(await backupFiles(svc.backupDir)).toEqual([b.fileName]);
+
+    const got = await svc.client.getBackup({ id: b.id });
+    expect(got.fileExists).toBe(true);
+    expect(got.backup?.checksum).toBe(b.checksum);
+  });
+
+  it("returns the IN_PROGRESS record at once with async, then finishes verified", async () => {
+    const res = await svc.client.createBackup({ async: true, backupType: BackupType.FULL });
+    expect(res.verified).toBe(false);
+    expect(res.backup?.status).toBe(BackupStatus.IN_PROGRESS);
+    expect(res.backup?.backupType).toBe(BackupType.FULL);
+    const done = await waitFor("the async backup to finish", async () => {
+      const { backup } = await svc.client.getBackup({ id: res.backup!.id });
+      // COMPLETED is passed on the way: the dump is done, verification is running.
+      const busy = backup!.status === BackupStatus.IN_PROGRESS || backup!.status === BackupStatus.COMPLETED;
+      return busy ? null : backup;
+    });
+    expect(done.status).toBe(BackupStatus.VERIFIED);
+  });
+
+  it("VerifyBackup re-checks a good backup and reports every check", async () => {
+    const { backup } = await svc.client.createBackup({});
+    const v = await svc.client.verifyBackup({ id: backup!.id });
+    expect(v.verified).toBe(true);
+    expect(v.status).toBe(BackupStatus.VERIFIED);
+    expect(v.checks.map((c) => c.name)).toEqual(["file_exists", "file_size", "checksum", "decompress", "archive"]);
+    expect(v.checks.every((c) => c.passed)).toBe(true);
+  });
+});
+
+describe("ListBackups, GetStats and ListAuditEvents", () => {
+  it("lists newest first, pages, and filters", async () => {
+    const all = await svc.client.listBackups({});
+    expect(Number(all.total)).toBeGreaterThanOrEqual(3);
+    const starts = all.backups.map((b) => Number(b.startedAt!.seconds) * 1e9 + b.startedAt!.nanos);
+    expect([...starts].sort((a, b) => b - a)).toEqual(starts);
+
+    const page1 = await svc.client.listBackups({ page: 1, pageSize: 2 });
+    const page2 = await svc.client.listBackups({ page: 2, pageSize: 2 });
+    expect(page1.backups).toHaveLength(2);
+    expect(page1.pages).toBe(Math.ceil(Number(all.total) / 2));
+    expect(page2.backups[0]!.id).toBe(all.backups[2]!.id);
+
+    const full = await svc.client.listBackups({ backupType: BackupType.FULL });
+    expect(full.backups.length).toBeGreaterThan(0);
+    expect(full.backups.every((b) => b.backupType === BackupType.FULL)).toBe(true);
+
+    const none = await svc.client.listBackups({ status: BackupStatus.CORRUPTED });
+    expect(none.backups).toHaveLength(0);
+    expect(Number(none.total)).toBe(0);
+
+    const other = await svc.client.listBackups({ database: "some_other_db" });
+    expect(other.backups).toHaveLength(0);
+  });
+
+  it("counts backups, success rate, size and compression", async () => {
+    const { backups } = await svc.client.listBackups({ pageSize: 500 });
+    const s = await svc.client.getStats({});
+    expect(Number(s.totalBackups)).toBe(backups.length);
+    expect(Number(s.successfulBackups)).toBe(backups.filter((b) => b.status === BackupStatus.VERIFIED).length);
+    expect(Number(s.failedBackups)).toBe(0);
+    expect(s.successRate).toBe(100);
+    expect(Number(s.totalSizeBytes)).toBe(backups.reduce((a, b) => a + Number(b.fileSize), 0));
+    const avg = backups.reduce((a, b) => a + b.compressionRatio, 0) / backups.length;
+    expect(s.averageCompression).toBeCloseTo(avg, 1);
+    expect(s.latestBackup?.id).toBe(backups[0]!.id);
+
+    const forOther = await svc.client.getStats({ database: "some_other_db" });
+    expect(Number(forOther.totalBackups)).toBe(0);
+    expect(forOther.latestBackup).toBeUndefined();
+  });
+
+  it("audits state-changing calls with the actor and outcome", async () => {
+    const { events, total } = await svc.client.listAuditEvents({ action: "CreateBackup" });
+    expect(Number(total)).toBeGreaterThanOrEqual(3);
+    expect(events[0]).toMatchObject({ actor: "test-admin", actorUsername: "Test Admin", outcome: "OK", action: "CreateBackup" });
+    expect(events[0]!.backupId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(events[0]!.clientAddress).toBe("127.0.0.1");
+    const byBackup = await svc.client.listAuditEvents({ backupId: events[0]!.backupId });
+    expect(byBackup.events.every((e) => e.backupId === events[0]!.backupId)).toBe(true);
+    // Reads are not audited.
+    const reads = await svc.client.listAuditEvents({ action: "ListBackups" });
+    expect(Number(reads.total)).toBe(0);
+  });
+});
+
+describe("plain format with gzip (the reference design's .sql.gz)", () => {
+  const plainControl = uniqueName("bs_ctl_plain");
+  let plain: TestService;
+  beforeAll(async () => {
+    plain = await startService(plainControl, target, { BACKUP_FORMAT: "plain", BACKUP_COMPRESSION: "gzip" });
+  });
+  afterAll(async () => {
+    await plain?.close();
+    await dropDatabase(plainControl);
+    if (plain) await removeDir(plain.dataDir);
+  });
+
+  it("writes a verified .sql.gz that zcat | psql can restore", async () => {
+    const { backup } = await plain.client.createBackup({});
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    expect(backup!.fileName).toMatch(/\.sql\.gz$/);
+    expect(backup!.archiveFormat).toBe(ArchiveFormat.PLAIN);
+    expect(backup!.compression).toBe(Compression.GZIP);
+    const file = path.join(plain.backupDir, backup!.fileName);
+    expect(backup!.checksum).toBe(sha256sum(file));
+    const dumpSize = Number(execFileSync("sh", ["-c", `gzip -dc '${file}' | wc -c`], { encoding: "utf8" }).trim());
+    expect(Number(backup!.dumpSize)).toBe(dumpSize);
+    expect(Number(backup!.rowCount)).toBe(Object.values(expected).reduce((a, n) => a + n, 0));
+
+    const restored = uniqueName("bs_restored");
+    await createDatabase(restored);
+    try {
+      execFileSync("sh", ["-c", `gzip -dc '${file}' | psql -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d ${restored}`], {
+        stdio: ["ignore", "ignore", "pipe"],
+      });
+      const [{ n }] = await sql<{ n: string }>(restored, "SELECT count(*) AS n FROM orders");
+      expect(Number(n)).toBe(expected["public.orders"]);
+    } finally {
+      await dropDatabase(restored);
+    }
+  });
+});

@@ -1,0 +1,282 @@
+/**
+ * Test support: throwaway databases on the local PostgreSQL, the real service
+ * on an ephemeral port, and real clients (connect-es and grpc-js).
+ */
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
+import { SignJWT } from "jose";
+import pg from "pg";
+import { BackupService } from "../gen/backup/v1/backup_pb.js";
+import { createApp, type App } from "../src/app.js";
+import { loadConfig } from "../src/config.js";
+import { createLogger } from "../src/logger.js";
+
+export const PG_HOST = process.env.TEST_PG_HOST ?? "127.0.0.1";
+export const PG_PORT = Number(process.env.TEST_PG_PORT ?? 5432);
+export const PG_USER = process.env.TEST_PG_USER ?? "postgres";
+export const TEST_SECRET = "test-secret-that-is-long-enough-for-hs256!";
+
+export function pgUrl(database: string): string {
+  return `postgres://${PG_USER}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(database)}`;
+}
+
+/** Runs SQL against a database and closes the connection. */
+export async function sql<T extends pg.QueryResultRow = Record<string, unknown>>(
+  database: string,
+  text: string,
+  params: unknown[] = [],
+): Promise<T[]> {
+  const client = new pg.Client({ host: PG_HOST, port: PG_PORT, user: PG_USER, database });
+  await client.connect();
+  try {
+    return (await client.query<T>(text, params)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** An open connection the test controls (e.g. to hold a lock). */
+export async function connect(database: string): Promise<pg.Client> {
+  const client = new pg.Client({ host: PG_HOST, port: PG_PORT, user: PG_USER, database });
+  client.on("error", () => undefined);
+  await client.connect();
+  return client;
+}
+
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${randomBytes(4).toString("hex")}`;
+}
+
+export async function createDatabase(name: string): Promise<void> {
+  await sql("postgres", `CREATE DATABASE "${name}"`);
+}
+
+export async function dropDatabase(name: string): Promise<void> {
+  await sql("postgres", `DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`);
+}
+
+/**
+ * A small database with the things a dump must carry: tables of several
+ * types (one with a name that needs quoting), a view, a sequence, an index,
+ * a function and a partitioned table.
+ */
+export async function seedDatabase(name: string, rows = 1000): Promise<Record<string, number>> {
+  await sql(
+    name,
+    `CREATE TABLE customers (id serial PRIMARY KEY, name text NOT NULL, profile jsonb, created timestamptz DEFAULT now());
+     INSERT INTO customers (name, profile) SELECT 'customer ' || g, jsonb_build_object('n', g) FROM generate_series(1, ${rows}) g;
+     CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id int REFERENCES customers(id), total numeric(10,2), blob bytea);
+     INSERT INTO orders (customer_id, total, blob) SELECT 1 + g % ${rows}, g * 1.5, decode(md5(g::text), 'hex') FROM generate_series(1, ${rows * 2}) g;
+     CREATE INDEX orders_customer_idx ON orders (customer_id);
+     CREATE SCHEMA billing;
+     CREATE TABLE billing."Invoice Lines" (id int, note text);
+     INSERT INTO billing."Invoice Lines" SELECT g, repeat('x', 20) FROM generate_series(1, 7) g;
+     CREATE TABLE events (id int, at date NOT NULL) PARTITION BY RANGE (at);
+     CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+     INSERT INTO events SELECT g, '2026-03-01' FROM generate_series(1, 5) g;
+     CREATE TABLE empty_table (id int);
+     CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
+     CREATE SEQUENCE invoice_seq;
+     CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1';`,
+  );
+  return {
+    "public.customers": rows,
+    "public.orders": rows * 2,
+    'billing.Invoice Lines': 7,
+    "public.events_2026": 5,
+    "public.empty_table": 0,
+  };
+}
+
+export interface TestService {
+  app: App;
+  url: string;
+  dataDir: string;
+  backupDir: string;
+  env: Record<string, string>;
+  /** A connect-es client with an admin token. */
+  client: Client<typeof BackupService>;
+  clientWith(token: string | null): Client<typeof BackupService>;
+  close(): Promise<void>;
+}
+
+/** The environment a test service runs with (also used for child-process services). */
+export function serviceEnv(control: string, target: string, dataDir: string, extra: Record<string, string> = {}) {
+  return {
+    GRPC_HOST: "127.0.0.1",
+    GRPC_PORT: "0",
+    CONTROL_DATABASE_URL: pgUrl(control),
+    TARGET_DATABASE_URL: pgUrl(target),
+    DATA_DIR: dataDir,
+    JWT_SECRET: TEST_SECRET,
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
+    SHUTDOWN_GRACE_MS: "2000",
+    ...extra,
+  };
+}
+
+export async function tempDir(prefix = "bs-test-"): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), prefix));
+}
+
+/** Starts the real service in this process against the given databases. */
+export async function startService(
+  control: string,
+  target: string,
+  extra: Record<string, string> = {},
+  dataDir?: string,
+): Promise<TestService> {
+  const dir = dataDir ?? (await tempDir());
+  const env = serviceEnv(control, target, dir, extra);
+  const config = loadConfig(env);
+  const app = await createApp(config, createLogger(config.logLevel));
+  const url = app.server.url;
+  const token = await mintToken({ sub: "test-admin", role: "admin", username: "Test Admin" });
+  const clientWith = (t: string | null) =>
+    createClient(
+      BackupService,
+      createGrpcTransport({
+        baseUrl: url,
+        interceptors: t === null ? [] : [(next) => (req) => (req.header.set("authorization", `Bearer ${t}`), next(req))],
+      }),
+    );
+  return {
+    app,
+    url,
+    dataDir: dir,
+    backupDir: config.backupDir,
+    env,
+    client: clientWith(token),
+    clientWith,
+    async close() {
+      await app.close();
+    },
+  };
+}
+
+export async function mintToken(opts: {
+  sub?: string;
+  role?: unknown;
+  username?: string;
+  expiresIn?: number | null;
+  secret?: string;
+  alg?: string;
+  key?: Parameters<SignJWT["sign"]>[0];
+}): Promise<string> {
+  const claims: Record<string, unknown> = { role: opts.role ?? "admin" };
+  if (opts.username) claims.username = opts.username;
+  let jwt = new SignJWT(claims).setProtectedHeader({ alg: opts.alg ?? "HS256" }).setIssuedAt();
+  if (opts.sub !== undefined) jwt = jwt.setSubject(opts.sub);
+  if (opts.expiresIn !== null) jwt = jwt.setExpirationTime(Math.floor(Date.now() / 1000) + (opts.expiresIn ?? 3600));
+  return jwt.sign(opts.key ?? new TextEncoder().encode(opts.secret ?? TEST_SECRET));
+}
+
+/** Files in the backup directory (final and partial). */
+export async function backupFiles(dir: string): Promise<string[]> {
+  try {
+    return (await readdir(dir)).sort();
+  } catch {
+    return [];
+  }
+}
+
+/** PIDs of pg_dump processes working on the given database (read from /proc). */
+export async function pgDumpPids(database: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = await readFile(`/proc/${entry}/cmdline`, "utf8");
+      if (!cmdline.includes("pg_dump")) continue;
+      const environ = await readFile(`/proc/${entry}/environ`, "utf8");
+      if (environ.split("\0").includes(`PGDATABASE=${database}`)) pids.push(Number(entry));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return pids;
+}
+
+export async function waitFor<T>(what: string, probe: () => Promise<T | null | undefined | false>, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/**
+ * Holds an ACCESS EXCLUSIVE lock on a table so that pg_dump (and the row
+ * count) block on it: a backup that is reliably "mid-way" for as long as the
+ * test wants.
+ */
+export async function blockTable(database: string, table: string): Promise<{ release(): Promise<void> }> {
+  const client = await connect(database);
+  await client.query("BEGIN");
+  await client.query(`LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+  return {
+    async release() {
+      await client.query("ROLLBACK").catch(() => undefined);
+      await client.end().catch(() => undefined);
+    },
+  };
+}
+
+/** Waits until a session of the service in `database` waits on a lock. */
+export async function waitForBlockedDump(database: string): Promise<void> {
+  await waitFor("pg_dump to block on the table lock", async () => {
+    const rows = await sql<{ n: string }>(
+      "postgres",
+      `SELECT count(*) AS n FROM pg_stat_activity
+        WHERE datname = $1 AND application_name = 'backup-service' AND wait_event_type = 'Lock'`,
+      [database],
+    );
+    return Number(rows[0]!.n) > 0;
+  });
+}
+
+/** A generic @grpc/grpc-js client built from the protobuf-es service descriptor. */
+export function grpcJsClient(url: string, service: DescService = BackupService) {
+  const definition: grpc.ServiceDefinition = {};
+  for (const m of service.methods) {
+    definition[m.localName] = {
+      path: `/${service.typeName}/${m.name}`,
+      requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
+      responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
+      requestSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.input, msg)),
+      requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
+      responseSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.output, msg)),
+      responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
+    };
+  }
+  const Ctor = grpc.makeGenericClientConstructor(definition, service.typeName);
+  return new Ctor(url.replace(/^http:\/\//, ""), grpc.credentials.createInsecure()) as grpc.Client &
+    Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
+}
+
+/** Calls a unary method on a grpc-js client as a promise. */
+export function grpcJsUnary<T>(
+  client: ReturnType<typeof grpcJsClient>,
+  method: string,
+  request: unknown,
+  metadata: grpc.Metadata,
+  options: grpc.CallOptions = {},
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    client[method]!(request, metadata, options, (err: grpc.ServiceError | null, res: T) =>
+      err ? reject(err) : resolve(res),
+    );
+  });
+}
+
+export async function removeDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}
