@@ -245,7 +245,7 @@ export async function waitForBlockedDump(database: string): Promise<void> {
 
 /** A generic @grpc/grpc-js client built from the protobuf-es service descriptor. */
 export function grpcJsClient(url: string, service: DescService = BackupService) {
-  const definition: grpc.ServiceDefinition = {};
+  const definition: Record<string, grpc.MethodDefinition<MessageShape<DescMessage>, MessageShape<DescMessage>>> = {};
   for (const m of service.methods) {
     definition[m.localName] = {
       path: `/${service.typeName}/${m.name}`,
@@ -257,7 +257,7 @@ export function grpcJsClient(url: string, service: DescService = BackupService) 
       responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
     };
   }
-  const Ctor = grpc.makeGenericClientConstructor(definition, service.typeName);
+  const Ctor = grpc.makeGenericClientConstructor(definition as grpc.ServiceDefinition, service.typeName);
   return new Ctor(url.replace(/^http:\/\//, ""), grpc.credentials.createInsecure()) as grpc.Client &
     Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
 }

@@ -178,20 +178,31 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
         const tables = await listTables(client);
 
+        // The first step to fail stops the others (a dead pg_dump must not leave the row
+        // count waiting on a lock, and vice versa); its error is the one reported.
+        const stopAll = new AbortController();
+        const steps = AbortSignal.any([signal, stopAll.signal]);
+        let firstFailure: DomainError | undefined;
+        const fail = (e: DomainError) => {
+          firstFailure ??= e;
+          stopAll.abort(e);
+          void client.end().catch(() => undefined);
+        };
+
         const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
         const excludeArgs = opts.excludeSchemas.map((s) => `--exclude-schema=${s}`);
         const dump = startChild(
           "pg_dump",
           tools.pgDump,
           [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
-          { env: libpqEnv(options.database), stdio: ["ignore", "pipe", "pipe"], signal },
+          { env: libpqEnv(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps },
         );
         const [compressCmd, compressArgv] = compressArgs(options.compression);
         // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
         const compressor = startChild(options.compression, compressCmd, compressArgv, {
           env: childProcessEnv(),
           stdio: [dump.child.stdout!, "pipe", "pipe"],
-          signal,
+          signal: steps,
         });
         // Our copy of the pipe's read end must go, or pg_dump would block instead of
         // getting SIGPIPE if the compressor died.
@@ -209,36 +220,33 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
             }
           },
           createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
-          { signal },
+          { signal: steps },
+        ).catch((err: unknown) => {
+          if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${(err as Error).message}`));
+        });
+        const watch = (p: Promise<ExitInfo>) =>
+          p.then((e) => {
+            if (!succeeded(e) && !steps.aborted) fail(dumpFailure(e));
+          });
+        let counts: TableRowCounts = {};
+        const counting = countRows(client, tables, steps).then(
+          (c) => {
+            counts = c;
+          },
+          (err: unknown) => {
+            if (!steps.aborted) {
+              fail(new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${(err as Error).message}`));
+            }
+          },
         );
-        const counting = countRows(client, tables, signal);
-        const [dumpExit, compressExit, writeResult, countResult] = await Promise.all([
-          dump.exit,
-          compressor.exit,
-          written.then(
-            () => null,
-            (err: unknown) => err,
-          ),
-          counting.then(
-            (c) => ({ ok: true as const, counts: c }),
-            (err: unknown) => ({ ok: false as const, err }),
-          ),
-        ]);
+        await Promise.all([watch(dump.exit), watch(compressor.exit), written, counting]);
         signal.throwIfAborted();
-        if (!succeeded(dumpExit)) throw dumpFailure(dumpExit);
-        if (!succeeded(compressExit)) throw dumpFailure(compressExit);
-        if (writeResult) {
-          throw new DomainError("dump_failed", `writing the backup file failed: ${(writeResult as Error).message}`);
-        }
-        if (!countResult.ok) {
-          const msg = (countResult.err as Error).message;
-          throw new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${msg}`);
-        }
+        if (firstFailure) throw firstFailure;
         await client.query("COMMIT");
         return {
           fileSize,
           checksum: hash.digest("hex"),
-          tableRowCounts: countResult.counts,
+          tableRowCounts: counts,
           durationMs: Math.round(performance.now() - started),
         };
       } catch (err) {

@@ -1,0 +1,290 @@
+import { execFileSync } from "node:child_process";
+import { chmod, open, symlink, truncate, writeFile } from "node:fs/promises";
+import path from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import {
+  backupFiles,
+  blockTable,
+  createDatabase,
+  dropDatabase,
+  pgDumpPids,
+  removeDir,
+  seedDatabase,
+  startService,
+  tempDir,
+  uniqueName,
+  waitFor,
+  waitForBlockedDump,
+  type TestService,
+} from "./helpers.js";
+
+const target = uniqueName("bs_tgt_fail");
+const controls: string[] = [];
+const services: TestService[] = [];
+const dirs: string[] = [];
+
+async function service(extra: Record<string, string> = {}): Promise<TestService> {
+  const control = uniqueName("bs_ctl_fail");
+  controls.push(control);
+  const s = await startService(control, target, extra);
+  services.push(s);
+  return s;
+}
+
+/** A PG_BIN_DIR whose pg_dump is the given script; pg_restore and psql are the real ones. */
+async function fakeBinDir(pgDumpScript: string): Promise<string> {
+  const dir = await tempDir("bs-fakebin-");
+  dirs.push(dir);
+  const which = (cmd: string) => execFileSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).trim();
+  const realDump = which("pg_dump");
+  await symlink(which("pg_restore"), path.join(dir, "pg_restore"));
+  await symlink(which("psql"), path.join(dir, "psql"));
+  const file = path.join(dir, "pg_dump");
+  await writeFile(file, `#!/bin/sh\nREAL_PG_DUMP='${realDump}'\ncase "$1" in --version) exec "$REAL_PG_DUMP" --version;; esac\n${pgDumpScript}\n`);
+  await chmod(file, 0o755);
+  return dir;
+}
+
+async function expectError(p: Promise<unknown>, code: Code): Promise<ConnectError> {
+  const err = await p.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  expect(Code[(err as ConnectError).code]).toBe(Code[code]);
+  return err as ConnectError;
+}
+
+async function recordOf(svc: TestService, id: string) {
+  return (await svc.client.getBackup({ id })).backup!;
+}
+
+async function onlyBackup(svc: TestService) {
+  const { backups } = await svc.client.listBackups({});
+  expect(backups).toHaveLength(1);
+  return backups[0]!;
+}
+
+let main: TestService;
+
+beforeAll(async () => {
+  await createDatabase(target);
+  await seedDatabase(target, 500);
+  main = await service();
+});
+
+afterAll(async () => {
+  for (const s of services) await s.close().catch(() => undefined);
+  await dropDatabase(target);
+  for (const c of controls) await dropDatabase(c);
+  for (const s of services) await removeDir(s.dataDir);
+  for (const d of dirs) await removeDir(d);
+});
+
+describe("when pg_dump cannot do its job", () => {
+  it("an unreachable target: UNAVAILABLE, FAILED with the reason, no file", async () => {
+    const control = uniqueName("bs_ctl_fail");
+    controls.push(control);
+    const s = await startService(control, target, { TARGET_DATABASE_URL: "postgres://postgres@127.0.0.1:1/postgres" });
+    services.push(s);
+    const err = await expectError(s.client.createBackup({}), Code.Unavailable);
+    expect(err.rawMessage).toMatch(/cannot reach the target database at .*127\.0\.0\.1:1/);
+    expect(err.rawMessage).toMatch(/hint: check TARGET_DATABASE_URL/);
+    const b = await onlyBackup(s);
+    expect(b.status).toBe(BackupStatus.FAILED);
+    expect(b.errorMessage).toMatch(/cannot reach the target database/);
+    expect(b.id.length).toBe(36);
+    expect(err.rawMessage).toContain(b.id);
+    expect(await backupFiles(s.backupDir)).toEqual([]);
+  });
+
+  it("a database that does not exist: NOT_FOUND, FAILED, no file", async () => {
+    const err = await expectError(main.client.createBackup({ database: "no_such_database_here" }), Code.NotFound);
+    expect(err.rawMessage).toMatch(/database "no_such_database_here" does not exist/);
+    const { backups } = await main.client.listBackups({ database: "no_such_database_here" });
+    expect(backups).toHaveLength(1);
+    expect(backups[0]!.status).toBe(BackupStatus.FAILED);
+    expect(await backupFiles(main.backupDir)).toEqual([]);
+  });
+
+  it("pg_dump killed halfway: FAILED naming the signal, no file, nothing verified", async () => {
+    const lock = await blockTable(target, "customers");
+    try {
+      const { backup } = await main.client.createBackup({ async: true });
+      await waitForBlockedDump(target);
+      const pids = await pgDumpPids(target);
+      expect(pids.length).toBeGreaterThan(0);
+      expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
+      for (const pid of pids) process.kill(pid, "SIGKILL");
+      const b = await waitFor("the backup to fail", async () => {
+        const r = await recordOf(main, backup!.id);
+        return r.status === BackupStatus.IN_PROGRESS ? null : r;
+      });
+      expect(b.status).toBe(BackupStatus.FAILED);
+      expect(b.errorMessage).toMatch(/pg_dump was killed by SIGKILL/);
+      expect(b.verifiedAt).toBeUndefined();
+    } finally {
+      await lock.release();
+    }
+    expect(await backupFiles(main.backupDir)).toEqual([]);
+  });
+
+  it("pg_dump failing halfway through its output: FAILED with exit code and stderr, no file", async () => {
+    const bin = await fakeBinDir(
+      `"$REAL_PG_DUMP" "$@" | head -c 3000\necho "pg_dump: error: simulated failure halfway" >&2\nexit 1`,
+    );
+    const s = await service({ PG_BIN_DIR: bin });
+    const err = await expectError(s.client.createBackup({}), Code.Internal);
+    expect(err.rawMessage).toMatch(/pg_dump exited with code 1: pg_dump: error: simulated failure halfway/);
+    const b = await onlyBackup(s);
+    expect(b.status).toBe(BackupStatus.FAILED);
+    expect(b.errorMessage).toMatch(/exited with code 1/);
+    expect(await backupFiles(s.backupDir)).toEqual([]);
+  });
+
+  it("an empty dump that pg_dump calls a success is never VERIFIED", async () => {
+    const bin = await fakeBinDir("exit 0");
+    const s = await service({ PG_BIN_DIR: bin });
+    const err = await expectError(s.client.createBackup({}), Code.DataLoss);
+    expect(err.rawMessage).toMatch(/failed verification/);
+    expect(err.rawMessage).toMatch(/archive: pg_restore cannot read/);
+    const b = await onlyBackup(s);
+    expect(b.status).toBe(BackupStatus.CORRUPTED);
+    expect(b.verifiedAt).toBeUndefined();
+    expect(b.errorMessage).toMatch(/^verification failed: archive/);
+    const stats = await s.client.getStats({});
+    expect(Number(stats.successfulBackups)).toBe(0);
+    expect(Number(stats.failedBackups)).toBe(1);
+    expect(stats.latestBackup).toBeUndefined();
+  });
+
+  it("a truncated dump that pg_dump calls a success is never VERIFIED", async () => {
+    // The table of contents survives (pg_restore --list is happy); the data does not.
+    const bin = await fakeBinDir(
+      `tmp=$(mktemp)\n"$REAL_PG_DUMP" "$@" > "$tmp" || exit 1\nhead -c $(( $(stat -c %s "$tmp") / 2 )) "$tmp"\nrm -f "$tmp"\nexit 0`,
+    );
+    const s = await service({ PG_BIN_DIR: bin });
+    const err = await expectError(s.client.createBackup({}), Code.DataLoss);
+    expect(err.rawMessage).toMatch(/archive: pg_restore cannot read the whole archive/);
+    const b = await onlyBackup(s);
+    expect(b.status).toBe(BackupStatus.CORRUPTED);
+  });
+});
+
+describe("cancellation", () => {
+  it("a client cancelling mid-backup: pg_dump gone, no partial file, FAILED cancelled", async () => {
+    const lock = await blockTable(target, "customers");
+    try {
+      const ac = new AbortController();
+      const call = main.client.createBackup({}, { signal: ac.signal });
+      await waitForBlockedDump(target);
+      expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
+      ac.abort();
+      await expectError(call, Code.Canceled);
+      const { backups } = await main.client.listBackups({ pageSize: 1 });
+      const b = await waitFor("the backup to be recorded as failed", async () => {
+        const r = await recordOf(main, backups[0]!.id);
+        return r.status === BackupStatus.FAILED ? r : null;
+      });
+      expect(b.errorMessage).toBe("cancelled by the client");
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      expect(await backupFiles(main.backupDir)).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it("a deadline that passes mid-backup: same clean-up, FAILED with the reason", async () => {
+    const lock = await blockTable(target, "customers");
+    try {
+      const call = main.client.createBackup({}, { timeoutMs: 1500 });
+      await expectError(call, Code.DeadlineExceeded);
+      const { backups } = await main.client.listBackups({ pageSize: 1 });
+      const b = await waitFor("the backup to be recorded as failed", async () => {
+        const r = await recordOf(main, backups[0]!.id);
+        return r.status === BackupStatus.FAILED ? r : null;
+      });
+      expect(b.errorMessage).toMatch(/cancelled: the call's deadline was exceeded/);
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      expect(await backupFiles(main.backupDir)).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+  });
+
+  it("two backups of one database at once: the second is ABORTED naming the first", async () => {
+    const lock = await blockTable(target, "customers");
+    let firstId: string;
+    try {
+      const first = await main.client.createBackup({ async: true });
+      firstId = first.backup!.id;
+      await waitForBlockedDump(target);
+      const err = await expectError(main.client.createBackup({}), Code.Aborted);
+      expect(err.rawMessage).toContain(firstId);
+      expect(err.rawMessage).toMatch(/already running/);
+    } finally {
+      await lock.release();
+    }
+    const done = await waitFor("the first backup to finish", async () => {
+      const r = await recordOf(main, firstId);
+      return r.status === BackupStatus.VERIFIED ? r : null;
+    });
+    expect(done.status).toBe(BackupStatus.VERIFIED);
+  });
+});
+
+describe("VerifyBackup finds damage", () => {
+  it("one flipped byte: CORRUPTED, the checksum check fails", async () => {
+    const { backup } = await main.client.createBackup({});
+    const file = path.join(main.backupDir, backup!.fileName);
+    const fh = await open(file, "r+");
+    const buf = Buffer.alloc(1);
+    const at = Math.floor(Number(backup!.fileSize) / 2);
+    await fh.read(buf, 0, 1, at);
+    buf[0] = buf[0]! ^ 0xff;
+    await fh.write(buf, 0, 1, at);
+    await fh.close();
+
+    const v = await main.client.verifyBackup({ id: backup!.id });
+    expect(v.verified).toBe(false);
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    const failed = v.checks.filter((c) => !c.passed).map((c) => c.name);
+    expect(failed).toContain("checksum");
+    expect(v.checks.find((c) => c.name === "file_size")?.passed).toBe(true);
+    expect(v.message).toMatch(/checksum: sha256 is [0-9a-f]{64}, [0-9a-f]{64} recorded/);
+    const after = await recordOf(main, backup!.id);
+    expect(after.status).toBe(BackupStatus.CORRUPTED);
+    expect(after.errorMessage).toMatch(/checksum/);
+  });
+
+  it("a truncated file: CORRUPTED, size, checksum and decompression fail", async () => {
+    const { backup } = await main.client.createBackup({});
+    const file = path.join(main.backupDir, backup!.fileName);
+    await truncate(file, Math.floor(Number(backup!.fileSize) / 2));
+    const v = await main.client.verifyBackup({ id: backup!.id });
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    const failed = v.checks.filter((c) => !c.passed).map((c) => c.name);
+    expect(failed).toEqual(expect.arrayContaining(["file_size", "checksum", "decompress"]));
+  });
+
+  it("a missing file: CORRUPTED, file_exists fails, GetBackup says so", async () => {
+    const { backup } = await main.client.createBackup({});
+    const file = path.join(main.backupDir, backup!.fileName);
+    execFileSync("rm", [file]);
+    const got = await main.client.getBackup({ id: backup!.id });
+    expect(got.fileExists).toBe(false);
+    const v = await main.client.verifyBackup({ id: backup!.id });
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    expect(v.checks).toEqual([expect.objectContaining({ name: "file_exists", passed: false })]);
+  });
+
+  it("refuses to verify a failed backup", async () => {
+    const { backups } = await main.client.listBackups({ status: BackupStatus.FAILED, pageSize: 1 });
+    const err = await expectError(main.client.verifyBackup({ id: backups[0]!.id }), Code.FailedPrecondition);
+    expect(err.rawMessage).toMatch(/failed and has no file/);
+  });
+});
