@@ -1,0 +1,125 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupStatus, BackupType } from "../gen/backup/v1/backup_pb.js";
+import { ConfigError, loadConfig } from "../src/config.js";
+import { createDatabase, dropDatabase, removeDir, startService, uniqueName, type TestService } from "./helpers.js";
+
+const control = uniqueName("bs_ctl_valid");
+const target = uniqueName("bs_tgt_valid");
+let svc: TestService;
+
+beforeAll(async () => {
+  await createDatabase(target);
+  svc = await startService(control, target);
+});
+
+afterAll(async () => {
+  await svc?.close();
+  await dropDatabase(target);
+  await dropDatabase(control);
+  if (svc) await removeDir(svc.dataDir);
+});
+
+async function invalid(p: Promise<unknown>, field: string, why?: RegExp): Promise<void> {
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err, `${field} should be refused`).toBeInstanceOf(ConnectError);
+  const ce = err as ConnectError;
+  expect(Code[ce.code]).toBe("InvalidArgument");
+  expect(ce.rawMessage.startsWith(`${field}: `), ce.rawMessage).toBe(true);
+  if (why) expect(ce.rawMessage).toMatch(why);
+}
+
+describe("bad input is INVALID_ARGUMENT naming the field", () => {
+  it("malformed ids", async () => {
+    await invalid(svc.client.getBackup({ id: "" }), "id", /UUID/);
+    await invalid(svc.client.getBackup({ id: "42" }), "id");
+    await invalid(svc.client.getBackup({ id: "../../etc/passwd" }), "id");
+    await invalid(svc.client.verifyBackup({ id: "not-a-uuid" }), "id");
+    await invalid(svc.client.listAuditEvents({ backupId: "x" }), "backup_id");
+  });
+
+  it("an unknown but well-formed id is NOT_FOUND", async () => {
+    const err = await svc.client.getBackup({ id: "00000000-0000-4000-8000-000000000000" }).catch((e: unknown) => e);
+    expect(Code[(err as ConnectError).code]).toBe("NotFound");
+    expect((err as ConnectError).rawMessage).toMatch(/backup 00000000-0000-4000-8000-000000000000 not found/);
+  });
+
+  it("retention out of range", async () => {
+    await invalid(svc.client.createBackup({ retentionDays: 0 }), "retention_days", /1 to 3650/);
+    await invalid(svc.client.createBackup({ retentionDays: 3651 }), "retention_days");
+    await invalid(svc.client.createBackup({ retentionDays: -5 }), "retention_days");
+  });
+
+  it("page and page size", async () => {
+    await invalid(svc.client.listBackups({ pageSize: 501 }), "page_size", /1 to 500/);
+    await invalid(svc.client.listBackups({ pageSize: -1 }), "page_size");
+    await invalid(svc.client.listBackups({ page: -1 }), "page");
+    await invalid(svc.client.listAuditEvents({ pageSize: 1000 }), "page_size");
+    const ok = await svc.client.listBackups({ pageSize: 500 });
+    expect(ok.page).toBe(1);
+  });
+
+  it("unknown enum values", async () => {
+    await invalid(svc.client.createBackup({ backupType: 99 as BackupType }), "backup_type", /unknown value 99/);
+    await invalid(svc.client.listBackups({ status: 42 as BackupStatus }), "status", /unknown value 42/);
+    await invalid(svc.client.listBackups({ backupType: 7 as BackupType }), "backup_type");
+  });
+
+  it("INCREMENTAL is refused: logical backups are always full", async () => {
+    await invalid(svc.client.createBackup({ backupType: BackupType.INCREMENTAL }), "backup_type", /always full/);
+  });
+
+  it("labels and database names", async () => {
+    await invalid(svc.client.createBackup({ label: "x".repeat(201) }), "label", /200/);
+    await invalid(svc.client.createBackup({ database: "" }), "database");
+    await invalid(svc.client.createBackup({ database: "d".repeat(64) }), "database");
+  });
+
+  it("nothing was recorded by refused requests", async () => {
+    const { total } = await svc.client.listBackups({ includeDeleted: true });
+    expect(Number(total)).toBe(0);
+  });
+});
+
+describe("configuration", () => {
+  it("names the setting and the rule, never the value", () => {
+    const bad: [Record<string, string>, RegExp][] = [
+      [{ GRPC_PORT: "seventy" }, /GRPC_PORT: must be a whole number/],
+      [{ RETENTION_DAYS: "0" }, /RETENTION_DAYS: must be a whole number from 1 to 3650/],
+      [{ BACKUP_FORMAT: "tar" }, /BACKUP_FORMAT: must be custom or plain/],
+      [{ BACKUP_COMPRESSION: "lz4" }, /BACKUP_COMPRESSION: must be zstd or gzip/],
+      [{ BACKUP_COMPRESSION: "gzip", BACKUP_COMPRESSION_LEVEL: "12" }, /BACKUP_COMPRESSION_LEVEL: .*1 to 9/],
+      [{ CONTROL_DATABASE_URL: "mysql://secret-host/db" }, /CONTROL_DATABASE_URL: must start with postgres:\/\//],
+      [{ TARGET_DATABASE_URL: "postgres://u:hunter2@host:5432" }, /TARGET_DATABASE_URL: must name a database/],
+      [{ JWT_SECRET: "short-hunter2" }, /JWT_SECRET: must be at least 32 bytes/],
+      [{ TLS_CERT_FILE: "/tmp/cert.pem" }, /TLS_CERT_FILE, TLS_KEY_FILE: set both/],
+      [{ LOG_LEVEL: "loud" }, /LOG_LEVEL: must be one of/],
+    ];
+    for (const [env, message] of bad) {
+      let err: unknown;
+      try {
+        loadConfig(env);
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(env)).toBeInstanceOf(ConfigError);
+      expect((err as Error).message).toMatch(message);
+      expect((err as Error).message).not.toMatch(/hunter2|secret-host|seventy/);
+    }
+  });
+
+  it("has the documented defaults", () => {
+    const c = loadConfig({});
+    expect(c.grpcHost).toBe("127.0.0.1");
+    expect(c.grpcPort).toBe(50051);
+    expect(c.control.database).toBe("backup_service");
+    expect(c.target.database).toBe("postgres");
+    expect(c.backupFormat).toBe("custom");
+    expect(c.backupCompression).toBe("zstd");
+    expect(c.retentionDays).toBe(30);
+    expect(c.backupDir.endsWith("/data/backups")).toBe(true);
+  });
+});
