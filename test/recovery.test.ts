@@ -1,0 +1,169 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import { createInterface } from "node:readline";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupService, BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import {
+  backupFiles,
+  blockTable,
+  createDatabase,
+  dropDatabase,
+  mintToken,
+  pgDumpPids,
+  removeDir,
+  seedDatabase,
+  serviceEnv,
+  startService,
+  tempDir,
+  uniqueName,
+  waitFor,
+  waitForBlockedDump,
+} from "./helpers.js";
+
+const target = uniqueName("bs_tgt_recover");
+const controls: string[] = [];
+const dirs: string[] = [];
+const children: ChildProcess[] = [];
+
+beforeAll(async () => {
+  await createDatabase(target);
+  await seedDatabase(target, 200);
+});
+
+afterAll(async () => {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  for (const pid of await pgDumpPids(target)) process.kill(pid, "SIGKILL");
+  await dropDatabase(target);
+  for (const c of controls) await dropDatabase(c);
+  for (const d of dirs) await removeDir(d);
+});
+
+/** Runs the service as its own process (as `npm start` does) and waits until it listens. */
+async function spawnService(control: string, dataDir: string) {
+  const env = { ...process.env, ...serviceEnv(control, target, dataDir), LOG_LEVEL: "info" };
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  children.push(child);
+  const logs: Record<string, unknown>[] = [];
+  const url = await new Promise<string>((resolve, reject) => {
+    const lines = createInterface({ input: child.stdout! });
+    lines.on("line", (line) => {
+      try {
+        const entry = JSON.parse(line) as Record<string, unknown>;
+        logs.push(entry);
+        if (entry.msg === "backup service listening") resolve(entry.url as string);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`service exited with ${code} before listening`)));
+  });
+  const token = await mintToken({ sub: "ops", role: "admin" });
+  const client = createClient(
+    BackupService,
+    createGrpcTransport({
+      baseUrl: url,
+      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+    }),
+  );
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  return { child, client, url, logs, exited };
+}
+
+describe("start-up recovery after a crash", () => {
+  it("a killed service's IN_PROGRESS backup becomes FAILED (interrupted) and its partial file goes", async () => {
+    const control = uniqueName("bs_ctl_crash");
+    controls.push(control);
+    const dataDir = await tempDir();
+    dirs.push(dataDir);
+    const lock = await blockTable(target, "customers");
+    let id: string;
+    try {
+      const svc = await spawnService(control, dataDir);
+      const { backup } = await svc.client.createBackup({ async: true });
+      id = backup!.id;
+      await waitForBlockedDump(target);
+      const partials = (await backupFiles(`${dataDir}/backups`)).filter((f) => f.endsWith(".partial"));
+      expect(partials).toHaveLength(1);
+
+      svc.child.kill("SIGKILL");
+      await svc.exited;
+      // The orphaned pg_dump would die of SIGPIPE once unblocked; end it now.
+      for (const pid of await pgDumpPids(target)) process.kill(pid, "SIGKILL");
+    } finally {
+      await lock.release();
+    }
+
+    const restarted = await startService(control, target, {}, dataDir);
+    try {
+      const { backup } = await restarted.client.getBackup({ id: id! });
+      expect(backup!.status).toBe(BackupStatus.FAILED);
+      expect(backup!.errorMessage).toMatch(/^interrupted/);
+      expect(await backupFiles(restarted.backupDir)).toEqual([]);
+      // And the service works again for that database.
+      const again = await restarted.client.createBackup({});
+      expect(again.backup!.status).toBe(BackupStatus.VERIFIED);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it("a second replica starting up leaves the first replica's running backup alone", async () => {
+    const control = uniqueName("bs_ctl_replica");
+    controls.push(control);
+    const lock = await blockTable(target, "customers");
+    const first = await startService(control, target);
+    let second: Awaited<ReturnType<typeof startService>> | undefined;
+    try {
+      const { backup } = await first.client.createBackup({ async: true });
+      await waitForBlockedDump(target);
+      second = await startService(control, target, {}, first.dataDir);
+      const seen = await second.client.getBackup({ id: backup!.id });
+      expect(seen.backup!.status).toBe(BackupStatus.IN_PROGRESS);
+      expect((await backupFiles(first.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
+      await lock.release();
+      const done = await waitFor("the first replica's backup to finish", async () => {
+        const r = (await second!.client.getBackup({ id: backup!.id })).backup!;
+        return r.status === BackupStatus.VERIFIED ? r : null;
+      });
+      expect(done.status).toBe(BackupStatus.VERIFIED);
+    } finally {
+      await lock.release();
+      await second?.close();
+      await first.close();
+      await removeDir(first.dataDir);
+    }
+  });
+});
+
+describe("graceful shutdown", () => {
+  it("SIGTERM cancels a running backup cleanly (interrupted by shutdown) and exits 0", async () => {
+    const control = uniqueName("bs_ctl_term");
+    controls.push(control);
+    const dataDir = await tempDir();
+    dirs.push(dataDir);
+    const lock = await blockTable(target, "customers");
+    let id: string;
+    try {
+      const svc = await spawnService(control, dataDir);
+      const { backup } = await svc.client.createBackup({ async: true });
+      id = backup!.id;
+      await waitForBlockedDump(target);
+      svc.child.kill("SIGTERM");
+      expect(await svc.exited).toBe(0);
+      expect(svc.logs.some((l) => l.msg === "backup service stopped")).toBe(true);
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      expect(await backupFiles(`${dataDir}/backups`)).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+    const after = await startService(control, target, {}, dataDir);
+    try {
+      const { backup } = await after.client.getBackup({ id: id! });
+      expect(backup!.status).toBe(BackupStatus.FAILED);
+      expect(backup!.errorMessage).toBe("interrupted by shutdown");
+    } finally {
+      await after.close();
+    }
+  });
+});
