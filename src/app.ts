@@ -77,6 +77,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         format: config.backupFormat,
         compression: config.backupCompression,
         retentionDays: config.retentionDays,
+        minFreeBytes: config.minFreeBytes,
       },
     });
     const recovered = await service.recoverInterrupted();

@@ -33,6 +33,8 @@ export interface Config {
   /** zstd worker threads (-T). */
   readonly compressionThreads: number;
   readonly retentionDays: number;
+  /** Free space BACKUP_DIR must keep beyond a backup's estimated size. */
+  readonly minFreeBytes: number;
   /** Directory of pg_dump/pg_restore/psql; PATH when unset. */
   readonly pgBinDir: string | undefined;
   readonly jwt: {
@@ -135,6 +137,7 @@ const envSchema = z.object({
   BACKUP_COMPRESSION_LEVEL: optionalString,
   BACKUP_COMPRESSION_THREADS: intSetting(2, 0, 64),
   RETENTION_DAYS: intSetting(30, 1, 3650),
+  BACKUP_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
   PG_BIN_DIR: optionalString,
   JWT_SECRET: optionalString,
   JWT_SECRET_FILE: optionalString,
@@ -204,6 +207,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     compressionLevel: level,
     compressionThreads: e.BACKUP_COMPRESSION_THREADS,
     retentionDays: e.RETENTION_DAYS,
+    minFreeBytes: e.BACKUP_MIN_FREE_BYTES,
     pgBinDir: e.PG_BIN_DIR,
     jwt: Object.freeze({
       secret: e.JWT_SECRET,

@@ -1,8 +1,13 @@
 import { execFile } from "node:child_process";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
 import { promisify } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  BackupService,
   BackupStatus,
   type CreateBackupResponse,
   type GetStatsResponse,
@@ -17,6 +22,7 @@ import {
   removeDir,
   seedDatabase,
   startService,
+  tempDir,
   uniqueName,
   type TestService,
 } from "./helpers.js";
@@ -77,6 +83,39 @@ describe("@grpc/grpc-js client", () => {
       expect(decodeURIComponent((bad as grpc.ServiceError).details)).toMatch(/^page_size: must be from 1 to 500/);
     } finally {
       client.close();
+    }
+  });
+});
+
+describe("TLS", () => {
+  it("serves the same API over TLS when TLS_CERT_FILE and TLS_KEY_FILE are set", async () => {
+    const dir = await tempDir();
+    const cert = path.join(dir, "cert.pem");
+    const key = path.join(dir, "key.pem");
+    await run("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1",
+      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+      "-keyout", key, "-out", cert,
+    ]);
+    const control2 = uniqueName("bs_ctl_tls");
+    const tls = await startService(control2, target, { TLS_CERT_FILE: cert, TLS_KEY_FILE: key });
+    try {
+      expect(tls.url).toMatch(/^https:/);
+      const client = createClient(
+        BackupService,
+        createGrpcTransport({
+          baseUrl: tls.url,
+          nodeOptions: { ca: await readFile(cert) },
+          interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+        }),
+      );
+      const stats = await client.getStats({});
+      expect(stats.successRate).toBeGreaterThanOrEqual(0);
+    } finally {
+      await tls.close();
+      await dropDatabase(control2);
+      await removeDir(tls.dataDir);
+      await removeDir(dir);
     }
   });
 });

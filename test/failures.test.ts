@@ -175,6 +175,30 @@ describe("when pg_dump cannot do its job", () => {
   });
 });
 
+describe("preflight refuses before dumping", () => {
+  it("a pg_dump older than the server: FAILED_PRECONDITION with both versions and a hint", async () => {
+    const bin = await fakeBinDir("exit 0");
+    // Make this fake report an old version.
+    await writeFile(path.join(bin, "pg_dump"), "#!/bin/sh\necho 'pg_dump (PostgreSQL) 9.6.24'\n");
+    const s = await service({ PG_BIN_DIR: bin });
+    const err = await expectError(s.client.createBackup({}), Code.FailedPrecondition);
+    expect(err.rawMessage).toMatch(/pg_dump 9\.6 cannot dump server version \d+\.\d+/);
+    expect(err.rawMessage).toMatch(/hint: install postgresql-client-\d+/);
+    const b = await onlyBackup(s);
+    expect(b.status).toBe(BackupStatus.FAILED);
+    expect(await backupFiles(s.backupDir)).toEqual([]);
+  });
+
+  it("not enough free space: RESOURCE_EXHAUSTED, nothing written", async () => {
+    const s = await service({ BACKUP_MIN_FREE_BYTES: String(2 ** 52) });
+    const err = await expectError(s.client.createBackup({}), Code.ResourceExhausted);
+    expect(err.rawMessage).toMatch(/not enough free space in the backup directory: \d+ bytes free/);
+    expect(err.rawMessage).toMatch(/BACKUP_MIN_FREE_BYTES/);
+    expect((await onlyBackup(s)).status).toBe(BackupStatus.FAILED);
+    expect(await backupFiles(s.backupDir)).toEqual([]);
+  });
+});
+
 describe("cancellation", () => {
   it("a client cancelling mid-backup: pg_dump gone, no partial file, FAILED cancelled", async () => {
     const lock = await blockTable(target, "customers");

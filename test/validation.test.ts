@@ -2,7 +2,15 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, BackupType } from "../gen/backup/v1/backup_pb.js";
 import { ConfigError, loadConfig } from "../src/config.js";
-import { createDatabase, dropDatabase, removeDir, startService, uniqueName, type TestService } from "./helpers.js";
+import {
+  createDatabase,
+  dropDatabase,
+  removeDir,
+  startService,
+  tempDir,
+  uniqueName,
+  type TestService,
+} from "./helpers.js";
 
 const control = uniqueName("bs_ctl_valid");
 const target = uniqueName("bs_tgt_valid");
@@ -108,6 +116,16 @@ describe("configuration", () => {
       expect(err, JSON.stringify(env)).toBeInstanceOf(ConfigError);
       expect((err as Error).message).toMatch(message);
       expect((err as Error).message).not.toMatch(/hunter2|secret-host|seventy/);
+    }
+  });
+
+  it("start-up names the Debian package of a missing tool", async () => {
+    const empty = await tempDir("bs-nobin-");
+    try {
+      const err = await startService(uniqueName("bs_ctl_nobin"), target, { PG_BIN_DIR: empty }).catch((e: unknown) => e);
+      expect((err as Error).message).toMatch(/pg_dump not found .*hint: apt-get install postgresql-client/);
+    } finally {
+      await removeDir(empty);
     }
   });
 

@@ -49,6 +49,8 @@ export interface BackupServiceDeps {
     format: ArchiveFormat;
     compression: CompressionKind;
     retentionDays: number;
+    /** Free space the backup directory must keep beyond the backup itself. */
+    minFreeBytes: number;
   };
 }
 
@@ -173,13 +175,15 @@ export function createBackupService(deps: BackupServiceDeps) {
     // A compressed logical dump is rarely larger than a quarter of the database on disk
     // (indexes are not dumped); the previous backup of the same database is a better guess.
     const previous = await backups.latestSuccessful(record.databaseName);
-    const needed = Math.ceil(previous?.fileSize ? previous.fileSize * 1.2 : info.databaseSize / 4);
+    const estimate = Math.ceil(previous?.fileSize ? previous.fileSize * 1.2 : info.databaseSize / 4);
+    const needed = estimate + options.minFreeBytes;
     const free = await store.freeBytes();
     if (free < needed) {
       throw new DomainError(
         "resource_exhausted",
-        `not enough free space in the backup directory: about ${needed} bytes needed, ${free} free ` +
-          `(hint: free space, or point BACKUP_DIR at a larger disk)`,
+        `not enough free space in the backup directory: ${free} bytes free, the backup needs about ${estimate}` +
+          (options.minFreeBytes > 0 ? ` and BACKUP_MIN_FREE_BYTES keeps ${options.minFreeBytes} in reserve` : "") +
+          " (hint: free space, or point BACKUP_DIR at a larger disk)",
       );
     }
     return info;
