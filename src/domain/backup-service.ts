@@ -158,7 +158,9 @@ export function createBackupService(deps: BackupServiceDeps) {
       return isDomainError(reason) ? reason : new DomainError("cancelled", "cancelled");
     }
     if (isDomainError(err)) return err;
-    return new DomainError("dump_failed", `backup failed: ${err instanceof Error ? err.message : String(err)}`, {
+    // Driver errors can carry SQL and parameters: log the cause, keep it out of messages.
+    logger.error({ err }, "backup failed with an unexpected error");
+    return new DomainError("dump_failed", "backup failed: internal error (details are in the service log)", {
       cause: err,
     });
   }
@@ -239,7 +241,8 @@ export function createBackupService(deps: BackupServiceDeps) {
       throw withBackupId(failure, record.id);
     }
     // The dump is complete and durable; from here on the question is only whether it is good.
-    const verification = await verifyRecord(current, signal);
+    // A client that stops waiting does not stop the verification: only shutdown does.
+    const verification = await verifyRecord(current, shutdownController.signal);
     logger.info(
       { backupId: record.id, database: record.databaseName, status: verification.status, bytes: current.fileSize },
       "backup finished",
