@@ -9,31 +9,11 @@ import { exportJWK } from "jose";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupService } from "../gen/backup/v1/backup_pb.js";
 import { Health, HealthCheckResponse_ServingStatus } from "../gen/health/v1/health_pb.js";
-import {
-  createDatabase,
-  dropDatabase,
-  mintToken,
-  removeDir,
-  serviceEnv,
-  startService,
-  tempDir,
-  uniqueName,
-  type TestService,
-} from "./helpers.js";
+import { createDatabase, createFixture, mintToken, serviceEnv, type TestService } from "./helpers.js";
 
 const run = promisify(execFile);
-const target = uniqueName("bs_tgt_auth");
-const controls: string[] = [];
-const services: TestService[] = [];
-const dirs: string[] = [];
-
-async function service(extra: Record<string, string> = {}, dataDir?: string): Promise<TestService> {
-  const control = uniqueName("bs_ctl_auth");
-  controls.push(control);
-  const s = await startService(control, target, extra, dataDir);
-  services.push(s);
-  return s;
-}
+const fx = createFixture("auth");
+const service = fx.service;
 
 async function codeOf(p: Promise<unknown>): Promise<{ code: string; message: string }> {
   try {
@@ -52,17 +32,11 @@ function b64url(o: unknown): string {
 let hs: TestService;
 
 beforeAll(async () => {
-  await createDatabase(target);
+  await createDatabase(fx.target);
   hs = await service();
 });
 
-afterAll(async () => {
-  for (const s of services) await s.close().catch(() => undefined);
-  await dropDatabase(target);
-  for (const c of controls) await dropDatabase(c);
-  for (const s of services) await removeDir(s.dataDir);
-  for (const d of dirs) await removeDir(d);
-});
+afterAll(() => fx.cleanup());
 
 describe("HS256 (JWT_SECRET)", () => {
   it("refuses calls without a valid token: UNAUTHENTICATED", async () => {
@@ -147,8 +121,7 @@ describe("issuer and audience", () => {
 
 describe("asymmetric keys (JWT_PUBLIC_KEY_FILE)", () => {
   it("RS256 PEM: accepts RS256, refuses an HS256 token made with the public key as secret", async () => {
-    const dir = await tempDir();
-    dirs.push(dir);
+    const dir = await fx.tempDir();
     const { publicKey, privateKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
     const pem = publicKey.export({ type: "spki", format: "pem" }).toString();
     await writeFile(path.join(dir, "pub.pem"), pem);
@@ -171,8 +144,7 @@ describe("asymmetric keys (JWT_PUBLIC_KEY_FILE)", () => {
   });
 
   it("JWKS with ES256 and Ed25519 keys: accepts both", async () => {
-    const dir = await tempDir();
-    dirs.push(dir);
+    const dir = await fx.tempDir();
     const ec = generateKeyPairSync("ec", { namedCurve: "P-256" });
     const ed = generateKeyPairSync("ed25519");
     const jwks = { keys: [{ ...(await exportJWK(ec.publicKey)), kid: "ec" }, { ...(await exportJWK(ed.publicKey)), kid: "ed" }] };
@@ -195,7 +167,7 @@ describe("asymmetric keys (JWT_PUBLIC_KEY_FILE)", () => {
 
 describe("zero-config start", () => {
   it("generates a 0600 secret in DATA_DIR, and `npm run token` mints tokens for it", async () => {
-    const dataDir = await tempDir();
+    const dataDir = await fx.tempDir();
     const s = await service({ JWT_SECRET: "" }, dataDir);
     const secretFile = path.join(dataDir, "jwt-secret");
     expect((await stat(secretFile)).mode & 0o777).toBe(0o600);
@@ -209,7 +181,6 @@ describe("zero-config start", () => {
 
     // A second start reuses the same secret: tokens stay valid.
     await s.close();
-    services.splice(services.indexOf(s), 1);
     const again = await service({ JWT_SECRET: "" }, dataDir);
     expect((await codeOf(again.clientWith(lines[0]!).getStats({}))).code).toBe("OK");
   });

@@ -11,33 +11,27 @@ import {
 import {
   backupFiles,
   createDatabase,
+  createFixture,
   dropDatabase,
-  removeDir,
   seedDatabase,
   sql,
-  startService,
   uniqueName,
   waitFor,
   type TestService,
 } from "./helpers.js";
 
-const control = uniqueName("bs_ctl_backup");
-const target = uniqueName("bs_tgt_backup");
+const fx = createFixture("backup");
+const target = fx.target;
 let expected: Record<string, number>;
 let svc: TestService;
 
 beforeAll(async () => {
   await createDatabase(target);
   expected = await seedDatabase(target, 2000);
-  svc = await startService(control, target);
+  svc = await fx.service();
 });
 
-afterAll(async () => {
-  await svc?.close();
-  await dropDatabase(target);
-  await dropDatabase(control);
-  if (svc) await removeDir(svc.dataDir);
-});
+afterAll(() => fx.cleanup());
 
 function sha256sum(file: string): string {
   return execFileSync("sha256sum", [file], { encoding: "utf8" }).split(" ")[0]!;
@@ -182,15 +176,9 @@ describe("ListBackups, GetStats and ListAuditEvents", () => {
 });
 
 describe("plain format with gzip (the reference design's .sql.gz)", () => {
-  const plainControl = uniqueName("bs_ctl_plain");
   let plain: TestService;
   beforeAll(async () => {
-    plain = await startService(plainControl, target, { BACKUP_FORMAT: "plain", BACKUP_COMPRESSION: "gzip" });
-  });
-  afterAll(async () => {
-    await plain?.close();
-    await dropDatabase(plainControl);
-    if (plain) await removeDir(plain.dataDir);
+    plain = await fx.service({ BACKUP_FORMAT: "plain", BACKUP_COMPRESSION: "gzip" });
   });
 
   it("writes a verified .sql.gz that zcat | psql can restore", async () => {

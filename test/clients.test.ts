@@ -15,37 +15,28 @@ import {
 } from "../gen/backup/v1/backup_pb.js";
 import {
   createDatabase,
-  dropDatabase,
+  createFixture,
   grpcJsClient,
   grpcJsUnary,
   mintToken,
-  removeDir,
   seedDatabase,
-  startService,
-  tempDir,
-  uniqueName,
   type TestService,
 } from "./helpers.js";
 
 const run = promisify(execFile);
-const control = uniqueName("bs_ctl_clients");
-const target = uniqueName("bs_tgt_clients");
+const fx = createFixture("clients");
+const target = fx.target;
 let svc: TestService;
 let token: string;
 
 beforeAll(async () => {
   await createDatabase(target);
   await seedDatabase(target, 100);
-  svc = await startService(control, target);
+  svc = await fx.service();
   token = await mintToken({ sub: "ops", role: "superadmin" });
 });
 
-afterAll(async () => {
-  await svc?.close();
-  await dropDatabase(target);
-  await dropDatabase(control);
-  if (svc) await removeDir(svc.dataDir);
-});
+afterAll(() => fx.cleanup());
 
 describe("@grpc/grpc-js client", () => {
   it("creates, lists and counts backups, with metadata auth", async () => {
@@ -89,7 +80,7 @@ describe("@grpc/grpc-js client", () => {
 
 describe("TLS", () => {
   it("serves the same API over TLS when TLS_CERT_FILE and TLS_KEY_FILE are set", async () => {
-    const dir = await tempDir();
+    const dir = await fx.tempDir();
     const cert = path.join(dir, "cert.pem");
     const key = path.join(dir, "key.pem");
     await run("openssl", [
@@ -97,26 +88,18 @@ describe("TLS", () => {
       "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
       "-keyout", key, "-out", cert,
     ]);
-    const control2 = uniqueName("bs_ctl_tls");
-    const tls = await startService(control2, target, { TLS_CERT_FILE: cert, TLS_KEY_FILE: key });
-    try {
-      expect(tls.url).toMatch(/^https:/);
-      const client = createClient(
-        BackupService,
-        createGrpcTransport({
-          baseUrl: tls.url,
-          nodeOptions: { ca: await readFile(cert) },
-          interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
-        }),
-      );
-      const stats = await client.getStats({});
-      expect(stats.successRate).toBeGreaterThanOrEqual(0);
-    } finally {
-      await tls.close();
-      await dropDatabase(control2);
-      await removeDir(tls.dataDir);
-      await removeDir(dir);
-    }
+    const tls = await fx.service({ TLS_CERT_FILE: cert, TLS_KEY_FILE: key });
+    expect(tls.url).toMatch(/^https:/);
+    const client = createClient(
+      BackupService,
+      createGrpcTransport({
+        baseUrl: tls.url,
+        nodeOptions: { ca: await readFile(cert) },
+        interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+      }),
+    );
+    const stats = await client.getStats({});
+    expect(stats.successRate).toBeGreaterThanOrEqual(0);
   });
 });
 

@@ -8,35 +8,21 @@ import {
   backupFiles,
   blockTable,
   createDatabase,
-  dropDatabase,
+  createFixture,
   pgDumpPids,
-  removeDir,
   seedDatabase,
-  startService,
-  tempDir,
-  uniqueName,
   waitFor,
   waitForBlockedDump,
   type TestService,
 } from "./helpers.js";
 
-const target = uniqueName("bs_tgt_fail");
-const controls: string[] = [];
-const services: TestService[] = [];
-const dirs: string[] = [];
-
-async function service(extra: Record<string, string> = {}): Promise<TestService> {
-  const control = uniqueName("bs_ctl_fail");
-  controls.push(control);
-  const s = await startService(control, target, extra);
-  services.push(s);
-  return s;
-}
+const fx = createFixture("fail");
+const target = fx.target;
+const service = fx.service;
 
 /** A PG_BIN_DIR whose pg_dump is the given script; pg_restore and psql are the real ones. */
 async function fakeBinDir(pgDumpScript: string): Promise<string> {
-  const dir = await tempDir("bs-fakebin-");
-  dirs.push(dir);
+  const dir = await fx.tempDir("bs-fakebin-");
   const which = (cmd: string) => execFileSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).trim();
   const realDump = which("pg_dump");
   await symlink(which("pg_restore"), path.join(dir, "pg_restore"));
@@ -77,20 +63,11 @@ beforeAll(async () => {
   main = await service();
 });
 
-afterAll(async () => {
-  for (const s of services) await s.close().catch(() => undefined);
-  await dropDatabase(target);
-  for (const c of controls) await dropDatabase(c);
-  for (const s of services) await removeDir(s.dataDir);
-  for (const d of dirs) await removeDir(d);
-});
+afterAll(() => fx.cleanup());
 
 describe("when pg_dump cannot do its job", () => {
   it("an unreachable target: UNAVAILABLE, FAILED with the reason, no file", async () => {
-    const control = uniqueName("bs_ctl_fail");
-    controls.push(control);
-    const s = await startService(control, target, { TARGET_DATABASE_URL: "postgres://postgres@127.0.0.1:1/postgres" });
-    services.push(s);
+    const s = await service({ TARGET_DATABASE_URL: "postgres://postgres@127.0.0.1:1/postgres" });
     const err = await expectError(s.client.createBackup({}), Code.Unavailable);
     expect(err.rawMessage).toMatch(/cannot reach the target database at .*127\.0\.0\.1:1/);
     expect(err.rawMessage).toMatch(/hint: check TARGET_DATABASE_URL/);

@@ -281,3 +281,36 @@ export function grpcJsUnary<T>(
 export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
+
+/**
+ * One test file's world: a target database name and every service, control
+ * database and directory the file makes, all removed by `cleanup()`.
+ */
+export function createFixture(name: string) {
+  const target = uniqueName(`bs_tgt_${name}`);
+  const services: TestService[] = [];
+  const controls: string[] = [];
+  const dirs: string[] = [];
+  return {
+    target,
+    /** A service with its own control database, against the fixture's target. */
+    async service(extra: Record<string, string> = {}, dataDir?: string): Promise<TestService> {
+      const control = uniqueName(`bs_ctl_${name}`);
+      controls.push(control);
+      const s = await startService(control, target, extra, dataDir);
+      services.push(s);
+      return s;
+    },
+    async tempDir(prefix?: string): Promise<string> {
+      const dir = await tempDir(prefix);
+      dirs.push(dir);
+      return dir;
+    },
+    async cleanup(): Promise<void> {
+      for (const s of services) await s.close().catch(() => undefined);
+      await dropDatabase(target);
+      for (const c of controls) await dropDatabase(c);
+      for (const d of [...services.map((s) => s.dataDir), ...dirs]) await removeDir(d);
+    },
+  };
+}

@@ -70,22 +70,33 @@ async function spawnService(control: string, dataDir: string) {
   return { child, client, url, logs, exited };
 }
 
+/**
+ * A service process whose async backup is stuck mid-way (pg_dump waits on a
+ * table lock the test holds). The caller releases `lock`.
+ */
+async function childWithRunningBackup(name: string) {
+  const control = uniqueName(`bs_ctl_${name}`);
+  controls.push(control);
+  const dataDir = await tempDir();
+  dirs.push(dataDir);
+  const lock = await blockTable(target, "customers");
+  try {
+    const svc = await spawnService(control, dataDir);
+    const { backup } = await svc.client.createBackup({ async: true });
+    await waitForBlockedDump(target);
+    return { svc, control, dataDir, lock, id: backup!.id };
+  } catch (err) {
+    await lock.release();
+    throw err;
+  }
+}
+
 describe("start-up recovery after a crash", () => {
   it("a killed service's IN_PROGRESS backup becomes FAILED (interrupted) and its partial file goes", async () => {
-    const control = uniqueName("bs_ctl_crash");
-    controls.push(control);
-    const dataDir = await tempDir();
-    dirs.push(dataDir);
-    const lock = await blockTable(target, "customers");
-    let id: string;
+    const { svc, control, dataDir, lock, id } = await childWithRunningBackup("crash");
     try {
-      const svc = await spawnService(control, dataDir);
-      const { backup } = await svc.client.createBackup({ async: true });
-      id = backup!.id;
-      await waitForBlockedDump(target);
       const partials = (await backupFiles(`${dataDir}/backups`)).filter((f) => f.endsWith(".partial"));
       expect(partials).toHaveLength(1);
-
       svc.child.kill("SIGKILL");
       await svc.exited;
       // The orphaned pg_dump would die of SIGPIPE once unblocked; end it now.
@@ -96,7 +107,7 @@ describe("start-up recovery after a crash", () => {
 
     const restarted = await startService(control, target, {}, dataDir);
     try {
-      const { backup } = await restarted.client.getBackup({ id: id! });
+      const { backup } = await restarted.client.getBackup({ id });
       expect(backup!.status).toBe(BackupStatus.FAILED);
       expect(backup!.errorMessage).toMatch(/^interrupted/);
       expect(await backupFiles(restarted.backupDir)).toEqual([]);
@@ -138,17 +149,8 @@ describe("start-up recovery after a crash", () => {
 
 describe("graceful shutdown", () => {
   it("SIGTERM cancels a running backup cleanly (interrupted by shutdown) and exits 0", async () => {
-    const control = uniqueName("bs_ctl_term");
-    controls.push(control);
-    const dataDir = await tempDir();
-    dirs.push(dataDir);
-    const lock = await blockTable(target, "customers");
-    let id: string;
+    const { svc, control, dataDir, lock, id } = await childWithRunningBackup("term");
     try {
-      const svc = await spawnService(control, dataDir);
-      const { backup } = await svc.client.createBackup({ async: true });
-      id = backup!.id;
-      await waitForBlockedDump(target);
       svc.child.kill("SIGTERM");
       expect(await svc.exited).toBe(0);
       expect(svc.logs.some((l) => l.msg === "backup service stopped")).toBe(true);
@@ -159,7 +161,7 @@ describe("graceful shutdown", () => {
     }
     const after = await startService(control, target, {}, dataDir);
     try {
-      const { backup } = await after.client.getBackup({ id: id! });
+      const { backup } = await after.client.getBackup({ id });
       expect(backup!.status).toBe(BackupStatus.FAILED);
       expect(backup!.errorMessage).toBe("interrupted by shutdown");
     } finally {

@@ -4,7 +4,7 @@ import { BackupStatus, BackupType } from "../gen/backup/v1/backup_pb.js";
 import { ConfigError, loadConfig } from "../src/config.js";
 import {
   createDatabase,
-  dropDatabase,
+  createFixture,
   removeDir,
   startService,
   tempDir,
@@ -12,21 +12,16 @@ import {
   type TestService,
 } from "./helpers.js";
 
-const control = uniqueName("bs_ctl_valid");
-const target = uniqueName("bs_tgt_valid");
+const fx = createFixture("valid");
+const target = fx.target;
 let svc: TestService;
 
 beforeAll(async () => {
   await createDatabase(target);
-  svc = await startService(control, target);
+  svc = await fx.service();
 });
 
-afterAll(async () => {
-  await svc?.close();
-  await dropDatabase(target);
-  await dropDatabase(control);
-  if (svc) await removeDir(svc.dataDir);
-});
+afterAll(() => fx.cleanup());
 
 async function invalid(p: Promise<unknown>, field: string, why?: RegExp): Promise<void> {
   const err = await p.then(
