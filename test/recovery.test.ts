@@ -147,6 +147,23 @@ describe("start-up recovery after a crash", () => {
   });
 });
 
+describe("several replicas starting at once", () => {
+  it("create the control database and migrate it once, without colliding", async () => {
+    const control = uniqueName("bs_ctl_race");
+    controls.push(control);
+    const started = await Promise.all([0, 1, 2].map(() => startService(control, target)));
+    try {
+      const ids = await Promise.all(started.map(async (s) => (await s.client.getStats({})).totalBackups));
+      expect(ids).toEqual([0n, 0n, 0n]);
+    } finally {
+      for (const s of started) {
+        await s.close();
+        await removeDir(s.dataDir);
+      }
+    }
+  });
+});
+
 describe("graceful shutdown", () => {
   it("SIGTERM cancels a running backup cleanly (interrupted by shutdown) and exits 0", async () => {
     const { svc, control, dataDir, lock, id } = await childWithRunningBackup("term");
