@@ -11,11 +11,15 @@ import { createBackupRepository } from "./db/backup-repository.js";
 import { createDb, createPool, ensureDatabase, migrateControlDatabase } from "./db/client.js";
 import { createAdvisoryLocks } from "./db/locks.js";
 import { MIGRATIONS_SCHEMA, SERVICE_SCHEMA } from "./db/schema.js";
-import { createBackupService, type BackupService as Domain } from "./domain/backup-service.js";
+import { createBackupService } from "./domain/backup-service.js";
+import { createDownloadUseCase } from "./domain/download.js";
+import { createRestoreUseCase } from "./domain/restore.js";
+import { createRetentionUseCase } from "./domain/retention.js";
 import { createDumpEngine } from "./dump/engine.js";
+import { createRestoreEngine } from "./dump/restore-engine.js";
 import { resolveTools } from "./dump/tools.js";
 import type { Logger } from "./logger.js";
-import { createBackupHandlers } from "./rpc/backup-handlers.js";
+import { createBackupHandlers, type BackupUseCases } from "./rpc/backup-handlers.js";
 import { kClientAddress } from "./rpc/context.js";
 import { createHealth } from "./rpc/health.js";
 import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor } from "./rpc/interceptors.js";
@@ -25,16 +29,19 @@ import { createLocalStore } from "./storage/local-store.js";
 
 export interface App {
   readonly server: RunningServer;
-  readonly service: Domain;
+  readonly service: BackupUseCases;
   readonly keys: JwtKeys;
   /** Graceful stop: refuse new work, cancel running work, close everything. */
   close(): Promise<void>;
 }
 
 const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "::1"]);
-function sameDatabase(a: PgTarget, b: PgTarget): boolean {
+function sameServer(a: PgTarget, b: PgTarget): boolean {
   const host = (h: string) => (LOCAL_HOSTS.has(h) ? "localhost" : h);
-  return host(a.host) === host(b.host) && a.port === b.port && a.database === b.database;
+  return host(a.host) === host(b.host) && a.port === b.port;
+}
+function sameDatabase(a: PgTarget, b: PgTarget): boolean {
+  return sameServer(a, b) && a.database === b.database;
 }
 
 /** The composition root: the only place that builds adapters. */
@@ -57,10 +64,13 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     if (sharedWithControl) {
       logger.warn("TARGET_DATABASE_URL is the control database: the service's own schemas are left out of its dumps");
     }
-    const service = createBackupService({
-      backups: createBackupRepository(db),
+    const backupsRepo = createBackupRepository(db);
+    const locks = createAdvisoryLocks(config.control, logger);
+    const clock = { now: () => new Date() };
+    const backupService = createBackupService({
+      backups: backupsRepo,
       audit,
-      locks: createAdvisoryLocks(config.control, logger),
+      locks,
       engine: createDumpEngine({
         target: config.target,
         tools,
@@ -69,7 +79,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         excludeSchemas: sharedWithControl ? [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] : [],
       }),
       store,
-      clock: { now: () => new Date() },
+      clock,
       logger,
       options: {
         defaultDatabase: config.target.database,
@@ -80,8 +90,25 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         minFreeBytes: config.minFreeBytes,
       },
     });
-    const recovered = await service.recoverInterrupted();
+    const { core } = backupService;
+    const restore = createRestoreUseCase({
+      backups: backupsRepo,
+      locks,
+      store,
+      restorer: createRestoreEngine({ target: config.target, tools }),
+      logger,
+      core,
+      protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
+    });
+    const service: BackupUseCases = {
+      ...backupService,
+      restoreBackup: restore.restoreBackup,
+      ...createDownloadUseCase({ backups: backupsRepo, store, locks, core }),
+      ...createRetentionUseCase({ backups: backupsRepo, store, locks, clock, logger, core, minKeep: config.retentionMinKeep }),
+    };
+    const recovered = await backupService.recoverInterrupted();
     if (recovered > 0) logger.warn({ recovered }, "backups interrupted by an earlier stop were marked failed");
+    await restore.dropLeftovers();
 
     const health = createHealth([BackupService.typeName]);
     const handler = connectNodeAdapter({
@@ -99,6 +126,9 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           ],
         );
         router.service(BackupService, createBackupHandlers(service), {
+          // Backup chunks are already compressed: gzip would only cost CPU (about 5x slower
+          // downloads, see STACK-NOTES), and the other responses are small.
+          compressMinBytes: Number.MAX_SAFE_INTEGER,
           interceptors: [
             createAuthInterceptor(keys, config.jwt, audit, logger),
             createAuditInterceptor(audit, logger),
@@ -127,7 +157,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         closing ??= (async () => {
           health.setServing(false);
           const serverClosed = server.close(config.shutdownGraceMs);
-          await service.shutdown();
+          await backupService.shutdown();
           await serverClosed;
           await pool.end();
           logger.info("backup service stopped");

@@ -33,6 +33,8 @@ export interface Config {
   /** zstd worker threads (-T). */
   readonly compressionThreads: number;
   readonly retentionDays: number;
+  /** Cleanup never removes the newest this many VERIFIED backups of a database. */
+  readonly retentionMinKeep: number;
   /** Free space BACKUP_DIR must keep beyond a backup's estimated size. */
   readonly minFreeBytes: number;
   /** Directory of pg_dump/pg_restore/psql; PATH when unset. */
@@ -138,6 +140,7 @@ const envSchema = z.object({
   BACKUP_COMPRESSION_THREADS: intSetting(2, 0, 64),
   RETENTION_DAYS: intSetting(30, 1, 3650),
   BACKUP_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
+  RETENTION_MIN_KEEP: intSetting(3, 1, 1000),
   PG_BIN_DIR: optionalString,
   JWT_SECRET: optionalString,
   JWT_SECRET_FILE: optionalString,
@@ -208,6 +211,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     compressionThreads: e.BACKUP_COMPRESSION_THREADS,
     retentionDays: e.RETENTION_DAYS,
     minFreeBytes: e.BACKUP_MIN_FREE_BYTES,
+    retentionMinKeep: e.RETENTION_MIN_KEEP,
     pgBinDir: e.PG_BIN_DIR,
     jwt: Object.freeze({
       secret: e.JWT_SECRET,

@@ -5,6 +5,7 @@ export type ErrorKind =
   | "failed_precondition"
   | "unavailable"
   | "busy"
+  | "out_of_range"
   | "resource_exhausted"
   | "cancelled"
   | "deadline_exceeded"

@@ -1,4 +1,4 @@
-import { and, count, desc, eq, inArray, sql, type SQL } from "drizzle-orm";
+import { and, asc, count, desc, eq, inArray, lte, sql, type SQL } from "drizzle-orm";
 import type { BackupRecord } from "../domain/backup.js";
 import { FAILED_STATUSES, SUCCESSFUL_STATUSES } from "../domain/backup.js";
 import type { BackupFilter, BackupRepository, BackupStats, Page } from "../domain/ports.js";
@@ -84,6 +84,32 @@ export function createBackupRepository(db: Db): BackupRepository {
           : and(eq(t.status, "IN_PROGRESS"), eq(t.databaseName, database));
       const rows = await db.select().from(t).where(where).orderBy(desc(t.startedAt));
       return rows.map(toRecord);
+    },
+
+    async listExpired(now) {
+      const rows = await db
+        .select()
+        .from(t)
+        .where(and(eq(t.isDeleted, false), lte(t.expiresAt, now)))
+        .orderBy(asc(t.expiresAt));
+      return rows.map(toRecord);
+    },
+
+    async newestVerifiedIds(n) {
+      const ranked = db
+        .select({
+          id: t.id,
+          rank: sql<number>`row_number() over (partition by ${t.databaseName} order by ${t.startedAt} desc)`.as("rank"),
+        })
+        .from(t)
+        .where(and(eq(t.isDeleted, false), eq(t.status, "VERIFIED")))
+        .as("ranked");
+      const rows = await db.select({ id: ranked.id }).from(ranked).where(lte(ranked.rank, n));
+      return new Set(rows.map((r) => r.id));
+    },
+
+    async remove(id) {
+      await db.delete(t).where(eq(t.id, id));
     },
 
     async latestSuccessful(database) {

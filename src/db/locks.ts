@@ -17,33 +17,33 @@ function keyOf(key: string): number {
  * dies, and shared by every replica that uses the same control database.
  */
 export function createAdvisoryLocks(control: PgTarget, logger: Logger): LockManager {
-  return {
-    async tryAcquire(key: string): Promise<Lock | null> {
-      const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock" }));
-      client.on("error", (err) => logger.warn({ err: { message: err.message }, key }, "lock connection lost"));
-      await client.connect();
-      try {
-        const res = await client.query<{ ok: boolean }>("SELECT pg_try_advisory_lock($1, $2) AS ok", [
-          NAMESPACE,
-          keyOf(key),
-        ]);
-        if (!res.rows[0]?.ok) {
-          await client.end();
-          return null;
-        }
-      } catch (err) {
-        await client.end().catch(() => undefined);
-        throw err;
+  async function take(key: string, fn: "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"): Promise<Lock | null> {
+    const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock" }));
+    client.on("error", (err) => logger.warn({ err: { message: err.message }, key }, "lock connection lost"));
+    await client.connect();
+    try {
+      const res = await client.query<{ ok: boolean }>(`SELECT ${fn}($1, $2) AS ok`, [NAMESPACE, keyOf(key)]);
+      if (!res.rows[0]?.ok) {
+        await client.end();
+        return null;
       }
-      let released = false;
-      return {
-        async release() {
-          if (released) return;
-          released = true;
-          // Ending the session releases the lock; no need to unlock first.
-          await client.end().catch(() => undefined);
-        },
-      };
-    },
+    } catch (err) {
+      await client.end().catch(() => undefined);
+      throw err;
+    }
+    let released = false;
+    return {
+      async release() {
+        if (released) return;
+        released = true;
+        // Ending the session releases the lock; no need to unlock first.
+        await client.end().catch(() => undefined);
+      },
+    };
+  }
+
+  return {
+    tryAcquire: (key) => take(key, "pg_try_advisory_lock"),
+    tryAcquireShared: (key) => take(key, "pg_try_advisory_lock_shared"),
   };
 }

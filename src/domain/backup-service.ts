@@ -30,6 +30,7 @@ import type {
   BlobStore,
   Clock,
   DumpEngine,
+  Lock,
   LockManager,
 } from "./ports.js";
 
@@ -111,9 +112,9 @@ export function createBackupService(deps: BackupServiceDeps) {
     return `backup:${options.targetServer}/${database}`;
   }
 
-  function validateDatabaseName(name: string): string {
+  function validateDatabaseName(name: string, field = "database"): string {
     if (name.length === 0 || Buffer.byteLength(name) > 63 || name.includes("\0")) {
-      throw invalidArgument("database", "must be a database name of 1 to 63 bytes");
+      throw invalidArgument(field, "must be a database name of 1 to 63 bytes");
     }
     return name;
   }
@@ -331,7 +332,75 @@ export function createBackupService(deps: BackupServiceDeps) {
     return { verified, status: updated.status, checks, message, record: updated };
   }
 
+  /** The cross-replica lock of one database (backups and restores); busy when held. */
+  async function lockDatabase(database: string): Promise<Lock> {
+    const lock = await locks.tryAcquire(lockKey(database));
+    if (lock) return lock;
+    const runningId = await findRunningId(database);
+    throw new DomainError(
+      "busy",
+      `a backup or restore of database "${database}" is already running` +
+        (runningId ? ` (backup ${runningId})` : "") +
+        "; wait for it to finish",
+    );
+  }
+
+  function insertRecord(p: {
+    backupType: BackupType;
+    retentionDays: number;
+    label: string | null;
+    database: string;
+    actor: Actor;
+    metadata?: Record<string, unknown>;
+  }): Promise<BackupRecord> {
+    const startedAt = clock.now();
+    return backups.insert({
+      backupType: p.backupType,
+      fileName: backupFileName(p.database, startedAt, options.format, options.compression),
+      status: "IN_PROGRESS",
+      startedAt,
+      triggeredBy: p.actor.sub,
+      triggeredByUsername: p.actor.username,
+      retentionDays: p.retentionDays,
+      expiresAt: expiryOf(startedAt, p.retentionDays),
+      databaseName: p.database,
+      archiveFormat: options.format,
+      compression: options.compression,
+      label: p.label,
+      metadata: p.metadata ?? {},
+    });
+  }
+
+  /** What sibling use cases (restore, retention, downloads) share with this one. */
+  const core = {
+    lockKey,
+    lockDatabase,
+    validateId,
+    validateDatabaseName,
+    validatePage,
+    track,
+    shutdownSignal: shutdownController.signal,
+    /** Takes and verifies a backup while the caller holds the database's lock. */
+    async backupUnderLock(
+      p: { database: string; label: string; actor: Actor; metadata?: Record<string, unknown> },
+      signal: AbortSignal,
+    ): Promise<BackupRecord> {
+      const record = await insertRecord({
+        backupType: "MANUAL",
+        retentionDays: options.retentionDays,
+        label: p.label,
+        database: p.database,
+        actor: p.actor,
+        metadata: p.metadata,
+      });
+      logger.info({ backupId: record.id, database: p.database, label: p.label }, "backup started");
+      return runBackup(record, signal);
+    },
+  };
+
   return {
+    core,
+
     /**
      * Takes a backup. Synchronous calls resolve with the verified record or
      * reject with what failed; async calls resolve at once with the
@@ -357,34 +426,10 @@ export function createBackupService(deps: BackupServiceDeps) {
       const database = validateDatabaseName(input.database ?? options.defaultDatabase);
       if (shutdownController.signal.aborted) throw SHUTDOWN;
 
-      const lock = await locks.tryAcquire(lockKey(database));
-      if (!lock) {
-        const runningId = await findRunningId(database);
-        throw new DomainError(
-          "busy",
-          `a backup or restore of database "${database}" is already running` +
-            (runningId ? ` (backup ${runningId})` : "") +
-            "; wait for it to finish",
-        );
-      }
+      const lock = await lockDatabase(database);
       let record: BackupRecord;
       try {
-        const startedAt = clock.now();
-        record = await backups.insert({
-          backupType,
-          fileName: backupFileName(database, startedAt, options.format, options.compression),
-          status: "IN_PROGRESS",
-          startedAt,
-          triggeredBy: input.actor.sub,
-          triggeredByUsername: input.actor.username,
-          retentionDays,
-          expiresAt: expiryOf(startedAt, retentionDays),
-          databaseName: database,
-          archiveFormat: options.format,
-          compression: options.compression,
-          label,
-          metadata: input.metadata ?? {},
-        });
+        record = await insertRecord({ backupType, retentionDays, label, database, actor: input.actor, metadata: input.metadata });
       } catch (err) {
         await lock.release();
         throw err;

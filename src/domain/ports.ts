@@ -44,6 +44,12 @@ export interface BackupRepository {
   stats(database?: string): Promise<BackupStats>;
   findInProgress(database?: string): Promise<BackupRecord[]>;
   latestSuccessful(database: string): Promise<BackupRecord | null>;
+  /** Backups not deleted whose expiry is at or before `now`, oldest first. */
+  listExpired(now: Date): Promise<BackupRecord[]>;
+  /** Ids of the newest `n` VERIFIED, not deleted backups of every database. */
+  newestVerifiedIds(n: number): Promise<Set<string>>;
+  /** Removes a record for good. */
+  remove(id: string): Promise<void>;
 }
 
 export interface AuditEvent {
@@ -79,6 +85,8 @@ export interface Lock {
 export interface LockManager {
   /** The lock, or null when another holder has it. Never waits. */
   tryAcquire(key: string): Promise<Lock | null>;
+  /** A shared hold on the key: many at once, but never with an exclusive holder. */
+  tryAcquireShared(key: string): Promise<Lock | null>;
 }
 
 /** Where backup files live. Files are written as `<name>.partial` first. */
@@ -94,6 +102,8 @@ export interface BlobStore {
   freeBytes(): Promise<number>;
   /** Names (without `.partial`) of the partial files present. */
   listPartials(): Promise<string[]>;
+  /** The file's bytes from `offset` on, in chunks of at most 1 MiB. */
+  read(name: string, offset: number, signal?: AbortSignal): AsyncIterable<Buffer>;
 }
 
 export interface TargetInfo {
@@ -148,4 +158,36 @@ export interface DumpEngine {
 
 export interface Clock {
   now(): Date;
+}
+
+export interface DatabaseState {
+  exists: boolean;
+  /** User objects (relations, functions, schemas, extensions) it holds. */
+  objectCount: number;
+  /** Sessions connected to it, other than ours. */
+  sessions: number;
+}
+
+export interface LoadOptions {
+  path: string;
+  format: ArchiveFormat;
+  compression: CompressionKind;
+  database: string;
+}
+
+/** Creating, loading, checking and swapping databases on the target server. */
+export interface RestoreEngine {
+  inspectDatabase(name: string, signal?: AbortSignal): Promise<DatabaseState>;
+  /** Creates an empty database, with the owner, encoding and locale of `like` when given. */
+  createDatabase(name: string, like: string | null): Promise<void>;
+  /** Feeds the archive file into the database; `onBytes` sees the file's bytes as they are read. */
+  load(options: LoadOptions, onBytes: (n: number) => void, signal: AbortSignal): Promise<void>;
+  countRows(database: string, signal?: AbortSignal): Promise<TableRowCounts>;
+  /**
+   * Gives `scratch` the name `target` in one transaction; an existing `target`
+   * is renamed to `retired` first (then dropped by the caller).
+   */
+  swapIn(scratch: string, target: string, retired: string, terminateSessions: boolean): Promise<void>;
+  dropDatabase(name: string): Promise<void>;
+  listDatabases(prefix: string): Promise<string[]>;
 }

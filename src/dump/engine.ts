@@ -2,8 +2,7 @@ import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import type { Readable, Writable } from "node:stream";
-import pg from "pg";
-import { childProcessEnv, describeTarget, type PgTarget } from "../config.js";
+import { childProcessEnv, type PgTarget } from "../config.js";
 import type { CompressionKind, TableRowCounts } from "../domain/backup.js";
 import type {
   CheckOutcome,
@@ -15,9 +14,9 @@ import type {
   TargetInfo,
 } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
-import { pgConfigOf } from "../db/client.js";
+import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
-import type { Tools } from "./tools.js";
+import { decompressCommand, type Tools } from "./tools.js";
 
 export interface DumpEngineOptions {
   target: PgTarget;
@@ -31,68 +30,12 @@ export interface DumpEngineOptions {
 const WRITE_CHUNK = 1 << 20;
 const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
 
-function quoteIdent(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
-}
-
-/** Turns a libpq/node-postgres connection failure into something a person can act on. */
-function connectionFailure(err: unknown, where: string, database: string): DomainError {
-  const e = err as { code?: string; message?: string };
-  const msg = (e.message ?? String(err)).replace(/\s+/g, " ").trim();
-  switch (e.code) {
-    case "3D000":
-      return new DomainError("not_found", `database "${database}" does not exist on ${where}`);
-    case "28P01":
-    case "28000":
-      return new DomainError(
-        "failed_precondition",
-        `cannot log in to ${where}: ${msg} (hint: check the user and password in TARGET_DATABASE_URL)`,
-      );
-    case "42501":
-      return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`);
-    default:
-      return new DomainError(
-        "unavailable",
-        `cannot reach the target database at ${where}: ${msg} (hint: check TARGET_DATABASE_URL and that PostgreSQL is running)`,
-      );
-  }
-}
-
 /** Runs pg_dump, the compressors and pg_restore as child processes. */
 export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   const { target, tools } = opts;
-  const where = describeTarget({ ...target, database: "" }).replace(/\/$/, "");
-
-  function libpqEnv(database: string): NodeJS.ProcessEnv {
-    const env = childProcessEnv();
-    env.PGHOST = target.host;
-    env.PGPORT = String(target.port);
-    if (target.user) env.PGUSER = target.user;
-    // The password goes in the environment, never on a command line.
-    if (target.password) env.PGPASSWORD = target.password;
-    if (target.sslmode) env.PGSSLMODE = target.sslmode;
-    env.PGDATABASE = database;
-    env.PGCONNECT_TIMEOUT = "10";
-    env.PGAPPNAME = "backup-service";
-    return env;
-  }
-
-  async function connect(database: string, signal?: AbortSignal): Promise<pg.Client> {
-    const client = new pg.Client(pgConfigOf({ ...target, database }, { application_name: "backup-service" }));
-    client.on("error", () => undefined); // reported through the failing query instead
-    const onAbort = () => void client.end().catch(() => undefined);
-    signal?.addEventListener("abort", onAbort, { once: true });
-    try {
-      await client.connect();
-    } catch (err) {
-      await client.end().catch(() => undefined);
-      signal?.throwIfAborted();
-      throw connectionFailure(err, where, database);
-    } finally {
-      signal?.removeEventListener("abort", onAbort);
-    }
-    return client;
-  }
+  const libpq = createLibpq(target);
+  const { where } = libpq;
+  const connect = libpq.connect;
 
   function compressArgs(kind: CompressionKind): [string, string[]] {
     return kind === "zstd"
@@ -100,43 +43,6 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       : [tools.gzip, [`-${opts.compressionLevel}`, "-c"]];
   }
 
-  function decompressArgs(kind: CompressionKind, path: string): [string, string[]] {
-    return kind === "zstd" ? [tools.zstd, ["-dc", "-q", "--", path]] : [tools.gzip, ["-dc", "--", path]];
-  }
-
-  async function listTables(client: pg.Client): Promise<{ schema: string; name: string }[]> {
-    // What pg_dump writes data for: ordinary tables and partitions outside the system
-    // schemas, not owned by an extension, not temporary, not in an excluded schema.
-    const res = await client.query<{ schema: string; name: string }>(
-      `SELECT n.nspname AS schema, c.relname AS name
-         FROM pg_catalog.pg_class c
-         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.relkind = 'r'
-          AND c.relpersistence <> 't'
-          AND n.nspname <> ALL ($1::text[])
-          AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-          AND n.nspname NOT LIKE 'pg\\_toast%'
-          AND n.nspname NOT LIKE 'pg\\_temp\\_%'
-          AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
-                           WHERE d.classid = 'pg_catalog.pg_class'::regclass
-                             AND d.objid = c.oid AND d.deptype = 'e')
-        ORDER BY 1, 2`,
-      [opts.excludeSchemas],
-    );
-    return res.rows;
-  }
-
-  async function countRows(client: pg.Client, tables: { schema: string; name: string }[], signal: AbortSignal) {
-    const counts: TableRowCounts = {};
-    for (const t of tables) {
-      signal.throwIfAborted();
-      const res = await client.query<{ n: string }>(
-        `SELECT count(*) AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
-      );
-      counts[`${t.schema}.${t.name}`] = Number(res.rows[0]!.n);
-    }
-    return counts;
-  }
 
   return {
     pgDumpVersion: tools.pgDumpVersion,
@@ -176,7 +82,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
         await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
-        const tables = await listTables(client);
+        const tables = await listTables(client, opts.excludeSchemas);
 
         // The first step to fail stops the others (a dead pg_dump must not leave the row
         // count waiting on a lock, and vice versa); its error is the one reported.
@@ -195,7 +101,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           "pg_dump",
           tools.pgDump,
           [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
-          { env: libpqEnv(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps },
+          { env: libpq.env(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps },
         );
         const [compressCmd, compressArgv] = compressArgs(options.compression);
         // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
@@ -305,7 +211,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
    * is kept to look for pg_dump's completion trailer.
    */
   async function readWhole(options: InspectOptions, signal?: AbortSignal) {
-    const [cmd, argv] = decompressArgs(options.compression, options.path);
+    const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
     const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
     const restore =
       options.format === "custom"
@@ -336,7 +242,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
   /** `pg_restore --list`: the TABLE DATA entries of the archive's table of contents. */
   async function listArchive(options: InspectOptions, signal?: AbortSignal) {
-    const [cmd, argv] = decompressArgs(options.compression, options.path);
+    const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
     const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
     const list = startChild("pg_restore", tools.pgRestore, ["--list"], {
       env: childProcessEnv(),

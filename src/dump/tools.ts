@@ -63,3 +63,9 @@ export async function resolveTools(pgBinDir: string | undefined): Promise<Tools>
   if (!parsed) throw new MissingToolError(`pg_dump printed an unexpected version: ${dumpText.slice(0, 100)}`);
   return { ...tools, pgDumpVersion: parsed.version, pgDumpMajor: parsed.major };
 }
+
+/** The command that decompresses `path` (or stdin when no path) to stdout. */
+export function decompressCommand(tools: Tools, kind: "zstd" | "gzip", path?: string): [string, string[]] {
+  const file = path === undefined ? [] : ["--", path];
+  return kind === "zstd" ? [tools.zstd, ["-dc", "-q", ...file]] : [tools.gzip, ["-dc", ...file]];
+}

@@ -3,12 +3,17 @@ import { create } from "@bufbuild/protobuf";
 import { BackupService, VerificationCheckSchema } from "../../gen/backup/v1/backup_pb.js";
 import type { BackupService as Domain } from "../domain/backup-service.js";
 import { DomainError } from "../errors.js";
-import { kActor } from "./context.js";
+import type { createDownloadUseCase } from "../domain/download.js";
+import type { createRestoreUseCase } from "../domain/restore.js";
+import type { createRetentionUseCase } from "../domain/retention.js";
+import { kActor, kAuditBackupId, kAuditNote } from "./context.js";
 import {
   auditEventToProto,
   backupStatusFromProto,
   backupToProto,
   backupTypeFromProto,
+  downloadItemToProto,
+  restoreProgressToProto,
   statusToProto,
 } from "./mappers.js";
 
@@ -39,8 +44,14 @@ function actorOf(ctx: HandlerContext) {
   return actor;
 }
 
+/** Every use case the BackupService RPCs map onto. */
+export type BackupUseCases = Omit<Domain, "core"> &
+  Pick<ReturnType<typeof createRestoreUseCase>, "restoreBackup"> &
+  ReturnType<typeof createDownloadUseCase> &
+  ReturnType<typeof createRetentionUseCase>;
+
 /** Maps BackupService calls onto the domain; no business rules live here. */
-export function createBackupHandlers(service: Domain): Partial<ServiceImpl<typeof BackupService>> {
+export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeof BackupService> {
   return {
     async getStats(req) {
       const s = await service.getStats(req.database);
@@ -115,6 +126,60 @@ export function createBackupHandlers(service: Domain): Partial<ServiceImpl<typeo
         total: BigInt(page.total),
         page: page.page,
         pages: page.pages,
+      };
+    },
+
+    async *restoreBackup(req, ctx) {
+      const actor = actorOf(ctx);
+      ctx.values.set(kAuditBackupId, req.id);
+      ctx.values.set(kAuditNote, `restore into ${req.targetDatabase ? `"${req.targetDatabase}"` : "the backup's own database"}`);
+      const progress = service.restoreBackup(
+        {
+          id: req.id,
+          confirmRestore: req.confirmRestore,
+          force: req.force,
+          dropExisting: req.dropExisting,
+          targetDatabase: req.targetDatabase,
+          skipSafetyBackup: req.skipSafetyBackup,
+          actor,
+        },
+        callSignal(ctx),
+      );
+      for await (const p of progress) {
+        if (p.result) {
+          const safety = p.result.safetyBackupId ? `, safety backup ${p.result.safetyBackupId}` : "";
+          ctx.values.set(kAuditNote, `restored into "${p.result.targetDatabase}"${safety}`);
+        }
+        yield restoreProgressToProto(p);
+      }
+    },
+
+    async *downloadBackup(req, ctx) {
+      ctx.values.set(kAuditBackupId, req.id);
+      if (req.offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new DomainError("out_of_range", "offset is too large");
+      ctx.values.set(kAuditNote, `download from offset ${req.offset}`);
+      for await (const item of service.downloadBackup(req.id, Number(req.offset), ctx.signal)) {
+        yield downloadItemToProto(item);
+      }
+    },
+
+    async deleteBackup(req) {
+      const r = await service.deleteBackup(req.id, req.hardDelete);
+      return { backup: backupToProto(r.record), fileRemoved: r.fileRemoved, freedBytes: BigInt(r.freedBytes) };
+    },
+
+    async cleanupExpiredBackups(req, ctx) {
+      const r = await service.cleanupExpired(req.dryRun);
+      ctx.values.set(
+        kAuditNote,
+        `${r.dryRun ? "dry run: would remove" : "removed"} ${r.removed.length} backup(s), ${r.freedBytes} bytes; kept ${r.kept.length} by the safety floor`,
+      );
+      return {
+        deletedCount: BigInt(r.removed.length),
+        freedBytes: BigInt(r.freedBytes),
+        removed: r.removed.map(backupToProto),
+        kept: r.kept.map(backupToProto),
+        dryRun: r.dryRun,
       };
     },
   };

@@ -6,3 +6,9 @@ export const kActor = createContextKey<Actor | undefined>(undefined, { descripti
 
 /** The peer's address, set from the Node request by the adapter. */
 export const kClientAddress = createContextKey<string | undefined>(undefined, { description: "client address" });
+
+/** What the audit trail should say about a call, set by its handler (e.g. the restore target). */
+export const kAuditNote = createContextKey<string | undefined>(undefined, { description: "audit note" });
+
+/** The backup a streaming call concerns, set by its handler for the audit trail. */
+export const kAuditBackupId = createContextKey<string | undefined>(undefined, { description: "audit backup id" });

@@ -9,6 +9,7 @@ const CODES: Record<ErrorKind, Code> = {
   failed_precondition: Code.FailedPrecondition,
   unavailable: Code.Unavailable,
   busy: Code.Aborted,
+  out_of_range: Code.OutOfRange,
   resource_exhausted: Code.ResourceExhausted,
   cancelled: Code.Canceled,
   deadline_exceeded: Code.DeadlineExceeded,

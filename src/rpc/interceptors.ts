@@ -5,7 +5,7 @@ import type { Actor } from "../domain/backup.js";
 import type { AuditRepository, NewAuditEvent } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import { kActor, kClientAddress } from "./context.js";
+import { kActor, kAuditBackupId, kAuditNote, kClientAddress } from "./context.js";
 import { codeName, toConnectError } from "./errors.js";
 
 const ADMIN_ROLES = new Set(["admin", "superadmin"]);
@@ -17,6 +17,8 @@ export const AUDITED_METHODS = new Set([
   "RestoreBackup",
   "DeleteBackup",
   "CleanupExpiredBackups",
+  // Not a change, but it hands out the data: who took a copy is worth knowing.
+  "DownloadBackup",
 ]);
 
 function recordAudit(audit: AuditRepository, logger: Logger, event: NewAuditEvent): Promise<void> {
@@ -105,14 +107,16 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
       clientAddress: req.contextValues.get(kClientAddress) ?? null,
     };
     const requestId = req.stream ? null : requestBackupId(req.message);
+    const note = () => req.contextValues.get(kAuditNote) ?? null;
     const failed = (err: unknown, backupId: string | null) => {
       const ce = err instanceof ConnectError ? err : new ConnectError(String(err), Code.Unknown);
       const cause = ce.cause instanceof DomainError ? ce.cause.backupId : undefined;
+      const n = note();
       return recordAudit(audit, logger, {
         ...base,
         backupId: cause ?? backupId,
         outcome: codeName(ce.code),
-        message: ce.rawMessage,
+        message: n ? `${n}: ${ce.rawMessage}` : ce.rawMessage,
       });
     };
     let res;
@@ -124,24 +128,35 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
     }
     if (!res.stream) {
       const backup = (res.message as { backup?: { id?: string } }).backup;
-      await recordAudit(audit, logger, { ...base, backupId: backup?.id || requestId, outcome: "OK", message: null });
+      await recordAudit(audit, logger, { ...base, backupId: backup?.id || requestId, outcome: "OK", message: note() });
       return res;
     }
     const inner = res.message;
     return {
       ...res,
       message: (async function* () {
-        let lastId: string | null = requestId;
+        const backupId = () => req.contextValues.get(kAuditBackupId) ?? null;
+        let settled = false;
         try {
-          for await (const m of inner) {
-            lastId = requestBackupId(m) ?? lastId;
-            yield m;
-          }
+          yield* inner;
+          settled = true;
+          await recordAudit(audit, logger, { ...base, backupId: backupId(), outcome: "OK", message: note() });
         } catch (err) {
-          await failed(err, lastId);
+          settled = true;
+          await failed(err, backupId());
           throw err;
+        } finally {
+          // The client went away mid-stream: the generator is closed without an error.
+          if (!settled) {
+            const n = note();
+            await recordAudit(audit, logger, {
+              ...base,
+              backupId: backupId(),
+              outcome: "CANCELED",
+              message: n ? `${n}: the client cancelled the call` : "the client cancelled the call",
+            });
+          }
         }
-        await recordAudit(audit, logger, { ...base, backupId: lastId, outcome: "OK", message: null });
       })(),
     };
   };

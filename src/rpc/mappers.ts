@@ -9,7 +9,14 @@ import {
   BackupStatus,
   BackupType,
   Compression,
+  type DownloadBackupResponse,
+  DownloadBackupResponseSchema,
+  type RestoreBackupResponse,
+  RestoreBackupResponseSchema,
+  RestorePhase,
 } from "../../gen/backup/v1/backup_pb.js";
+import type { DownloadItem } from "../domain/download.js";
+import type { RestoreProgress } from "../domain/restore.js";
 import type { BackupRecord, BackupStatus as DomainStatus, BackupType as DomainType } from "../domain/backup.js";
 import type { AuditEvent } from "../domain/ports.js";
 import { invalidArgument } from "../errors.js";
@@ -102,5 +109,61 @@ export function auditEventToProto(e: AuditEvent): AuditEventMsg {
     outcome: e.outcome,
     clientAddress: e.clientAddress ?? "",
     message: e.message ?? "",
+  });
+}
+
+const PHASE_TO_PROTO: Record<RestoreProgress["phase"], RestorePhase> = {
+  VALIDATING: RestorePhase.VALIDATING,
+  SAFETY_BACKUP: RestorePhase.SAFETY_BACKUP,
+  RESTORING: RestorePhase.RESTORING,
+  FINALIZING: RestorePhase.FINALIZING,
+  DONE: RestorePhase.DONE,
+};
+
+export function restoreProgressToProto(p: RestoreProgress): RestoreBackupResponse {
+  const r = p.result;
+  return create(RestoreBackupResponseSchema, {
+    phase: PHASE_TO_PROTO[p.phase],
+    bytesDone: BigInt(p.bytesDone),
+    bytesTotal: BigInt(p.bytesTotal),
+    percent: p.percent,
+    elapsed: durationFromMs(p.elapsedMs),
+    message: p.message,
+    result: r
+      ? {
+          targetDatabase: r.targetDatabase,
+          duration: durationFromMs(r.durationMs),
+          safetyBackupId: r.safetyBackupId ?? "",
+          tableCount: Object.keys(r.tableRowCounts).length,
+          rowCount: BigInt(Object.values(r.tableRowCounts).reduce((a, b) => a + b, 0)),
+          tables: Object.entries(r.tableRowCounts)
+            .sort(([a], [b]) => a.localeCompare(b))
+            .map(([table, rows]) => ({ table, rows: BigInt(rows) })),
+          undoHint: r.undoHint,
+          checksumOk: r.checksumOk,
+        }
+      : undefined,
+  });
+}
+
+export function downloadItemToProto(item: DownloadItem): DownloadBackupResponse {
+  if (item.kind === "chunk") {
+    return create(DownloadBackupResponseSchema, {
+      payload: { case: "chunk", value: { offset: BigInt(item.offset), data: item.data } },
+    });
+  }
+  return create(DownloadBackupResponseSchema, {
+    payload: {
+      case: "info",
+      value: {
+        backupId: item.backupId,
+        fileName: item.fileName,
+        fileSize: BigInt(item.fileSize),
+        checksum: item.checksum,
+        archiveFormat: item.format === "custom" ? ArchiveFormat.CUSTOM : ArchiveFormat.PLAIN,
+        compression: item.compression === "zstd" ? Compression.ZSTD : Compression.GZIP,
+        offset: BigInt(item.offset),
+      },
+    },
   });
 }

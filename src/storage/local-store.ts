@@ -71,6 +71,11 @@ export async function createLocalStore(dir: string): Promise<BlobStore> {
       return s.bavail * s.bsize;
     },
 
+    read(name, offset, signal) {
+      // Reads stop at once when the signal aborts (a cancelled download).
+      return createReadStream(full(name), { start: offset, highWaterMark: READ_CHUNK, signal });
+    },
+
     async listPartials() {
       const names = await readdir(dir);
       return names.filter((n) => n.endsWith(PARTIAL)).map((n) => n.slice(0, -PARTIAL.length));

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file backup/v1/backup.proto.
  */
 export const file_backup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWNrdXAvdjEvYmFja3VwLnByb3RvEgliYWNrdXAudjEi/QcKBkJhY2t1cBIKCgJpZBgBIAEoCRIqCgtiYWNrdXBfdHlwZRgCIAEoDjIVLmJhY2t1cC52MS5CYWNrdXBUeXBlEhEKCWZpbGVfbmFtZRgDIAEoCRIRCglmaWxlX3NpemUYBCABKAMSJwoGc3RhdHVzGAUgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRhdGFiYXNlX3NpemUYCSABKAMSEwoLdGFibGVfY291bnQYCiABKAUSEQoJcm93X2NvdW50GAsgASgDEhkKEWNvbXByZXNzaW9uX3JhdGlvGAwgASgBEhAKCGNoZWNrc3VtGA0gASgJEi8KC3ZlcmlmaWVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxpc19lbmNyeXB0ZWQYDyABKAgSFAoMdHJpZ2dlcmVkX2J5GBAgASgJEh0KFXRyaWdnZXJlZF9ieV91c2VybmFtZRgRIAEoCRIVCg1lcnJvcl9tZXNzYWdlGBIgASgJEikKCG1ldGFkYXRhGBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXRlbnRpb25fZGF5cxgUIAEoBRIuCgpleHBpcmVzX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgppc19kZWxldGVkGBYgASgIEi4KCmRlbGV0ZWRfYXQYFyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRhdGFiYXNlX25hbWUYGiABKAkSEQoJZHVtcF9zaXplGBsgASgDEjAKDmFyY2hpdmVfZm9ybWF0GBwgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YHSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SFgoOc2VydmVyX3ZlcnNpb24YHiABKAkSFwoPcGdfZHVtcF92ZXJzaW9uGB8gASgJEg0KBWxhYmVsGCAgASgJIjUKD0dldFN0YXRzUmVxdWVzdBIVCghkYXRhYmFzZRgBIAEoCUgAiAEBQgsKCV9kYXRhYmFzZSLUAQoQR2V0U3RhdHNSZXNwb25zZRIVCg10b3RhbF9iYWNrdXBzGAEgASgDEhoKEnN1Y2Nlc3NmdWxfYmFja3VwcxgCIAEoAxIWCg5mYWlsZWRfYmFja3VwcxgDIAEoAxIUCgxzdWNjZXNzX3JhdGUYBCABKAESKAoNbGF0ZXN0X2JhY2t1cBgFIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASGAoQdG90YWxfc2l6ZV9ieXRlcxgGIAEoAxIbChNhdmVyYWdlX2NvbXByZXNzaW9uGAcgASgBIsIBChNDcmVhdGVCYWNrdXBSZXF1ZXN0EioKC2JhY2t1cF90eXBlGAEgASgOMhUuYmFja3VwLnYxLkJhY2t1cFR5cGUSGwoOcmV0ZW50aW9uX2RheXMYAiABKAVIAIgBARISCgVsYWJlbBgDIAEoCUgBiAEBEhUKCGRhdGFiYXNlGAQgASgJSAKIAQESDQoFYXN5bmMYBSABKAhCEQoPX3JldGVudGlvbl9kYXlzQggKBl9sYWJlbEILCglfZGF0YWJhc2UiSwoUQ3JlYXRlQmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBIQCgh2ZXJpZmllZBgCIAEoCCLHAQoSTGlzdEJhY2t1cHNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEicKBnN0YXR1cxgDIAEoDjIXLmJhY2t1cC52MS5CYWNrdXBTdGF0dXMSKgoLYmFja3VwX3R5cGUYBCABKA4yFS5iYWNrdXAudjEuQmFja3VwVHlwZRIVCghkYXRhYmFzZRgFIAEoCUgAiAEBEhcKD2luY2x1ZGVfZGVsZXRlZBgGIAEoCEILCglfZGF0YWJhc2UiZQoTTGlzdEJhY2t1cHNSZXNwb25zZRIiCgdiYWNrdXBzGAEgAygLMhEuYmFja3VwLnYxLkJhY2t1cBINCgV0b3RhbBgCIAEoAxIMCgRwYWdlGAMgASgFEg0KBXBhZ2VzGAQgASgFIh4KEEdldEJhY2t1cFJlcXVlc3QSCgoCaWQYASABKAkiSwoRR2V0QmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBITCgtmaWxlX2V4aXN0cxgCIAEoCCIhChNWZXJpZnlCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJIkEKEVZlcmlmaWNhdGlvbkNoZWNrEgwKBG5hbWUYASABKAkSDgoGcGFzc2VkGAIgASgIEg4KBmRldGFpbBgDIAEoCSKQAQoUVmVyaWZ5QmFja3VwUmVzcG9uc2USEAoIdmVyaWZpZWQYASABKAgSJwoGc3RhdHVzGAIgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIsCgZjaGVja3MYAyADKAsyHC5iYWNrdXAudjEuVmVyaWZpY2F0aW9uQ2hlY2sSDwoHbWVzc2FnZRgEIAEoCSKdAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIWCgliYWNrdXBfaWQYAyABKAlIAIgBARISCgVhY3RvchgEIAEoCUgBiAEBEhMKBmFjdGlvbhgFIAEoCUgCiAEBQgwKCl9iYWNrdXBfaWRCCAoGX2FjdG9yQgkKB19hY3Rpb24izQEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEhYKDmFjdG9yX3VzZXJuYW1lGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIRCgliYWNrdXBfaWQYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIWCg5jbGllbnRfYWRkcmVzcxgIIAEoCRIPCgdtZXNzYWdlGAkgASgJImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiUKBmV2ZW50cxgBIAMoCzIVLmJhY2t1cC52MS5BdWRpdEV2ZW50Eg0KBXRvdGFsGAIgASgDEgwKBHBhZ2UYAyABKAUSDQoFcGFnZXMYBCABKAUqdAoKQmFja3VwVHlwZRIbChdCQUNLVVBfVFlQRV9VTlNQRUNJRklFRBAAEhQKEEJBQ0tVUF9UWVBFX0ZVTEwQARIbChdCQUNLVVBfVFlQRV9JTkNSRU1FTlRBTBACEhYKEkJBQ0tVUF9UWVBFX01BTlVBTBADKrwBCgxCYWNrdXBTdGF0dXMSHQoZQkFDS1VQX1NUQVRVU19VTlNQRUNJRklFRBAAEh0KGUJBQ0tVUF9TVEFUVVNfSU5fUFJPR1JFU1MQARIbChdCQUNLVVBfU1RBVFVTX0NPTVBMRVRFRBACEhgKFEJBQ0tVUF9TVEFUVVNfRkFJTEVEEAMSGgoWQkFDS1VQX1NUQVRVU19WRVJJRklFRBAEEhsKF0JBQ0tVUF9TVEFUVVNfQ09SUlVQVEVEEAUqZAoNQXJjaGl2ZUZvcm1hdBIeChpBUkNISVZFX0ZPUk1BVF9VTlNQRUNJRklFRBAAEhkKFUFSQ0hJVkVfRk9STUFUX0NVU1RPTRABEhgKFEFSQ0hJVkVfRk9STUFUX1BMQUlOEAIqVgoLQ29tcHJlc3Npb24SGwoXQ09NUFJFU1NJT05fVU5TUEVDSUZJRUQQABIUChBDT01QUkVTU0lPTl9aU1REEAESFAoQQ09NUFJFU1NJT05fR1pJUBACMuYDCg1CYWNrdXBTZXJ2aWNlEkMKCEdldFN0YXRzEhouYmFja3VwLnYxLkdldFN0YXRzUmVxdWVzdBobLmJhY2t1cC52MS5HZXRTdGF0c1Jlc3BvbnNlEk8KDENyZWF0ZUJhY2t1cBIeLmJhY2t1cC52MS5DcmVhdGVCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLkNyZWF0ZUJhY2t1cFJlc3BvbnNlEkwKC0xpc3RCYWNrdXBzEh0uYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBoeLmJhY2t1cC52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlEkYKCUdldEJhY2t1cBIbLmJhY2t1cC52MS5HZXRCYWNrdXBSZXF1ZXN0GhwuYmFja3VwLnYxLkdldEJhY2t1cFJlc3BvbnNlEk8KDFZlcmlmeUJhY2t1cBIeLmJhY2t1cC52MS5WZXJpZnlCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLlZlcmlmeUJhY2t1cFJlc3BvbnNlElgKD0xpc3RBdWRpdEV2ZW50cxIhLmJhY2t1cC52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiIuYmFja3VwLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWNrdXAvdjEvYmFja3VwLnByb3RvEgliYWNrdXAudjEi/QcKBkJhY2t1cBIKCgJpZBgBIAEoCRIqCgtiYWNrdXBfdHlwZRgCIAEoDjIVLmJhY2t1cC52MS5CYWNrdXBUeXBlEhEKCWZpbGVfbmFtZRgDIAEoCRIRCglmaWxlX3NpemUYBCABKAMSJwoGc3RhdHVzGAUgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRhdGFiYXNlX3NpemUYCSABKAMSEwoLdGFibGVfY291bnQYCiABKAUSEQoJcm93X2NvdW50GAsgASgDEhkKEWNvbXByZXNzaW9uX3JhdGlvGAwgASgBEhAKCGNoZWNrc3VtGA0gASgJEi8KC3ZlcmlmaWVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxpc19lbmNyeXB0ZWQYDyABKAgSFAoMdHJpZ2dlcmVkX2J5GBAgASgJEh0KFXRyaWdnZXJlZF9ieV91c2VybmFtZRgRIAEoCRIVCg1lcnJvcl9tZXNzYWdlGBIgASgJEikKCG1ldGFkYXRhGBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXRlbnRpb25fZGF5cxgUIAEoBRIuCgpleHBpcmVzX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgppc19kZWxldGVkGBYgASgIEi4KCmRlbGV0ZWRfYXQYFyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRhdGFiYXNlX25hbWUYGiABKAkSEQoJZHVtcF9zaXplGBsgASgDEjAKDmFyY2hpdmVfZm9ybWF0GBwgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YHSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SFgoOc2VydmVyX3ZlcnNpb24YHiABKAkSFwoPcGdfZHVtcF92ZXJzaW9uGB8gASgJEg0KBWxhYmVsGCAgASgJIjUKD0dldFN0YXRzUmVxdWVzdBIVCghkYXRhYmFzZRgBIAEoCUgAiAEBQgsKCV9kYXRhYmFzZSLUAQoQR2V0U3RhdHNSZXNwb25zZRIVCg10b3RhbF9iYWNrdXBzGAEgASgDEhoKEnN1Y2Nlc3NmdWxfYmFja3VwcxgCIAEoAxIWCg5mYWlsZWRfYmFja3VwcxgDIAEoAxIUCgxzdWNjZXNzX3JhdGUYBCABKAESKAoNbGF0ZXN0X2JhY2t1cBgFIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASGAoQdG90YWxfc2l6ZV9ieXRlcxgGIAEoAxIbChNhdmVyYWdlX2NvbXByZXNzaW9uGAcgASgBIsIBChNDcmVhdGVCYWNrdXBSZXF1ZXN0EioKC2JhY2t1cF90eXBlGAEgASgOMhUuYmFja3VwLnYxLkJhY2t1cFR5cGUSGwoOcmV0ZW50aW9uX2RheXMYAiABKAVIAIgBARISCgVsYWJlbBgDIAEoCUgBiAEBEhUKCGRhdGFiYXNlGAQgASgJSAKIAQESDQoFYXN5bmMYBSABKAhCEQoPX3JldGVudGlvbl9kYXlzQggKBl9sYWJlbEILCglfZGF0YWJhc2UiSwoUQ3JlYXRlQmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBIQCgh2ZXJpZmllZBgCIAEoCCLHAQoSTGlzdEJhY2t1cHNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEicKBnN0YXR1cxgDIAEoDjIXLmJhY2t1cC52MS5CYWNrdXBTdGF0dXMSKgoLYmFja3VwX3R5cGUYBCABKA4yFS5iYWNrdXAudjEuQmFja3VwVHlwZRIVCghkYXRhYmFzZRgFIAEoCUgAiAEBEhcKD2luY2x1ZGVfZGVsZXRlZBgGIAEoCEILCglfZGF0YWJhc2UiZQoTTGlzdEJhY2t1cHNSZXNwb25zZRIiCgdiYWNrdXBzGAEgAygLMhEuYmFja3VwLnYxLkJhY2t1cBINCgV0b3RhbBgCIAEoAxIMCgRwYWdlGAMgASgFEg0KBXBhZ2VzGAQgASgFIh4KEEdldEJhY2t1cFJlcXVlc3QSCgoCaWQYASABKAkiSwoRR2V0QmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBITCgtmaWxlX2V4aXN0cxgCIAEoCCIhChNWZXJpZnlCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJIkEKEVZlcmlmaWNhdGlvbkNoZWNrEgwKBG5hbWUYASABKAkSDgoGcGFzc2VkGAIgASgIEg4KBmRldGFpbBgDIAEoCSKQAQoUVmVyaWZ5QmFja3VwUmVzcG9uc2USEAoIdmVyaWZpZWQYASABKAgSJwoGc3RhdHVzGAIgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIsCgZjaGVja3MYAyADKAsyHC5iYWNrdXAudjEuVmVyaWZpY2F0aW9uQ2hlY2sSDwoHbWVzc2FnZRgEIAEoCSKdAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIWCgliYWNrdXBfaWQYAyABKAlIAIgBARISCgVhY3RvchgEIAEoCUgBiAEBEhMKBmFjdGlvbhgFIAEoCUgCiAEBQgwKCl9iYWNrdXBfaWRCCAoGX2FjdG9yQgkKB19hY3Rpb24izQEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEhYKDmFjdG9yX3VzZXJuYW1lGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIRCgliYWNrdXBfaWQYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIWCg5jbGllbnRfYWRkcmVzcxgIIAEoCRIPCgdtZXNzYWdlGAkgASgJImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiUKBmV2ZW50cxgBIAMoCzIVLmJhY2t1cC52MS5BdWRpdEV2ZW50Eg0KBXRvdGFsGAIgASgDEgwKBHBhZ2UYAyABKAUSDQoFcGFnZXMYBCABKAUirwEKFFJlc3RvcmVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD2NvbmZpcm1fcmVzdG9yZRgCIAEoCBINCgVmb3JjZRgDIAEoCBIVCg1kcm9wX2V4aXN0aW5nGAQgASgIEhwKD3RhcmdldF9kYXRhYmFzZRgFIAEoCUgAiAEBEhoKEnNraXBfc2FmZXR5X2JhY2t1cBgGIAEoCEISChBfdGFyZ2V0X2RhdGFiYXNlIigKCVRhYmxlUm93cxINCgV0YWJsZRgBIAEoCRIMCgRyb3dzGAIgASgDIuUBCg1SZXN0b3JlUmVzdWx0EhcKD3RhcmdldF9kYXRhYmFzZRgBIAEoCRIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChBzYWZldHlfYmFja3VwX2lkGAMgASgJEhMKC3RhYmxlX2NvdW50GAQgASgFEhEKCXJvd19jb3VudBgFIAEoAxIkCgZ0YWJsZXMYBiADKAsyFC5iYWNrdXAudjEuVGFibGVSb3dzEhEKCXVuZG9faGludBgHIAEoCRITCgtjaGVja3N1bV9vaxgIIAEoCCLgAQoVUmVzdG9yZUJhY2t1cFJlc3BvbnNlEiYKBXBoYXNlGAEgASgOMhcuYmFja3VwLnYxLlJlc3RvcmVQaGFzZRISCgpieXRlc19kb25lGAIgASgDEhMKC2J5dGVzX3RvdGFsGAMgASgDEg8KB3BlcmNlbnQYBCABKAESKgoHZWxhcHNlZBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdtZXNzYWdlGAYgASgJEigKBnJlc3VsdBgHIAEoCzIYLmJhY2t1cC52MS5SZXN0b3JlUmVzdWx0IjMKFURvd25sb2FkQmFja3VwUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZvZmZzZXQYAiABKAMiyAEKDERvd25sb2FkSW5mbxIRCglmaWxlX25hbWUYASABKAkSEQoJZmlsZV9zaXplGAIgASgDEhAKCGNoZWNrc3VtGAMgASgJEjAKDmFyY2hpdmVfZm9ybWF0GAQgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YBSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SDgoGb2Zmc2V0GAYgASgDEhEKCWJhY2t1cF9pZBgHIAEoCSItCg1Eb3dubG9hZENodW5rEg4KBm9mZnNldBgBIAEoAxIMCgRkYXRhGAIgASgMIncKFkRvd25sb2FkQmFja3VwUmVzcG9uc2USJwoEaW5mbxgBIAEoCzIXLmJhY2t1cC52MS5Eb3dubG9hZEluZm9IABIpCgVjaHVuaxgCIAEoCzIYLmJhY2t1cC52MS5Eb3dubG9hZENodW5rSABCCQoHcGF5bG9hZCI2ChNEZWxldGVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhMKC2hhcmRfZGVsZXRlGAIgASgIImQKFERlbGV0ZUJhY2t1cFJlc3BvbnNlEiEKBmJhY2t1cBgBIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASFAoMZmlsZV9yZW1vdmVkGAIgASgIEhMKC2ZyZWVkX2J5dGVzGAMgASgDIi8KHENsZWFudXBFeHBpcmVkQmFja3Vwc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCKhAQodQ2xlYW51cEV4cGlyZWRCYWNrdXBzUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAxITCgtmcmVlZF9ieXRlcxgCIAEoAxIiCgdyZW1vdmVkGAMgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIfCgRrZXB0GAQgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIPCgdkcnlfcnVuGAUgASgIKnQKCkJhY2t1cFR5cGUSGwoXQkFDS1VQX1RZUEVfVU5TUEVDSUZJRUQQABIUChBCQUNLVVBfVFlQRV9GVUxMEAESGwoXQkFDS1VQX1RZUEVfSU5DUkVNRU5UQUwQAhIWChJCQUNLVVBfVFlQRV9NQU5VQUwQAyq8AQoMQmFja3VwU3RhdHVzEh0KGUJBQ0tVUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlCQUNLVVBfU1RBVFVTX0lOX1BST0dSRVNTEAESGwoXQkFDS1VQX1NUQVRVU19DT01QTEVURUQQAhIYChRCQUNLVVBfU1RBVFVTX0ZBSUxFRBADEhoKFkJBQ0tVUF9TVEFUVVNfVkVSSUZJRUQQBBIbChdCQUNLVVBfU1RBVFVTX0NPUlJVUFRFRBAFKmQKDUFyY2hpdmVGb3JtYXQSHgoaQVJDSElWRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIZChVBUkNISVZFX0ZPUk1BVF9DVVNUT00QARIYChRBUkNISVZFX0ZPUk1BVF9QTEFJThACKlYKC0NvbXByZXNzaW9uEhsKF0NPTVBSRVNTSU9OX1VOU1BFQ0lGSUVEEAASFAoQQ09NUFJFU1NJT05fWlNURBABEhQKEENPTVBSRVNTSU9OX0daSVAQAiq/AQoMUmVzdG9yZVBoYXNlEh0KGVJFU1RPUkVfUEhBU0VfVU5TUEVDSUZJRUQQABIcChhSRVNUT1JFX1BIQVNFX1ZBTElEQVRJTkcQARIfChtSRVNUT1JFX1BIQVNFX1NBRkVUWV9CQUNLVVAQAhIbChdSRVNUT1JFX1BIQVNFX1JFU1RPUklORxADEhwKGFJFU1RPUkVfUEhBU0VfRklOQUxJWklORxAEEhYKElJFU1RPUkVfUEhBU0VfRE9ORRAFMtIGCg1CYWNrdXBTZXJ2aWNlEkMKCEdldFN0YXRzEhouYmFja3VwLnYxLkdldFN0YXRzUmVxdWVzdBobLmJhY2t1cC52MS5HZXRTdGF0c1Jlc3BvbnNlEk8KDENyZWF0ZUJhY2t1cBIeLmJhY2t1cC52MS5DcmVhdGVCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLkNyZWF0ZUJhY2t1cFJlc3BvbnNlEkwKC0xpc3RCYWNrdXBzEh0uYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBoeLmJhY2t1cC52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlEkYKCUdldEJhY2t1cBIbLmJhY2t1cC52MS5HZXRCYWNrdXBSZXF1ZXN0GhwuYmFja3VwLnYxLkdldEJhY2t1cFJlc3BvbnNlEk8KDFZlcmlmeUJhY2t1cBIeLmJhY2t1cC52MS5WZXJpZnlCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLlZlcmlmeUJhY2t1cFJlc3BvbnNlElgKD0xpc3RBdWRpdEV2ZW50cxIhLmJhY2t1cC52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiIuYmFja3VwLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlElQKDVJlc3RvcmVCYWNrdXASHy5iYWNrdXAudjEuUmVzdG9yZUJhY2t1cFJlcXVlc3QaIC5iYWNrdXAudjEuUmVzdG9yZUJhY2t1cFJlc3BvbnNlMAESVwoORG93bmxvYWRCYWNrdXASIC5iYWNrdXAudjEuRG93bmxvYWRCYWNrdXBSZXF1ZXN0GiEuYmFja3VwLnYxLkRvd25sb2FkQmFja3VwUmVzcG9uc2UwARJPCgxEZWxldGVCYWNrdXASHi5iYWNrdXAudjEuRGVsZXRlQmFja3VwUmVxdWVzdBofLmJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXNwb25zZRJqChVDbGVhbnVwRXhwaXJlZEJhY2t1cHMSJy5iYWNrdXAudjEuQ2xlYW51cEV4cGlyZWRCYWNrdXBzUmVxdWVzdBooLmJhY2t1cC52MS5DbGVhbnVwRXhwaXJlZEJhY2t1cHNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Backup is one entry of the backup history.
@@ -710,6 +710,449 @@ export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> 
   messageDesc(file_backup_v1_backup, 14);
 
 /**
+ * @generated from message backup.v1.RestoreBackupRequest
+ */
+export type RestoreBackupRequest = Message<"backup.v1.RestoreBackupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Must be true: a restore replaces data.
+   *
+   * @generated from field: bool confirm_restore = 2;
+   */
+  confirmRestore: boolean;
+
+  /**
+   * Restore a backup that is not VERIFIED (CORRUPTED included). The checksum
+   * is still re-checked and its result reported.
+   *
+   * @generated from field: bool force = 3;
+   */
+  force: boolean;
+
+  /**
+   * Replace the target database if it exists and holds objects.
+   *
+   * @generated from field: bool drop_existing = 4;
+   */
+  dropExisting: boolean;
+
+  /**
+   * Database to restore into; the backup's own database when unset. A name that
+   * does not exist is created.
+   *
+   * @generated from field: optional string target_database = 5;
+   */
+  targetDatabase?: string | undefined;
+
+  /**
+   * Do not take a safety backup of the database being replaced.
+   *
+   * @generated from field: bool skip_safety_backup = 6;
+   */
+  skipSafetyBackup: boolean;
+};
+
+/**
+ * Describes the message backup.v1.RestoreBackupRequest.
+ * Use `create(RestoreBackupRequestSchema)` to create a new message.
+ */
+export const RestoreBackupRequestSchema: GenMessage<RestoreBackupRequest> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 15);
+
+/**
+ * TableRows is one table's row count.
+ *
+ * @generated from message backup.v1.TableRows
+ */
+export type TableRows = Message<"backup.v1.TableRows"> & {
+  /**
+   * "schema.table"
+   *
+   * @generated from field: string table = 1;
+   */
+  table: string;
+
+  /**
+   * @generated from field: int64 rows = 2;
+   */
+  rows: bigint;
+};
+
+/**
+ * Describes the message backup.v1.TableRows.
+ * Use `create(TableRowsSchema)` to create a new message.
+ */
+export const TableRowsSchema: GenMessage<TableRows> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 16);
+
+/**
+ * RestoreResult is what a finished restore did.
+ *
+ * @generated from message backup.v1.RestoreResult
+ */
+export type RestoreResult = Message<"backup.v1.RestoreResult"> & {
+  /**
+   * @generated from field: string target_database = 1;
+   */
+  targetDatabase: string;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 2;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * The pre-restore safety backup of the replaced database, if one was taken.
+   *
+   * @generated from field: string safety_backup_id = 3;
+   */
+  safetyBackupId: string;
+
+  /**
+   * @generated from field: int32 table_count = 4;
+   */
+  tableCount: number;
+
+  /**
+   * @generated from field: int64 row_count = 5;
+   */
+  rowCount: bigint;
+
+  /**
+   * Every restored table with its row count (equal to the counts recorded at
+   * backup time).
+   *
+   * @generated from field: repeated backup.v1.TableRows tables = 6;
+   */
+  tables: TableRows[];
+
+  /**
+   * How to undo this restore, in words.
+   *
+   * @generated from field: string undo_hint = 7;
+   */
+  undoHint: string;
+
+  /**
+   * Result of re-checking the file's SHA-256 before restoring.
+   *
+   * @generated from field: bool checksum_ok = 8;
+   */
+  checksumOk: boolean;
+};
+
+/**
+ * Describes the message backup.v1.RestoreResult.
+ * Use `create(RestoreResultSchema)` to create a new message.
+ */
+export const RestoreResultSchema: GenMessage<RestoreResult> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 17);
+
+/**
+ * @generated from message backup.v1.RestoreBackupResponse
+ */
+export type RestoreBackupResponse = Message<"backup.v1.RestoreBackupResponse"> & {
+  /**
+   * @generated from field: backup.v1.RestorePhase phase = 1;
+   */
+  phase: RestorePhase;
+
+  /**
+   * Bytes of the backup file consumed so far in this phase, and in all.
+   *
+   * @generated from field: int64 bytes_done = 2;
+   */
+  bytesDone: bigint;
+
+  /**
+   * @generated from field: int64 bytes_total = 3;
+   */
+  bytesTotal: bigint;
+
+  /**
+   * Progress of the phase in percent.
+   *
+   * @generated from field: double percent = 4;
+   */
+  percent: number;
+
+  /**
+   * Time since the restore started.
+   *
+   * @generated from field: google.protobuf.Duration elapsed = 5;
+   */
+  elapsed?: Duration | undefined;
+
+  /**
+   * @generated from field: string message = 6;
+   */
+  message: string;
+
+  /**
+   * Set on the last message only (phase DONE).
+   *
+   * @generated from field: backup.v1.RestoreResult result = 7;
+   */
+  result?: RestoreResult | undefined;
+};
+
+/**
+ * Describes the message backup.v1.RestoreBackupResponse.
+ * Use `create(RestoreBackupResponseSchema)` to create a new message.
+ */
+export const RestoreBackupResponseSchema: GenMessage<RestoreBackupResponse> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 18);
+
+/**
+ * @generated from message backup.v1.DownloadBackupRequest
+ */
+export type DownloadBackupRequest = Message<"backup.v1.DownloadBackupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Byte offset to start from (to resume an interrupted download).
+   *
+   * @generated from field: int64 offset = 2;
+   */
+  offset: bigint;
+};
+
+/**
+ * Describes the message backup.v1.DownloadBackupRequest.
+ * Use `create(DownloadBackupRequestSchema)` to create a new message.
+ */
+export const DownloadBackupRequestSchema: GenMessage<DownloadBackupRequest> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 19);
+
+/**
+ * DownloadInfo describes the file; it is the first message of a download.
+ *
+ * @generated from message backup.v1.DownloadInfo
+ */
+export type DownloadInfo = Message<"backup.v1.DownloadInfo"> & {
+  /**
+   * @generated from field: string file_name = 1;
+   */
+  fileName: string;
+
+  /**
+   * Size of the whole file.
+   *
+   * @generated from field: int64 file_size = 2;
+   */
+  fileSize: bigint;
+
+  /**
+   * SHA-256 of the whole file, lowercase hex.
+   *
+   * @generated from field: string checksum = 3;
+   */
+  checksum: string;
+
+  /**
+   * @generated from field: backup.v1.ArchiveFormat archive_format = 4;
+   */
+  archiveFormat: ArchiveFormat;
+
+  /**
+   * @generated from field: backup.v1.Compression compression = 5;
+   */
+  compression: Compression;
+
+  /**
+   * Offset the chunks start at.
+   *
+   * @generated from field: int64 offset = 6;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: string backup_id = 7;
+   */
+  backupId: string;
+};
+
+/**
+ * Describes the message backup.v1.DownloadInfo.
+ * Use `create(DownloadInfoSchema)` to create a new message.
+ */
+export const DownloadInfoSchema: GenMessage<DownloadInfo> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 20);
+
+/**
+ * DownloadChunk is a piece of the file, in order.
+ *
+ * @generated from message backup.v1.DownloadChunk
+ */
+export type DownloadChunk = Message<"backup.v1.DownloadChunk"> & {
+  /**
+   * @generated from field: int64 offset = 1;
+   */
+  offset: bigint;
+
+  /**
+   * @generated from field: bytes data = 2;
+   */
+  data: Uint8Array;
+};
+
+/**
+ * Describes the message backup.v1.DownloadChunk.
+ * Use `create(DownloadChunkSchema)` to create a new message.
+ */
+export const DownloadChunkSchema: GenMessage<DownloadChunk> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 21);
+
+/**
+ * @generated from message backup.v1.DownloadBackupResponse
+ */
+export type DownloadBackupResponse = Message<"backup.v1.DownloadBackupResponse"> & {
+  /**
+   * @generated from oneof backup.v1.DownloadBackupResponse.payload
+   */
+  payload: {
+    /**
+     * @generated from field: backup.v1.DownloadInfo info = 1;
+     */
+    value: DownloadInfo;
+    case: "info";
+  } | {
+    /**
+     * @generated from field: backup.v1.DownloadChunk chunk = 2;
+     */
+    value: DownloadChunk;
+    case: "chunk";
+  } | { case: undefined; value?: undefined };
+};
+
+/**
+ * Describes the message backup.v1.DownloadBackupResponse.
+ * Use `create(DownloadBackupResponseSchema)` to create a new message.
+ */
+export const DownloadBackupResponseSchema: GenMessage<DownloadBackupResponse> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 22);
+
+/**
+ * @generated from message backup.v1.DeleteBackupRequest
+ */
+export type DeleteBackupRequest = Message<"backup.v1.DeleteBackupRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * Remove the file and the record (the audit trail keeps the events).
+   *
+   * @generated from field: bool hard_delete = 2;
+   */
+  hardDelete: boolean;
+};
+
+/**
+ * Describes the message backup.v1.DeleteBackupRequest.
+ * Use `create(DeleteBackupRequestSchema)` to create a new message.
+ */
+export const DeleteBackupRequestSchema: GenMessage<DeleteBackupRequest> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 23);
+
+/**
+ * @generated from message backup.v1.DeleteBackupResponse
+ */
+export type DeleteBackupResponse = Message<"backup.v1.DeleteBackupResponse"> & {
+  /**
+   * The record as it was left (for a hard delete: as it was before removal).
+   *
+   * @generated from field: backup.v1.Backup backup = 1;
+   */
+  backup?: Backup | undefined;
+
+  /**
+   * @generated from field: bool file_removed = 2;
+   */
+  fileRemoved: boolean;
+
+  /**
+   * @generated from field: int64 freed_bytes = 3;
+   */
+  freedBytes: bigint;
+};
+
+/**
+ * Describes the message backup.v1.DeleteBackupResponse.
+ * Use `create(DeleteBackupResponseSchema)` to create a new message.
+ */
+export const DeleteBackupResponseSchema: GenMessage<DeleteBackupResponse> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 24);
+
+/**
+ * @generated from message backup.v1.CleanupExpiredBackupsRequest
+ */
+export type CleanupExpiredBackupsRequest = Message<"backup.v1.CleanupExpiredBackupsRequest"> & {
+  /**
+   * Report what would be removed; change nothing.
+   *
+   * @generated from field: bool dry_run = 1;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message backup.v1.CleanupExpiredBackupsRequest.
+ * Use `create(CleanupExpiredBackupsRequestSchema)` to create a new message.
+ */
+export const CleanupExpiredBackupsRequestSchema: GenMessage<CleanupExpiredBackupsRequest> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 25);
+
+/**
+ * @generated from message backup.v1.CleanupExpiredBackupsResponse
+ */
+export type CleanupExpiredBackupsResponse = Message<"backup.v1.CleanupExpiredBackupsResponse"> & {
+  /**
+   * Backups removed (or, with dry_run, that would be).
+   *
+   * @generated from field: int64 deleted_count = 1;
+   */
+  deletedCount: bigint;
+
+  /**
+   * @generated from field: int64 freed_bytes = 2;
+   */
+  freedBytes: bigint;
+
+  /**
+   * @generated from field: repeated backup.v1.Backup removed = 3;
+   */
+  removed: Backup[];
+
+  /**
+   * Expired backups kept by the safety floor (the newest verified ones of a database).
+   *
+   * @generated from field: repeated backup.v1.Backup kept = 4;
+   */
+  kept: Backup[];
+
+  /**
+   * @generated from field: bool dry_run = 5;
+   */
+  dryRun: boolean;
+};
+
+/**
+ * Describes the message backup.v1.CleanupExpiredBackupsResponse.
+ * Use `create(CleanupExpiredBackupsResponseSchema)` to create a new message.
+ */
+export const CleanupExpiredBackupsResponseSchema: GenMessage<CleanupExpiredBackupsResponse> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 26);
+
+/**
  * BackupType says why a backup was taken. Logical backups are always full
  * copies; INCREMENTAL exists for compatibility and is refused.
  *
@@ -857,6 +1300,57 @@ export const CompressionSchema: GenEnum<Compression> = /*@__PURE__*/
   enumDesc(file_backup_v1_backup, 3);
 
 /**
+ * RestorePhase is the step a restore is in.
+ *
+ * @generated from enum backup.v1.RestorePhase
+ */
+export enum RestorePhase {
+  /**
+   * @generated from enum value: RESTORE_PHASE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Checking the request, the file's checksum, the target and the disk.
+   *
+   * @generated from enum value: RESTORE_PHASE_VALIDATING = 1;
+   */
+  VALIDATING = 1,
+
+  /**
+   * Backing up the database about to be replaced.
+   *
+   * @generated from enum value: RESTORE_PHASE_SAFETY_BACKUP = 2;
+   */
+  SAFETY_BACKUP = 2,
+
+  /**
+   * Loading the archive into a scratch database.
+   *
+   * @generated from enum value: RESTORE_PHASE_RESTORING = 3;
+   */
+  RESTORING = 3,
+
+  /**
+   * Checking table and row counts, then swapping the scratch database in.
+   *
+   * @generated from enum value: RESTORE_PHASE_FINALIZING = 4;
+   */
+  FINALIZING = 4,
+
+  /**
+   * @generated from enum value: RESTORE_PHASE_DONE = 5;
+   */
+  DONE = 5,
+}
+
+/**
+ * Describes the enum backup.v1.RestorePhase.
+ */
+export const RestorePhaseSchema: GenEnum<RestorePhase> = /*@__PURE__*/
+  enumDesc(file_backup_v1_backup, 4);
+
+/**
  * BackupService takes, verifies and reports on logical backups of PostgreSQL
  * databases. Every call needs `authorization: Bearer <JWT>` whose role claim is
  * `admin` or `superadmin`.
@@ -927,6 +1421,53 @@ export const BackupService: GenService<{
     methodKind: "unary";
     input: typeof ListAuditEventsRequestSchema;
     output: typeof ListAuditEventsResponseSchema;
+  },
+  /**
+   * RestoreBackup restores a backup into a database, atomically: into a fresh
+   * scratch database first, checked against the counts recorded at backup
+   * time, then swapped in by name. Streams progress; the last message carries
+   * the result and how to undo.
+   *
+   * @generated from rpc backup.v1.BackupService.RestoreBackup
+   */
+  restoreBackup: {
+    methodKind: "server_streaming";
+    input: typeof RestoreBackupRequestSchema;
+    output: typeof RestoreBackupResponseSchema;
+  },
+  /**
+   * DownloadBackup streams a backup's file: first its description, then
+   * chunks of at most 1 MiB. Resumable from any byte offset.
+   *
+   * @generated from rpc backup.v1.BackupService.DownloadBackup
+   */
+  downloadBackup: {
+    methodKind: "server_streaming";
+    input: typeof DownloadBackupRequestSchema;
+    output: typeof DownloadBackupResponseSchema;
+  },
+  /**
+   * DeleteBackup marks a backup deleted (its file stays), or with
+   * `hard_delete` removes the file and the record.
+   *
+   * @generated from rpc backup.v1.BackupService.DeleteBackup
+   */
+  deleteBackup: {
+    methodKind: "unary";
+    input: typeof DeleteBackupRequestSchema;
+    output: typeof DeleteBackupResponseSchema;
+  },
+  /**
+   * CleanupExpiredBackups removes the files of expired backups and marks their
+   * records deleted, always keeping the newest RETENTION_MIN_KEEP verified
+   * backups of each database.
+   *
+   * @generated from rpc backup.v1.BackupService.CleanupExpiredBackups
+   */
+  cleanupExpiredBackups: {
+    methodKind: "unary";
+    input: typeof CleanupExpiredBackupsRequestSchema;
+    output: typeof CleanupExpiredBackupsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_backup_v1_backup, 0);

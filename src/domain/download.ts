@@ -1,0 +1,77 @@
+import { DomainError, invalidArgument, notFound } from "../errors.js";
+import type { ArchiveFormat, CompressionKind } from "./backup.js";
+import type { BackupService } from "./backup-service.js";
+import type { BackupRepository, BlobStore, LockManager } from "./ports.js";
+import { fileLockKey } from "./restore.js";
+
+export type DownloadItem =
+  | {
+      kind: "info";
+      backupId: string;
+      fileName: string;
+      fileSize: number;
+      checksum: string;
+      format: ArchiveFormat;
+      compression: CompressionKind;
+      offset: number;
+    }
+  | { kind: "chunk"; offset: number; data: Buffer };
+
+export interface DownloadDeps {
+  backups: BackupRepository;
+  store: BlobStore;
+  locks: LockManager;
+  core: BackupService["core"];
+}
+
+/** Streams backup files, resumable from any offset. */
+export function createDownloadUseCase({ backups, store, locks, core }: DownloadDeps) {
+  return {
+    /**
+     * First the file's description, then its bytes from `offset` in order.
+     * A hard delete waits (is refused) while a download holds the file.
+     */
+    async *downloadBackup(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<DownloadItem> {
+      const backupId = core.validateId(id);
+      if (!Number.isSafeInteger(offset) || offset < 0) throw invalidArgument("offset", "must be 0 or a positive byte offset");
+      const record = await backups.findById(backupId);
+      if (!record) throw notFound(`backup ${backupId} not found`);
+      if (record.isDeleted) throw notFound(`backup ${backupId} was deleted`);
+      if (record.status === "IN_PROGRESS" || record.status === "FAILED") {
+        throw new DomainError("failed_precondition", `backup ${backupId} is ${record.status} and has no file to download`);
+      }
+      const lock = await locks.tryAcquireShared(fileLockKey(backupId));
+      if (!lock) throw new DomainError("busy", `backup ${backupId} is being deleted`);
+      try {
+        const stat = await store.stat(record.fileName);
+        if (!stat) {
+          throw new DomainError(
+            "failed_precondition",
+            `the file of backup ${backupId} (${record.fileName}) is missing from the backup directory`,
+          );
+        }
+        if (offset > stat.size) {
+          throw new DomainError("out_of_range", `offset ${offset} is past the end of the file (${stat.size} bytes)`);
+        }
+        yield {
+          kind: "info",
+          backupId,
+          fileName: record.fileName,
+          fileSize: stat.size,
+          checksum: record.checksum ?? "",
+          format: record.archiveFormat,
+          compression: record.compression,
+          offset,
+        };
+        let at = offset;
+        if (at === stat.size) return;
+        for await (const data of store.read(record.fileName, offset, signal)) {
+          yield { kind: "chunk", offset: at, data };
+          at += data.length;
+        }
+      } finally {
+        await lock.release();
+      }
+    },
+  };
+}

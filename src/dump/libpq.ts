@@ -1,0 +1,117 @@
+import pg from "pg";
+import { childProcessEnv, describeTarget, type PgTarget } from "../config.js";
+import { pgConfigOf } from "../db/client.js";
+import type { TableRowCounts } from "../domain/backup.js";
+import { DomainError } from "../errors.js";
+
+export const APP_NAME = "backup-service";
+
+export function quoteIdent(name: string): string {
+  return `"${name.replace(/"/g, '""')}"`;
+}
+
+export interface TableName {
+  schema: string;
+  name: string;
+}
+
+/** Turns a libpq/node-postgres connection failure into something a person can act on. */
+export function connectionFailure(err: unknown, where: string, database: string): DomainError {
+  const e = err as { code?: string; message?: string };
+  const msg = (e.message ?? String(err)).replace(/\s+/g, " ").trim();
+  switch (e.code) {
+    case "3D000":
+      return new DomainError("not_found", `database "${database}" does not exist on ${where}`);
+    case "28P01":
+    case "28000":
+      return new DomainError(
+        "failed_precondition",
+        `cannot log in to ${where}: ${msg} (hint: check the user and password in TARGET_DATABASE_URL)`,
+      );
+    case "42501":
+      return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`);
+    default:
+      return new DomainError(
+        "unavailable",
+        `cannot reach the target database at ${where}: ${msg} (hint: check TARGET_DATABASE_URL and that PostgreSQL is running)`,
+      );
+  }
+}
+
+/** Connections and child-process environments for one PostgreSQL server. */
+export function createLibpq(target: PgTarget) {
+  const where = describeTarget({ ...target, database: "" }).replace(/\/$/, "");
+  return {
+    where,
+
+    /** libpq's environment for a child process: the password never goes on a command line. */
+    env(database: string, appName = APP_NAME): NodeJS.ProcessEnv {
+      const env = childProcessEnv();
+      env.PGHOST = target.host;
+      env.PGPORT = String(target.port);
+      if (target.user) env.PGUSER = target.user;
+      if (target.password) env.PGPASSWORD = target.password;
+      if (target.sslmode) env.PGSSLMODE = target.sslmode;
+      env.PGDATABASE = database;
+      env.PGCONNECT_TIMEOUT = "10";
+      env.PGAPPNAME = appName;
+      return env;
+    },
+
+    /** A connection that is ended when `signal` aborts; failures become domain errors. */
+    async connect(database: string, signal?: AbortSignal, appName = APP_NAME): Promise<pg.Client> {
+      const client = new pg.Client(pgConfigOf({ ...target, database }, { application_name: appName }));
+      client.on("error", () => undefined); // reported through the failing query instead
+      const onAbort = () => void client.end().catch(() => undefined);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        await client.connect();
+      } catch (err) {
+        await client.end().catch(() => undefined);
+        signal?.throwIfAborted();
+        throw connectionFailure(err, where, database);
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+      return client;
+    },
+  };
+}
+
+/**
+ * The tables pg_dump writes data for: ordinary tables and partitions outside
+ * the system schemas, not owned by an extension, not temporary, not in an
+ * excluded schema.
+ */
+export async function listTables(client: pg.Client, excludeSchemas: string[]): Promise<TableName[]> {
+  const res = await client.query<TableName>(
+    `SELECT n.nspname AS schema, c.relname AS name
+       FROM pg_catalog.pg_class c
+       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'r'
+        AND c.relpersistence <> 't'
+        AND n.nspname <> ALL ($1::text[])
+        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+        AND n.nspname NOT LIKE 'pg\\_toast%'
+        AND n.nspname NOT LIKE 'pg\\_temp\\_%'
+        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d
+                         WHERE d.classid = 'pg_catalog.pg_class'::regclass
+                           AND d.objid = c.oid AND d.deptype = 'e')
+      ORDER BY 1, 2`,
+    [excludeSchemas],
+  );
+  return res.rows;
+}
+
+/** Exact row counts (`count(*)`), keyed `schema.table`. */
+export async function countRows(client: pg.Client, tables: TableName[], signal?: AbortSignal): Promise<TableRowCounts> {
+  const counts: TableRowCounts = {};
+  for (const t of tables) {
+    signal?.throwIfAborted();
+    const res = await client.query<{ n: string }>(
+      `SELECT count(*) AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
+    );
+    counts[`${t.schema}.${t.name}`] = Number(res.rows[0]!.n);
+  }
+  return counts;
+}
