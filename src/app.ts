@@ -76,7 +76,9 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         tools,
         compressionLevel: config.compressionLevel,
         compressionThreads: config.compressionThreads,
-        excludeSchemas: sharedWithControl ? [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] : [],
+        control: sameServer(config.control, config.target)
+          ? { database: config.control.database, schemas: [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] }
+          : null,
       }),
       store,
       clock,
@@ -108,7 +110,11 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     };
     const recovered = await backupService.recoverInterrupted();
     if (recovered > 0) logger.warn({ recovered }, "backups interrupted by an earlier stop were marked failed");
-    await restore.dropLeftovers();
+    // The target may be down; the service still starts (listings, downloads) and retries next start.
+    await restore.dropLeftovers().catch((err: unknown) =>
+      logger.warn({ reason: (err as Error).message }, "could not look for databases left by interrupted restores"),
+    );
+    backupService.verifyPending();
 
     const health = createHealth([BackupService.typeName]);
     const handler = connectNodeAdapter({

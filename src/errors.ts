@@ -38,3 +38,15 @@ export const notFound = (what: string) => new DomainError("not_found", what);
 export function isDomainError(e: unknown, kind?: ErrorKind): e is DomainError {
   return e instanceof DomainError && (kind === undefined || e.kind === kind);
 }
+
+/**
+ * Words about an unexpected error that are safe to show a client: a
+ * PostgreSQL server message, or which system call failed with which code;
+ * never a path, SQL text or parameters.
+ */
+export function safeReason(err: unknown): string {
+  const e = err as { code?: unknown; syscall?: unknown; severity?: unknown; message?: unknown } | null;
+  if (e && typeof e.severity === "string" && typeof e.message === "string") return e.message;
+  if (e && typeof e.code === "string" && typeof e.syscall === "string") return `${e.syscall} failed (${e.code})`;
+  return "internal error (details are in the service log)";
+}

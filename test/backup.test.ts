@@ -191,6 +191,8 @@ describe("plain format with gzip (the reference design's .sql.gz)", () => {
     expect(backup!.checksum).toBe(sha256sum(file));
     const dumpSize = Number(execFileSync("sh", ["-c", `gzip -dc '${file}' | wc -c`], { encoding: "utf8" }).trim());
     expect(Number(backup!.dumpSize)).toBe(dumpSize);
+    expect(backup!.compressionRatio).toBeCloseTo((1 - Number(backup!.fileSize) / dumpSize) * 100, 1);
+    expect(backup!.tableCount).toBe(Object.keys(expected).length);
     expect(Number(backup!.rowCount)).toBe(Object.values(expected).reduce((a, n) => a + n, 0));
 
     const restored = uniqueName("bs_restored");

@@ -8,9 +8,12 @@ import {
   backupFiles,
   blockTable,
   createDatabase,
+  childProcessNames,
   createFixture,
   pgDumpPids,
   seedDatabase,
+  sql,
+  startService,
   waitFor,
   waitForBlockedDump,
   type TestService,
@@ -193,6 +196,7 @@ describe("cancellation", () => {
       });
       expect(b.errorMessage).toBe("cancelled by the client");
       await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
       expect(await backupFiles(main.backupDir)).toEqual([]);
     } finally {
       await lock.release();
@@ -202,7 +206,9 @@ describe("cancellation", () => {
   it("a deadline that passes mid-backup: same clean-up, FAILED with the reason", async () => {
     const lock = await blockTable(target, "customers");
     try {
-      const call = main.client.createBackup({}, { timeoutMs: 1500 });
+      const call = main.client.createBackup({}, { timeoutMs: 3000 });
+      await waitForBlockedDump(target);
+      expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
       await expectError(call, Code.DeadlineExceeded);
       const { backups } = await main.client.listBackups({ pageSize: 1 });
       const b = await waitFor("the backup to be recorded as failed", async () => {
@@ -211,9 +217,29 @@ describe("cancellation", () => {
       });
       expect(b.errorMessage).toMatch(/cancelled: the call's deadline was exceeded/);
       await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
       expect(await backupFiles(main.backupDir)).toEqual([]);
     } finally {
       await lock.release();
+    }
+  });
+
+  it("two replicas on one control database: a backup on one makes the other's ABORTED", async () => {
+    const lock = await blockTable(target, "customers");
+    const other = await startService(main.control, target, {}, main.dataDir);
+    try {
+      const first = await main.client.createBackup({ async: true });
+      await waitForBlockedDump(target);
+      const err = await expectError(other.client.createBackup({}), Code.Aborted);
+      expect(err.rawMessage).toContain(first.backup!.id);
+      await lock.release();
+      await waitFor("the first backup to finish", async () => {
+        const r = await recordOf(main, first.backup!.id);
+        return r.status === BackupStatus.VERIFIED;
+      });
+    } finally {
+      await lock.release();
+      await other.close();
     }
   });
 
@@ -235,6 +261,63 @@ describe("cancellation", () => {
       return r.status === BackupStatus.VERIFIED ? r : null;
     });
     expect(done.status).toBe(BackupStatus.VERIFIED);
+  });
+});
+
+describe("verification interrupted by shutdown", () => {
+  it("leaves the backup COMPLETED, saying so, and the next start verifies it", async () => {
+    // A pg_restore that takes its time reading the archive: shutdown lands mid-verification.
+    const bin = await fakeBinDir('exec "$REAL_PG_DUMP" "$@"');
+    const realRestore = execFileSync("sh", ["-c", "command -v pg_restore"], { encoding: "utf8" }).trim();
+    await execFileSync("rm", [path.join(bin, "pg_restore")]);
+    await writeFile(
+      path.join(bin, "pg_restore"),
+      `#!/bin/sh\ncase "$*" in *--file=/dev/null*) exec sleep 30;; esac\nexec '${realRestore}' "$@"\n`,
+    );
+    await chmod(path.join(bin, "pg_restore"), 0o755);
+    const slow = await service({ PG_BIN_DIR: bin });
+    const { backup } = await slow.client.createBackup({ async: true });
+    await waitFor("the dump to finish", async () => (await recordOf(slow, backup!.id)).status === BackupStatus.COMPLETED);
+    await slow.app.close();
+    const [left] = await sql<{ status: string; error_message: string }>(
+      slow.control,
+      "SELECT status, error_message FROM backup_service.backup_history WHERE id = $1",
+      [backup!.id],
+    );
+    expect(left).toEqual({ status: "COMPLETED", error_message: expect.stringMatching(/verification interrupted by shutdown/) });
+    const again = await startService(slow.control, target, {}, slow.dataDir);
+    try {
+      const done = await waitFor("the pending verification", async () => {
+        const r = await recordOf(again, backup!.id);
+        return r.status === BackupStatus.VERIFIED ? r : null;
+      });
+      expect(done.verifiedAt).toBeDefined();
+    } finally {
+      await again.close();
+    }
+  });
+});
+
+describe("the service's own records", () => {
+  it("are never in a dump, even of the control database itself", async () => {
+    const { backup } = await main.client.createBackup({ database: main.control });
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    const list = execFileSync("sh", ["-c", `zstd -dc '${path.join(main.backupDir, backup!.fileName)}' | pg_restore --list`], {
+      encoding: "utf8",
+    });
+    expect(list).not.toMatch(/backup_service/);
+    expect(backup!.tableCount).toBe(0);
+  });
+
+  it("a restore into the control database is refused", async () => {
+    const { backup } = await main.client.createBackup({});
+    const call = (async () => {
+      for await (const _ of main.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: main.control, dropExisting: true })) {
+        // drain
+      }
+    })();
+    const err = await expectError(call, Code.FailedPrecondition);
+    expect(err.rawMessage).toMatch(/control database/);
   });
 });
 
@@ -284,7 +367,9 @@ describe("VerifyBackup finds damage", () => {
   });
 
   it("refuses to verify a failed backup", async () => {
-    const { backups } = await main.client.listBackups({ status: BackupStatus.FAILED, pageSize: 1 });
+    await expectError(main.client.createBackup({ database: "no_such_db_for_verify" }), Code.NotFound);
+    const { backups } = await main.client.listBackups({ database: "no_such_db_for_verify" });
+    expect(backups[0]!.status).toBe(BackupStatus.FAILED);
     const err = await expectError(main.client.verifyBackup({ id: backups[0]!.id }), Code.FailedPrecondition);
     expect(err.rawMessage).toMatch(/failed and has no file/);
   });

@@ -83,19 +83,28 @@ export async function seedDatabase(name: string, rows = 1000): Promise<Record<st
      CREATE TABLE empty_table (id int);
      CREATE VIEW big_orders AS SELECT * FROM orders WHERE total > 100;
      CREATE SEQUENCE invoice_seq;
-     CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1';`,
+     CREATE FUNCTION add_one(i int) RETURNS int LANGUAGE sql AS 'SELECT i + 1';
+     CREATE SCHEMA "odd.names";
+     CREATE TABLE "odd.names".a (x int);
+     CREATE TABLE "odd.names"."a b" (x int);
+     INSERT INTO "odd.names".a VALUES (1), (2);
+     INSERT INTO "odd.names"."a b" VALUES (3);`,
   );
   return {
     "public.customers": rows,
     "public.orders": rows * 2,
-    'billing.Invoice Lines': 7,
+    'billing."Invoice Lines"': 7,
     "public.events_2026": 5,
     "public.empty_table": 0,
+    '"odd.names".a': 2,
+    '"odd.names"."a b"': 1,
   };
 }
 
 export interface TestService {
   app: App;
+  /** Name of its control database. */
+  control: string;
   url: string;
   dataDir: string;
   backupDir: string;
@@ -148,6 +157,7 @@ export async function startService(
     );
   return {
     app,
+    control,
     url,
     dataDir: dir,
     backupDir: config.backupDir,
@@ -169,7 +179,8 @@ export async function mintToken(opts: {
   alg?: string;
   key?: Parameters<SignJWT["sign"]>[0];
 }): Promise<string> {
-  const claims: Record<string, unknown> = { role: opts.role ?? "admin" };
+  // role: null leaves the claim out.
+  const claims: Record<string, unknown> = opts.role === null ? {} : { role: opts.role ?? "admin" };
   if (opts.username) claims.username = opts.username;
   let jwt = new SignJWT(claims).setProtectedHeader({ alg: opts.alg ?? "HS256" }).setIssuedAt();
   if (opts.sub !== undefined) jwt = jwt.setSubject(opts.sub);
@@ -184,6 +195,24 @@ export async function backupFiles(dir: string): Promise<string[]> {
   } catch {
     return [];
   }
+}
+
+/** Names of this process's live child processes (read from /proc). */
+export async function childProcessNames(): Promise<string[]> {
+  const names: string[] = [];
+  for (const entry of await readdir("/proc")) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, "utf8");
+      // "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      if (Number(fields[1]) === process.pid && fields[0] !== "Z") names.push(comm);
+    } catch {
+      // gone
+    }
+  }
+  return names;
 }
 
 /** PIDs of pg_dump processes working on the given database (read from /proc). */

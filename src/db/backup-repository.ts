@@ -21,8 +21,8 @@ export function createBackupRepository(db: Db): BackupRepository {
 
   return {
     async insert(record) {
-      const [row] = await db.insert(t).values(record).returning();
-      return toRecord(row!);
+      const [row] = await db.insert(t).values(record).onConflictDoNothing({ target: t.fileName }).returning();
+      return row ? toRecord(row) : null;
     },
 
     async update(id, patch) {

@@ -2,6 +2,7 @@ import { createHash } from "node:crypto";
 import pg from "pg";
 import type { PgTarget } from "../config.js";
 import type { Lock, LockManager } from "../domain/ports.js";
+import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { pgConfigOf } from "./client.js";
 
@@ -18,21 +19,34 @@ function keyOf(key: string): number {
  */
 export function createAdvisoryLocks(control: PgTarget, logger: Logger): LockManager {
   async function take(key: string, fn: "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"): Promise<Lock | null> {
-    const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock" }));
-    client.on("error", (err) => logger.warn({ err: { message: err.message }, key }, "lock connection lost"));
+    // keepAlive: a dead peer is noticed, so a lost lock does not go unnoticed for long.
+    const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock", keepAlive: true }));
+    const lost = new AbortController();
+    let released = false;
+    const onLost = (why: string) => {
+      if (released || lost.signal.aborted) return;
+      logger.error({ key, why }, "advisory lock lost: the work it guarded is stopped");
+      lost.abort(
+        new DomainError("unavailable", "lost the lock that guards this work: the connection to the control database dropped"),
+      );
+    };
+    client.on("error", (err) => onLost(err.message));
+    client.on("end", () => onLost("connection ended"));
     await client.connect();
     try {
       const res = await client.query<{ ok: boolean }>(`SELECT ${fn}($1, $2) AS ok`, [NAMESPACE, keyOf(key)]);
       if (!res.rows[0]?.ok) {
+        released = true;
         await client.end();
         return null;
       }
     } catch (err) {
+      released = true;
       await client.end().catch(() => undefined);
       throw err;
     }
-    let released = false;
     return {
+      lost: lost.signal,
       async release() {
         if (released) return;
         released = true;

@@ -5,6 +5,7 @@ import {
   doublePrecision,
   index,
   integer,
+  uniqueIndex,
   jsonb,
   pgSchema,
   text,
@@ -81,6 +82,8 @@ export const backupHistory = serviceSchema.table(
     index("idx_backup_history_is_deleted").on(t.isDeleted),
     index("idx_backup_history_triggered_by").on(t.triggeredBy),
     index("idx_backup_history_database_started").on(t.databaseName, t.startedAt.desc()),
+    // One file, one record: two backups whose names would collide cannot both claim it.
+    uniqueIndex("uq_backup_history_file_name").on(t.fileName),
   ],
 );
 

@@ -1,5 +1,5 @@
 import type { Logger } from "../logger.js";
-import { DomainError, invalidArgument, isDomainError, notFound } from "../errors.js";
+import { DomainError, invalidArgument, isDomainError, notFound, safeReason } from "../errors.js";
 import {
   type Actor,
   type ArchiveFormat,
@@ -112,6 +112,10 @@ export function createBackupService(deps: BackupServiceDeps) {
     return `backup:${options.targetServer}/${database}`;
   }
 
+  function runKey(id: string): string {
+    return `run:${id}`;
+  }
+
   function validateDatabaseName(name: string, field = "database"): string {
     if (name.length === 0 || Buffer.byteLength(name) > 63 || name.includes("\0")) {
       throw invalidArgument(field, "must be a database name of 1 to 63 bytes");
@@ -193,7 +197,25 @@ export function createBackupService(deps: BackupServiceDeps) {
   }
 
   /** The dump, then the verification; always leaves the record in a final state. */
+  /**
+   * Runs one backup under its own run lock: start-up recovery on any replica
+   * can then tell a dead run (lock free) from a live one.
+   */
   async function runBackup(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
+    let runLock: Lock | null = null;
+    try {
+      runLock = await locks.tryAcquire(runKey(record.id));
+    } catch (err) {
+      logger.error({ err, backupId: record.id }, "could not take the run lock");
+    }
+    try {
+      return await dumpAndVerify(record, runLock ? AbortSignal.any([signal, runLock.lost]) : signal);
+    } finally {
+      await runLock?.release();
+    }
+  }
+
+  async function dumpAndVerify(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
     const started = performance.now();
     let current = record;
     try {
@@ -238,12 +260,26 @@ export function createBackupService(deps: BackupServiceDeps) {
           durationMs: Math.round(performance.now() - started),
         })
         .catch((e: unknown) => logger.error({ err: e, backupId: record.id }, "could not record backup failure"));
-      logger.warn({ backupId: record.id, database: record.databaseName, reason: failure.message }, "backup failed");
+      logger.warn(
+        { backupId: record.id, database: record.databaseName, reason: failure.message, cause: failure.cause },
+        "backup failed",
+      );
       throw withBackupId(failure, record.id);
     }
     // The dump is complete and durable; from here on the question is only whether it is good.
     // A client that stops waiting does not stop the verification: only shutdown does.
-    const verification = await verifyRecord(current, shutdownController.signal);
+    let verification: VerificationResult;
+    try {
+      verification = await verifyRecord(current, shutdownController.signal);
+    } catch (err) {
+      const interrupted = shutdownController.signal.aborted;
+      const why = interrupted
+        ? "verification interrupted by shutdown; it runs again at the next start"
+        : `verification could not run: ${err instanceof DomainError ? err.message : safeReason(err)}`;
+      if (!interrupted) logger.error({ err, backupId: record.id }, "verification could not run");
+      await backups.update(record.id, { errorMessage: why }).catch(() => undefined);
+      throw withBackupId(interrupted ? SHUTDOWN : new DomainError("dump_failed", why), record.id);
+    }
     logger.info(
       { backupId: record.id, database: record.databaseName, status: verification.status, bytes: current.fileSize },
       "backup finished",
@@ -345,7 +381,7 @@ export function createBackupService(deps: BackupServiceDeps) {
     );
   }
 
-  function insertRecord(p: {
+  async function insertRecord(p: {
     backupType: BackupType;
     retentionDays: number;
     label: string | null;
@@ -354,21 +390,25 @@ export function createBackupService(deps: BackupServiceDeps) {
     metadata?: Record<string, unknown>;
   }): Promise<BackupRecord> {
     const startedAt = clock.now();
-    return backups.insert({
-      backupType: p.backupType,
-      fileName: backupFileName(p.database, startedAt, options.format, options.compression),
-      status: "IN_PROGRESS",
-      startedAt,
-      triggeredBy: p.actor.sub,
-      triggeredByUsername: p.actor.username,
-      retentionDays: p.retentionDays,
-      expiresAt: expiryOf(startedAt, p.retentionDays),
-      databaseName: p.database,
-      archiveFormat: options.format,
-      compression: options.compression,
-      label: p.label,
-      metadata: p.metadata ?? {},
-    });
+    for (let attempt = 1; attempt <= 20; attempt++) {
+      const record = await backups.insert({
+        backupType: p.backupType,
+        fileName: backupFileName(p.database, startedAt, options.format, options.compression, attempt),
+        status: "IN_PROGRESS",
+        startedAt,
+        triggeredBy: p.actor.sub,
+        triggeredByUsername: p.actor.username,
+        retentionDays: p.retentionDays,
+        expiresAt: expiryOf(startedAt, p.retentionDays),
+        databaseName: p.database,
+        archiveFormat: options.format,
+        compression: options.compression,
+        label: p.label,
+        metadata: p.metadata ?? {},
+      });
+      if (record) return record;
+    }
+    throw new DomainError("busy", `could not find a free file name for a backup of "${p.database}"; try again`);
   }
 
   /** What sibling use cases (restore, retention, downloads) share with this one. */
@@ -436,8 +476,9 @@ export function createBackupService(deps: BackupServiceDeps) {
       }
       logger.info({ backupId: record.id, database, actor: input.actor.sub, async: input.async }, "backup started");
 
-      const jobSignal =
-        input.async || !signal ? shutdownController.signal : AbortSignal.any([signal, shutdownController.signal]);
+      const stops = [shutdownController.signal, lock.lost];
+      if (!input.async && signal) stops.push(signal);
+      const jobSignal = AbortSignal.any(stops);
       const job = track(runBackup(record, jobSignal).finally(() => lock.release()));
       if (input.async) {
         job.catch(() => {
@@ -520,8 +561,8 @@ export function createBackupService(deps: BackupServiceDeps) {
     async recoverInterrupted(): Promise<number> {
       let recovered = 0;
       for (const record of await backups.findInProgress()) {
-        const lock = await locks.tryAcquire(lockKey(record.databaseName));
-        if (!lock) continue; // another replica is running it right now
+        const lock = await locks.tryAcquire(runKey(record.id));
+        if (!lock) continue; // a live replica is running it right now
         try {
           const fresh = await backups.findById(record.id);
           if (fresh?.status !== "IN_PROGRESS") continue;
@@ -544,6 +585,30 @@ export function createBackupService(deps: BackupServiceDeps) {
         logger.warn({ file: `${name}.partial` }, "removed orphaned partial backup file");
       }
       return recovered;
+    },
+
+    /**
+     * Verifies backups whose dump finished but whose verification never did
+     * (the service stopped in between). Runs in the background.
+     */
+    verifyPending(): void {
+      const work = (async () => {
+        const { items } = await backups.list({ status: "COMPLETED", includeDeleted: false }, 0, 1000);
+        for (const record of items) {
+          if (shutdownController.signal.aborted) return;
+          const lock = await locks.tryAcquire(runKey(record.id));
+          if (!lock) continue; // its own run is still going
+          try {
+            const r = await verifyRecord(record, shutdownController.signal);
+            logger.info({ backupId: record.id, status: r.status }, "verified a backup left unverified by an earlier stop");
+          } finally {
+            await lock.release();
+          }
+        }
+      })();
+      track(work).catch((err: unknown) => {
+        if (!shutdownController.signal.aborted) logger.error({ err }, "verifying pending backups failed");
+      });
     },
 
     /** Cancels running backups (recorded as interrupted by shutdown) and waits for them. */

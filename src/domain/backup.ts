@@ -9,8 +9,53 @@ export type BackupStatus = (typeof BACKUP_STATUSES)[number];
 export type ArchiveFormat = "custom" | "plain";
 export type CompressionKind = "zstd" | "gzip";
 
-/** Exact row counts per table (`schema.table`) in the dump's snapshot. */
+/** Exact row counts per table (keyed by `tableKey`) in the dump's snapshot. */
 export type TableRowCounts = Record<string, number>;
+
+const PLAIN_IDENT = /^[a-z_][a-z0-9_$]*$/;
+const quotePart = (s: string) => (PLAIN_IDENT.test(s) ? s : `"${s.replace(/"/g, '""')}"`);
+
+/**
+ * `schema.table` as PostgreSQL would print it: a part is double-quoted unless
+ * it is a plain lowercase identifier, so `"my.schema".t` stays unambiguous.
+ */
+export function tableKey(schema: string, name: string): string {
+  return `${quotePart(schema)}.${quotePart(name)}`;
+}
+
+/** The inverse of `tableKey`. */
+export function parseTableKey(key: string): { schema: string; name: string } {
+  const parts: string[] = [];
+  let i = 0;
+  while (i <= key.length) {
+    if (key[i] === '"') {
+      let j = i + 1;
+      let part = "";
+      for (;;) {
+        if (j >= key.length) throw new Error(`malformed table key ${key}`);
+        if (key[j] === '"') {
+          if (key[j + 1] === '"') {
+            part += '"';
+            j += 2;
+            continue;
+          }
+          break;
+        }
+        part += key[j++];
+      }
+      parts.push(part);
+      i = j + 2; // past the closing quote and the dot
+    } else {
+      const dot = parts.length === 0 ? key.indexOf(".", i) : key.length;
+      const end = dot === -1 ? key.length : dot;
+      parts.push(key.slice(i, end));
+      i = end + 1;
+    }
+    if (parts.length === 2) break;
+  }
+  if (parts.length !== 2) throw new Error(`malformed table key ${key}`);
+  return { schema: parts[0]!, name: parts[1]! };
+}
 
 /** One entry of the backup history. */
 export interface BackupRecord {
@@ -98,10 +143,18 @@ export function extensionOf(format: ArchiveFormat, compression: CompressionKind)
  * `<database>_backup_<UTC timestamp>.<ext>`. The database name is reduced to
  * safe characters so that no input can steer the path.
  */
-export function backupFileName(database: string, at: Date, format: ArchiveFormat, compression: CompressionKind): string {
+export function backupFileName(
+  database: string,
+  at: Date,
+  format: ArchiveFormat,
+  compression: CompressionKind,
+  attempt = 1,
+): string {
   const safe = database.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 63) || "db";
   const stamp = at.toISOString().replace(/[-:]/g, "").replace(/\.(\d{3})Z$/, "$1Z");
-  return `${safe}_backup_${stamp}.${extensionOf(format, compression)}`;
+  // Different databases can share a safe name ("a.b", "a_b"): a later attempt gets a suffix.
+  const suffix = attempt > 1 ? `-${attempt}` : "";
+  return `${safe}_backup_${stamp}${suffix}.${extensionOf(format, compression)}`;
 }
 
 /** (1 - file/dump) * 100, to 2 decimals; null when either size is unknown. */

@@ -65,9 +65,14 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
         };
         let at = offset;
         if (at === stat.size) return;
-        for await (const data of store.read(record.fileName, offset, signal)) {
-          yield { kind: "chunk", offset: at, data };
-          at += data.length;
+        try {
+          for await (const data of store.read(record.fileName, offset, signal)) {
+            yield { kind: "chunk", offset: at, data };
+            at += data.length;
+          }
+        } catch (err) {
+          signal?.throwIfAborted(); // a cancelled call, not a read failure
+          throw err;
         }
       } finally {
         await lock.release();

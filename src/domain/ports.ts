@@ -36,7 +36,8 @@ export interface BackupStats {
 
 /** The backup history, kept in the control database. */
 export interface BackupRepository {
-  insert(record: NewBackupRecord): Promise<BackupRecord>;
+  /** The stored record, or null when another record already has its file name. */
+  insert(record: NewBackupRecord): Promise<BackupRecord | null>;
   /** Updates a record and returns it as stored; throws not_found if it is gone. */
   update(id: string, patch: BackupPatch): Promise<BackupRecord>;
   findById(id: string): Promise<BackupRecord | null>;
@@ -78,6 +79,8 @@ export interface AuditRepository {
 }
 
 export interface Lock {
+  /** Aborts if the lock is lost without being released (its connection dropped). */
+  readonly lost: AbortSignal;
   release(): Promise<void>;
 }
 

@@ -108,7 +108,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
 
   function restore(input: RestoreInput, callSignal: AbortSignal): AsyncGenerator<RestoreProgress, void> {
     const started = performance.now();
-    const signal = AbortSignal.any([callSignal, core.shutdownSignal]);
+    let signal = AbortSignal.any([callSignal, core.shutdownSignal]);
     // Tracked, so that shutdown waits for the clean-up of a cancelled restore.
     return streamWork<RestoreProgress, void>((emit) => core.track(run(emit)));
 
@@ -140,6 +140,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         const fileLock = await locks.tryAcquireShared(fileLockKey(record.id));
         if (!fileLock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to restore`);
         held.push(fileLock);
+        // Losing a lock (its connection dropped) stops the restore before anything is swapped.
+        signal = AbortSignal.any([signal, ...held.map((l) => l.lost)]);
 
         const stat = await store.stat(record.fileName);
         if (!stat) {

@@ -3,7 +3,7 @@ import { createWriteStream } from "node:fs";
 import { pipeline } from "node:stream/promises";
 import type { Readable, Writable } from "node:stream";
 import { childProcessEnv, type PgTarget } from "../config.js";
-import type { CompressionKind, TableRowCounts } from "../domain/backup.js";
+import { parseTableKey, type CompressionKind, type TableRowCounts } from "../domain/backup.js";
 import type {
   CheckOutcome,
   DumpEngine,
@@ -13,7 +13,7 @@ import type {
   InspectResult,
   TargetInfo,
 } from "../domain/ports.js";
-import { DomainError } from "../errors.js";
+import { DomainError, safeReason } from "../errors.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -23,8 +23,11 @@ export interface DumpEngineOptions {
   tools: Tools;
   compressionLevel: number;
   compressionThreads: number;
-  /** Schemas never dumped (the service's own, when the target is the control database). */
-  excludeSchemas: string[];
+  /**
+   * The control database, when it lives on the target server, and the
+   * service's schemas in it: a dump of that database leaves them out.
+   */
+  control: { database: string; schemas: string[] } | null;
 }
 
 const WRITE_CHUNK = 1 << 20;
@@ -82,7 +85,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
         await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
-        const tables = await listTables(client, opts.excludeSchemas);
+        const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
+        const tables = await listTables(client, excluded);
 
         // The first step to fail stops the others (a dead pg_dump must not leave the row
         // count waiting on a lock, and vice versa); its error is the one reported.
@@ -96,7 +100,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         };
 
         const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
-        const excludeArgs = opts.excludeSchemas.map((s) => `--exclude-schema=${s}`);
+        const excludeArgs = excluded.map((s) => `--exclude-schema=${s}`);
         const dump = startChild(
           "pg_dump",
           tools.pgDump,
@@ -128,7 +132,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
           { signal: steps },
         ).catch((err: unknown) => {
-          if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${(err as Error).message}`));
+          if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${safeReason(err)}`, { cause: err }));
         });
         const watch = (p: Promise<ExitInfo>) =>
           p.then((e) => {
@@ -141,7 +145,11 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           },
           (err: unknown) => {
             if (!steps.aborted) {
-              fail(new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${(err as Error).message}`));
+              fail(
+                new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${safeReason(err)}`, {
+                  cause: err,
+                }),
+              );
             }
           },
         );
@@ -158,7 +166,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       } catch (err) {
         signal.throwIfAborted();
         if (err instanceof DomainError) throw err;
-        throw new DomainError("dump_failed", `backup of "${options.database}" failed: ${(err as Error).message}`, {
+        throw new DomainError("dump_failed", `backup of "${options.database}" failed: ${safeReason(err)}`, {
           cause: err,
         });
       } finally {
@@ -183,11 +191,12 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         archive = { passed: false, detail: `pg_restore cannot read the whole archive: ${decompress.restoreDetail}` };
       } else {
         const missing = options.expectedTables.filter((t) => !toc!.tables.has(t));
+        const listed = [...toc!.tables].filter((t) => !t.startsWith("(unexpected)")).length;
         archive =
           missing.length === 0
             ? {
                 passed: true,
-                detail: `archive is complete: ${toc!.tables.size} tables' data listed, ${options.expectedTables.length} expected`,
+                detail: `archive is complete: the data of all ${listed} counted tables is listed`,
               }
             : {
                 passed: false,
@@ -258,17 +267,22 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
     const [, listExit] = await Promise.all([dec.exit, list.exit]);
     signal?.throwIfAborted();
     if (!succeeded(listExit)) return { ok: false, detail: describeExit(listExit), tables: new Set<string>() };
+    // A line reads "<id>; <oids> TABLE DATA <schema> <name> <owner>", unquoted, so names with
+    // spaces are ambiguous: each line is given to the expected table with the longest
+    // matching "<schema> <name> " prefix (every table pg_dump dumps is expected).
+    const expected = options.expectedTables.map((key) => {
+      const t = parseTableKey(key);
+      return { key, prefix: `${t.schema} ${t.name} ` };
+    });
     const tables = new Set<string>();
-    const expected = new Map(options.expectedTables.map((t) => [t, t]));
     for (const line of out.split("\n")) {
       const m = /^\d+; \d+ \d+ TABLE DATA (.*)$/.exec(line);
       if (!m) continue;
-      // "<schema> <name> <owner>": names may hold spaces, so match known tables by prefix.
-      for (const t of expected.keys()) {
-        const dot = t.indexOf(".");
-        if (m[1]!.startsWith(`${t.slice(0, dot)} ${t.slice(dot + 1)} `)) tables.add(t);
+      let best: { key: string; prefix: string } | undefined;
+      for (const e of expected) {
+        if (m[1]!.startsWith(e.prefix) && (!best || e.prefix.length > best.prefix.length)) best = e;
       }
-      if (expected.size === 0) tables.add(m[1]!);
+      tables.add(best ? best.key : `(unexpected) ${m[1]}`);
     }
     return { ok: true, detail: "", tables };
   }

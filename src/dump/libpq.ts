@@ -1,7 +1,7 @@
 import pg from "pg";
 import { childProcessEnv, describeTarget, type PgTarget } from "../config.js";
 import { pgConfigOf } from "../db/client.js";
-import type { TableRowCounts } from "../domain/backup.js";
+import { tableKey, type TableRowCounts } from "../domain/backup.js";
 import { DomainError } from "../errors.js";
 
 export const APP_NAME = "backup-service";
@@ -103,7 +103,7 @@ export async function listTables(client: pg.Client, excludeSchemas: string[]): P
   return res.rows;
 }
 
-/** Exact row counts (`count(*)`), keyed `schema.table`. */
+/** Exact row counts (`count(*)`), keyed by `tableKey`. */
 export async function countRows(client: pg.Client, tables: TableName[], signal?: AbortSignal): Promise<TableRowCounts> {
   const counts: TableRowCounts = {};
   for (const t of tables) {
@@ -111,7 +111,7 @@ export async function countRows(client: pg.Client, tables: TableName[], signal?:
     const res = await client.query<{ n: string }>(
       `SELECT count(*) AS n FROM ONLY ${quoteIdent(t.schema)}.${quoteIdent(t.name)}`,
     );
-    counts[`${t.schema}.${t.name}`] = Number(res.rows[0]!.n);
+    counts[tableKey(t.schema, t.name)] = Number(res.rows[0]!.n);
   }
   return counts;
 }

@@ -3,7 +3,7 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, RestoreEngine } from "../domain/ports.js";
-import { DomainError } from "../errors.js";
+import { DomainError, safeReason } from "../errors.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
 import { describeExit, startChild, succeeded } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -136,7 +136,9 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
         throw new DomainError("dump_failed", `${describeExit(loadExit)}${also}`);
       }
       if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
-      if (readError) throw new DomainError("dump_failed", `reading the backup file failed: ${readError.message}`);
+      if (readError) {
+        throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
+      }
     },
 
     async countRows(database, signal) {

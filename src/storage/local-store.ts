@@ -46,7 +46,12 @@ export async function createLocalStore(dir: string): Promise<BlobStore> {
 
     async sha256(name, signal) {
       const hash = createHash("sha256");
-      await pipeline(createReadStream(full(name), { highWaterMark: READ_CHUNK }), hash, { signal });
+      try {
+        await pipeline(createReadStream(full(name), { highWaterMark: READ_CHUNK }), hash, { signal });
+      } catch (err) {
+        signal?.throwIfAborted(); // the caller's reason, not Node's AbortError
+        throw err;
+      }
       return hash.digest("hex");
     },
 

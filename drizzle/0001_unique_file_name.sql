@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX "uq_backup_history_file_name" ON "backup_service"."backup_history" USING btree ("file_name");
