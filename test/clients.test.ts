@@ -47,7 +47,7 @@ describe("@grpc/grpc-js client", () => {
       const created = await grpcJsUnary<CreateBackupResponse>(client, "createBackup", { label: "grpc-js" }, md);
       expect(created.verified).toBe(true);
       expect(created.backup?.status).toBe(BackupStatus.VERIFIED);
-      expect(Number(created.backup?.rowCount)).toBe(300 + 7 + 5);
+      expect(Number(created.backup?.rowCount)).toBe(100 + 200 + 7 + 5 + 2 + 1);
 
       const list = await grpcJsUnary<ListBackupsResponse>(client, "listBackups", {}, md);
       expect(list.backups.map((b) => b.id)).toContain(created.backup!.id);
