@@ -129,6 +129,10 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
         () => null,
         (err: unknown) => err as Error,
       );
+      // A loader that gives up ends the decompressor too, rather than leaving it blocked on a full pipe.
+      void loader.exit.then((e) => {
+        if (!succeeded(e)) dec.stop();
+      });
       const [decExit, loadExit, readError] = await Promise.all([dec.exit, loader.exit, reading]);
       signal.throwIfAborted();
       if (!succeeded(loadExit)) {

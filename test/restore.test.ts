@@ -1,0 +1,525 @@
+import { createHash } from "node:crypto";
+import { open, readdir, readFile, rm } from "node:fs/promises";
+import path from "node:path";
+import { Code, ConnectError } from "@connectrpc/connect";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import {
+  BackupStatus,
+  RestorePhase,
+  type RestoreBackupResponse,
+} from "../gen/backup/v1/backup_pb.js";
+import {
+  createDatabase,
+  createFixture,
+  dropDatabase,
+  grpcJsClient,
+  mintToken,
+  sql,
+  uniqueName,
+  waitFor,
+  type TestService,
+} from "./helpers.js";
+import { createRichSchema, fingerprint } from "./rich-schema.js";
+
+const fx = createFixture("restore");
+const source = fx.target;
+const big = uniqueName("bs_big");
+const extraDbs: string[] = [];
+let svc: TestService;
+
+beforeAll(async () => {
+  await createDatabase(source);
+  await createRichSchema(source);
+  // Big enough that a restore takes a few seconds: time to interrupt it mid-way.
+  await createDatabase(big);
+  await sql(
+    big,
+    `CREATE TABLE payload (id int PRIMARY KEY, body text NOT NULL);
+     INSERT INTO payload SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 3) FROM generate_series(1, 1200000) g;
+     CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);`,
+  );
+  svc = await fx.service();
+}, 180_000);
+
+afterAll(async () => {
+  await fx.cleanup();
+  await dropDatabase(big);
+  for (const d of extraDbs) await dropDatabase(d);
+  for (const d of await scratchDatabases()) await dropDatabase(d);
+});
+
+function newDbName(prefix = "bs_restored"): string {
+  const name = uniqueName(prefix);
+  extraDbs.push(name);
+  return name;
+}
+
+interface RestoreArgs {
+  id: string;
+  confirmRestore?: boolean;
+  force?: boolean;
+  dropExisting?: boolean;
+  targetDatabase?: string;
+  skipSafetyBackup?: boolean;
+}
+
+async function drain(req: RestoreArgs, s: TestService = svc, signal?: AbortSignal) {
+  const msgs: RestoreBackupResponse[] = [];
+  for await (const m of s.client.restoreBackup({ confirmRestore: true, ...req }, { signal })) msgs.push(m);
+  return msgs;
+}
+
+async function codeOf(p: Promise<unknown>): Promise<ConnectError> {
+  const err = await p.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  return err as ConnectError;
+}
+
+async function scratchDatabases(): Promise<string[]> {
+  const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'bsvc\\_%'");
+  return rows.map((r) => r.datname);
+}
+
+/** Checks the stream's shape: phases in order, percent never going back within a phase, a complete last message. */
+function checkProgress(msgs: RestoreBackupResponse[]) {
+  const order = [RestorePhase.VALIDATING, RestorePhase.SAFETY_BACKUP, RestorePhase.RESTORING, RestorePhase.FINALIZING, RestorePhase.DONE];
+  let phaseIndex = 0;
+  let lastPercent = -1;
+  let lastElapsed = -1;
+  for (const m of msgs) {
+    const i = order.indexOf(m.phase);
+    expect(i, `phase ${RestorePhase[m.phase]} out of order`).toBeGreaterThanOrEqual(phaseIndex);
+    if (i > phaseIndex) lastPercent = -1;
+    phaseIndex = i;
+    expect(m.percent).toBeGreaterThanOrEqual(lastPercent);
+    expect(m.percent).toBeLessThanOrEqual(100);
+    lastPercent = m.percent;
+    const elapsed = Number(m.elapsed!.seconds) * 1000 + m.elapsed!.nanos / 1e6;
+    expect(elapsed).toBeGreaterThanOrEqual(lastElapsed);
+    lastElapsed = elapsed;
+  }
+  const last = msgs.at(-1)!;
+  expect(last.phase).toBe(RestorePhase.DONE);
+  expect(last.result).toBeDefined();
+  expect(msgs.filter((m) => m.result).length).toBe(1);
+  return last.result!;
+}
+
+describe("RestoreBackup round trip (custom format + zstd)", () => {
+  let backupId: string;
+  let original: Awaited<ReturnType<typeof fingerprint>>;
+
+  beforeAll(async () => {
+    original = await fingerprint(source);
+    const { backup } = await svc.client.createBackup({ label: "rich" });
+    backupId = backup!.id;
+  });
+
+  it("restores a rich schema into a new database: same schema, same rows, right sequence values", async () => {
+    const target = newDbName();
+    const msgs = await drain({ id: backupId, targetDatabase: target });
+    const result = checkProgress(msgs);
+    expect(result.targetDatabase).toBe(target);
+    expect(result.checksumOk).toBe(true);
+    expect(result.safetyBackupId).toBe("");
+    const { backup } = await svc.client.getBackup({ id: backupId });
+    expect(result.tableCount).toBe(backup!.tableCount);
+    expect(result.rowCount).toBe(backup!.rowCount);
+    expect(result.undoHint).toMatch(/held nothing before/);
+
+    const restored = await fingerprint(target);
+    expect(restored.schema).toBe(original.schema);
+    expect(restored.tables).toEqual(original.tables);
+    const [{ nextval }] = await sql<{ nextval: string }>(target, "SELECT nextval('sales.invoice_no')");
+    expect(Number(nextval)).toBe(1000 + 3 * 7);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  it("streams the same progress to a @grpc/grpc-js client", async () => {
+    const target = newDbName();
+    const client = grpcJsClient(svc.url);
+    const md = new grpc.Metadata();
+    md.set("authorization", `Bearer ${await mintToken({ sub: "grpcjs", role: "admin" })}`);
+    const msgs = await new Promise<RestoreBackupResponse[]>((resolve, reject) => {
+      const got: RestoreBackupResponse[] = [];
+      const call = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata) => grpc.ClientReadableStream<RestoreBackupResponse>>)
+        .restoreBackup!({ id: backupId, confirmRestore: true, targetDatabase: target }, md);
+      call.on("data", (m: RestoreBackupResponse) => got.push(m));
+      call.on("error", reject);
+      call.on("end", () => resolve(got));
+    });
+    client.close();
+    const result = checkProgress(msgs);
+    expect(result.targetDatabase).toBe(target);
+    expect((await fingerprint(target)).tables).toEqual(original.tables);
+  });
+
+  it("refuses without confirm_restore, and for an unknown or malformed id", async () => {
+    let err = await codeOf(drain({ id: backupId, confirmRestore: false, targetDatabase: newDbName() }));
+    expect(Code[err.code]).toBe("InvalidArgument");
+    expect(err.rawMessage).toMatch(/^confirm_restore: must be true/);
+    err = await codeOf(drain({ id: "00000000-0000-4000-8000-000000000000" }));
+    expect(Code[err.code]).toBe("NotFound");
+    err = await codeOf(drain({ id: "nope" }));
+    expect(Code[err.code]).toBe("InvalidArgument");
+  });
+
+  it("refuses to overwrite a database holding objects without drop_existing; nothing changes", async () => {
+    const before = await fingerprint(source);
+    const err = await codeOf(drain({ id: backupId }));
+    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/already holds \d+ objects; nothing was changed/);
+    expect(err.rawMessage).toMatch(/drop_existing/);
+    expect(err.rawMessage).toMatch(/target_database/);
+    expect(await fingerprint(source)).toEqual(before);
+  });
+
+  it("replaces an existing database with drop_existing, keeps a safety backup, and that backup undoes it", async () => {
+    await sql(source, "INSERT INTO sales.customers (email) VALUES ('added.after@backup.example')");
+    const changed = await fingerprint(source);
+    expect(changed.tables).not.toEqual(original.tables);
+
+    const msgs = await drain({ id: backupId, dropExisting: true });
+    const result = checkProgress(msgs);
+    expect(msgs.some((m) => m.phase === RestorePhase.SAFETY_BACKUP)).toBe(true);
+    expect(result.safetyBackupId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(result.undoHint).toContain(result.safetyBackupId);
+    expect((await fingerprint(source)).tables).toEqual(original.tables);
+
+    const { backup: safety } = await svc.client.getBackup({ id: result.safetyBackupId });
+    expect(safety!.status).toBe(BackupStatus.VERIFIED);
+    expect(safety!.label).toMatch(/^pre-restore safety backup of .* before restoring backup /);
+    expect(safety!.databaseName).toBe(source);
+
+    // Undo: restore the safety backup over the database.
+    checkProgress(await drain({ id: result.safetyBackupId, dropExisting: true }));
+    expect((await fingerprint(source)).tables).toEqual(changed.tables);
+    const [{ n }] = await sql<{ n: string }>(source, "SELECT count(*) AS n FROM sales.customers WHERE email = 'added.after@backup.example'");
+    expect(Number(n)).toBe(1);
+
+    // The service's own history is untouched by all of this.
+    const { total } = await svc.client.listBackups({});
+    expect(Number(total)).toBeGreaterThanOrEqual(3);
+  });
+
+  it("audits who restored what into which database", async () => {
+    const { events } = await svc.client.listAuditEvents({ action: "RestoreBackup", pageSize: 100 });
+    const ok = events.filter((e) => e.outcome === "OK");
+    expect(ok.length).toBeGreaterThanOrEqual(3);
+    expect(ok[0]).toMatchObject({ actor: "test-admin", backupId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
+    expect(ok.some((e) => /^restored into ".+", safety backup [0-9a-f-]{36}$/.test(e.message))).toBe(true);
+    expect(events.some((e) => e.outcome === "FAILED_PRECONDITION" && /already holds/.test(e.message))).toBe(true);
+  });
+});
+
+describe("RestoreBackup of the reference design's format (plain + gzip)", () => {
+  it("restores a .sql.gz backup into a new database with the same rows", async () => {
+    const plain = await fx.service({ BACKUP_FORMAT: "plain", BACKUP_COMPRESSION: "gzip" });
+    const fresh = newDbName("bs_plain_src");
+    await createDatabase(fresh);
+    await createRichSchema(fresh);
+    const original = await fingerprint(fresh);
+    const { backup } = await plain.client.createBackup({ database: fresh });
+    expect(backup!.fileName).toMatch(/\.sql\.gz$/);
+    const target = newDbName();
+    checkProgress(await drain({ id: backup!.id, targetDatabase: target }, plain));
+    const restored = await fingerprint(target);
+    expect(restored.tables).toEqual(original.tables);
+    expect(restored.schema).toBe(original.schema);
+  });
+});
+
+describe("atomicity: a failed restore leaves the target exactly as it was", () => {
+  let bigBackup: string;
+  let bigPrint: Awaited<ReturnType<typeof fingerprint>>;
+
+  beforeAll(async () => {
+    const { backup } = await svc.client.createBackup({ database: big });
+    bigBackup = backup!.id;
+    bigPrint = await fingerprint(big);
+  }, 120_000);
+
+  async function restorePids(): Promise<number[]> {
+    const pids: number[] = [];
+    for (const entry of await readdir("/proc")) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
+        const env = await readFile(`/proc/${entry}/environ`, "utf8");
+        if (cmd.includes("pg_restore") && cmd.includes("--exit-on-error") && env.includes("PGDATABASE=bsvc_restore_")) {
+          pids.push(Number(entry));
+        }
+      } catch {
+        // gone
+      }
+    }
+    return pids;
+  }
+
+  async function restoreUntilLoading(signal?: AbortSignal) {
+    const it = svc.client.restoreBackup({ id: bigBackup, confirmRestore: true, dropExisting: true, skipSafetyBackup: true }, { signal });
+    const seen: RestoreBackupResponse[] = [];
+    const iterator = it[Symbol.asyncIterator]();
+    for (;;) {
+      const next = await iterator.next();
+      if (next.done) throw new Error("restore finished before it could be interrupted");
+      seen.push(next.value);
+      if (next.value.phase === RestorePhase.RESTORING && next.value.percent > 5) break;
+    }
+    return { iterator, seen };
+  }
+
+  it("pg_restore killed halfway: the call fails, the target is unchanged, no scratch database is left", async () => {
+    const { iterator, seen } = await restoreUntilLoading();
+    const pids = await restorePids();
+    expect(pids.length).toBe(1);
+    process.kill(pids[0]!, "SIGKILL");
+    const err = await codeOf(
+      (async () => {
+        for (;;) if ((await iterator.next()).done) return;
+      })(),
+    );
+    expect(Code[err.code]).toBe("Internal");
+    expect(err.rawMessage).toMatch(/pg_restore was killed by SIGKILL/);
+    expect(seen.filter((m) => m.phase === RestorePhase.RESTORING).length).toBeGreaterThan(0);
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+    expect(await fingerprint(big)).toEqual(bigPrint);
+  }, 120_000);
+
+  it("a client cancelling mid-stream: the target is unchanged, no scratch database is left", async () => {
+    const ac = new AbortController();
+    const { iterator } = await restoreUntilLoading(ac.signal);
+    ac.abort();
+    await iterator.return?.();
+    await waitFor("pg_restore to stop", async () => (await restorePids()).length === 0);
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+    expect(await fingerprint(big)).toEqual(bigPrint);
+    const { events } = await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: bigBackup });
+    expect(events[0]!.outcome).toMatch(/CANCELED/);
+  }, 120_000);
+
+  it("a forced restore of a corrupted archive: refused without force, fails with it, target unchanged", async () => {
+    const small = newDbName("bs_corrupt_src");
+    await createDatabase(small);
+    await sql(small, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 50000)");
+    const before = await fingerprint(small);
+    const { backup } = await svc.client.createBackup({ database: small });
+    const file = path.join(svc.backupDir, backup!.fileName);
+    const fh = await open(file, "r+");
+    await fh.write(Buffer.alloc(64, 0x55), 0, 64, Math.floor(Number(backup!.fileSize) / 2));
+    await fh.close();
+    expect((await svc.client.verifyBackup({ id: backup!.id })).status).toBe(BackupStatus.CORRUPTED);
+
+    let err = await codeOf(drain({ id: backup!.id, dropExisting: true }));
+    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/CORRUPTED.*set force/);
+
+    const msgs: RestoreBackupResponse[] = [];
+    err = await codeOf(
+      (async () => {
+        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, force: true })) {
+          msgs.push(m);
+        }
+      })(),
+    );
+    expect(msgs.some((m) => /checksum MISMATCH/.test(m.message))).toBe(true);
+    expect(err.rawMessage).toMatch(/zstd|pg_restore/);
+    expect(await fingerprint(small)).toEqual(before);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  it("a backup whose data no longer matches its recorded counts is refused at FINALIZING", async () => {
+    const { backup } = await svc.client.createBackup({ database: big });
+    // Tamper with the record so that the archive no longer matches it.
+    await sql(
+      svc.control,
+      `UPDATE backup_service.backup_history
+          SET table_row_counts = jsonb_set(table_row_counts, '{public.small}', '11') WHERE id = $1`,
+      [backup!.id],
+    );
+    const target = newDbName();
+    const err = await codeOf(drain({ id: backup!.id, targetDatabase: target }));
+    expect(Code[err.code]).toBe("DataLoss");
+    expect(err.rawMessage).toMatch(/public\.small has 10 rows, 11 recorded at backup time; nothing was changed/);
+    const exists = await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target]);
+    expect(exists).toHaveLength(0);
+    expect(await scratchDatabases()).toEqual([]);
+  }, 120_000);
+});
+
+describe("DownloadBackup", () => {
+  let id: string;
+  let fileName: string;
+  beforeAll(async () => {
+    const { backups } = await svc.client.listBackups({ database: big, status: BackupStatus.VERIFIED, pageSize: 1 });
+    id = backups[0]!.id;
+    fileName = backups[0]!.fileName;
+  });
+
+  async function download(offset = 0, stopAfterChunks = Infinity) {
+    const ac = new AbortController();
+    const chunks: Buffer[] = [];
+    let info;
+    let expectOffset = offset;
+    try {
+      for await (const m of svc.client.downloadBackup({ id, offset: BigInt(offset) }, { signal: ac.signal })) {
+        if (m.payload.case === "info") {
+          info = m.payload.value;
+          continue;
+        }
+        const c = m.payload.value!;
+        expect(info).toBeDefined();
+        expect(Number(c.offset)).toBe(expectOffset);
+        expect(c.data.length).toBeLessThanOrEqual(1 << 20);
+        expectOffset += c.data.length;
+        chunks.push(Buffer.from(c.data));
+        if (chunks.length >= stopAfterChunks) {
+          ac.abort(); // breaking out alone does not cancel the call (STACK-NOTES)
+          break;
+        }
+      }
+    } catch (e) {
+      if (!ac.signal.aborted) throw e;
+    }
+    return { info: info!, data: Buffer.concat(chunks) };
+  }
+
+  it("streams the whole file: description first, then ordered chunks whose SHA-256 matches", async () => {
+    const onDisk = await readFile(path.join(svc.backupDir, fileName));
+    expect(onDisk.length).toBeGreaterThan(2 << 20); // several chunks
+    const { info, data } = await download();
+    expect(info.fileName).toBe(fileName);
+    expect(Number(info.fileSize)).toBe(onDisk.length);
+    expect(createHash("sha256").update(data).digest("hex")).toBe(info.checksum);
+    expect(data.equals(onDisk)).toBe(true);
+  });
+
+  it("resumes from an offset after a cancelled call", async () => {
+    const first = await download(0, 2);
+    expect(first.data.length).toBe(2 << 20);
+    const rest = await download(first.data.length);
+    expect(Number(rest.info.offset)).toBe(first.data.length);
+    const whole = Buffer.concat([first.data, rest.data]);
+    expect(createHash("sha256").update(whole).digest("hex")).toBe(first.info.checksum);
+  });
+
+  it("an offset past the end is OUT_OF_RANGE; at the end, only the description", async () => {
+    const size = (await readFile(path.join(svc.backupDir, fileName))).length;
+    const err = await codeOf(download(size + 1));
+    expect(Code[err.code]).toBe("OutOfRange");
+    expect(err.rawMessage).toMatch(/past the end of the file/);
+    const atEnd = await download(size);
+    expect(atEnd.data.length).toBe(0);
+  });
+
+  it("a deleted backup is NOT_FOUND; a missing file is FAILED_PRECONDITION", async () => {
+    const small = newDbName("bs_dl_src");
+    await createDatabase(small);
+    const a = (await svc.client.createBackup({ database: small })).backup!;
+    const b = (await svc.client.createBackup({ database: small })).backup!;
+    await svc.client.deleteBackup({ id: a.id });
+    let err = await codeOf((async () => { for await (const _ of svc.client.downloadBackup({ id: a.id })) { /* drain */ } })());
+    expect(Code[err.code]).toBe("NotFound");
+    expect(err.rawMessage).toMatch(/was deleted/);
+    await rm(path.join(svc.backupDir, b.fileName));
+    err = await codeOf((async () => { for await (const _ of svc.client.downloadBackup({ id: b.id })) { /* drain */ } })());
+    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/missing from the backup directory/);
+  });
+});
+
+describe("DeleteBackup", () => {
+  it("soft delete keeps the file and hides the backup; hard delete removes both, the audit stays", async () => {
+    const db = newDbName("bs_del_src");
+    await createDatabase(db);
+    const { backup } = await svc.client.createBackup({ database: db });
+    const file = path.join(svc.backupDir, backup!.fileName);
+
+    const soft = await svc.client.deleteBackup({ id: backup!.id });
+    expect(soft.backup!.isDeleted).toBe(true);
+    expect(soft.backup!.deletedAt).toBeDefined();
+    expect(soft.fileRemoved).toBe(false);
+    await readFile(file); // still there
+    expect((await svc.client.listBackups({ database: db })).backups).toHaveLength(0);
+    expect((await svc.client.listBackups({ database: db, includeDeleted: true })).backups).toHaveLength(1);
+    expect(Number((await svc.client.getStats({ database: db })).totalBackups)).toBe(0);
+
+    const hard = await svc.client.deleteBackup({ id: backup!.id, hardDelete: true });
+    expect(hard.fileRemoved).toBe(true);
+    expect(Number(hard.freedBytes)).toBe(Number(backup!.fileSize));
+    await expect(readFile(file)).rejects.toThrow(/ENOENT/);
+    const err = await codeOf(svc.client.getBackup({ id: backup!.id }));
+    expect(Code[err.code]).toBe("NotFound");
+    const { events } = await svc.client.listAuditEvents({ backupId: backup!.id });
+    expect(events.map((e) => e.action)).toEqual(expect.arrayContaining(["CreateBackup", "DeleteBackup"]));
+  });
+
+  it("a hard delete during a download is ABORTED and the download completes", async () => {
+    const { backups } = await svc.client.listBackups({ database: big, status: BackupStatus.VERIFIED, pageSize: 1 });
+    const b = backups[0]!;
+    const stream = svc.client.downloadBackup({ id: b.id })[Symbol.asyncIterator]();
+    const first = await stream.next(); // the description: the download now holds the file
+    expect(first.value.payload.case).toBe("info");
+    const err = await codeOf(svc.client.deleteBackup({ id: b.id, hardDelete: true }));
+    expect(Code[err.code]).toBe("Aborted");
+    expect(err.rawMessage).toMatch(/being restored or downloaded/);
+    const hash = createHash("sha256");
+    for (;;) {
+      const n = await stream.next();
+      if (n.done) break;
+      if (n.value.payload.case === "chunk") hash.update(n.value.payload.value.data);
+    }
+    expect(hash.digest("hex")).toBe(b.checksum);
+  });
+});
+
+describe("CleanupExpiredBackups", () => {
+  it("after a week of failed backups with every good one expired, the newest good ones stay", async () => {
+    const s = await fx.service({ RETENTION_MIN_KEEP: "3" });
+    const db = newDbName("bs_cleanup_src");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
+    const good = [];
+    for (let i = 0; i < 4; i++) good.push((await s.client.createBackup({ database: db })).backup!);
+    // A week of nightly failures, recorded as the service records them.
+    for (let day = 1; day <= 7; day++) {
+      await sql(
+        s.control,
+        `INSERT INTO backup_service.backup_history
+           (backup_type, file_name, status, started_at, retention_days, expires_at, database_name, archive_format, compression, error_message)
+         VALUES ('FULL', $1, 'FAILED', now() - make_interval(days => $2), 1, now() - make_interval(days => $2 - 1), $3, 'custom', 'zstd', 'pg_dump exited with code 1')`,
+        [`${db}_failed_${day}.dump.zst`, day, db],
+      );
+    }
+    // Every good backup has expired too.
+    await sql(s.control, "UPDATE backup_service.backup_history SET expires_at = now() - interval '1 hour' WHERE database_name = $1", [db]);
+
+    const dry = await s.client.cleanupExpiredBackups({ dryRun: true });
+    expect(dry.dryRun).toBe(true);
+    expect(Number(dry.deletedCount)).toBe(7 + 1);
+    expect(dry.kept.map((b) => b.id).sort()).toEqual(good.slice(1).map((b) => b.id).sort());
+    expect(dry.removed.map((b) => b.id)).toContain(good[0]!.id);
+    expect(Number(dry.freedBytes)).toBe(Number(good[0]!.fileSize));
+    // Nothing changed.
+    expect((await s.client.listBackups({ database: db })).backups).toHaveLength(11);
+    await readFile(path.join(s.backupDir, good[0]!.fileName));
+
+    const real = await s.client.cleanupExpiredBackups({});
+    expect(Number(real.deletedCount)).toBe(8);
+    expect(Number(real.freedBytes)).toBe(Number(good[0]!.fileSize));
+    await expect(readFile(path.join(s.backupDir, good[0]!.fileName))).rejects.toThrow(/ENOENT/);
+    for (const g of good.slice(1)) await readFile(path.join(s.backupDir, g.fileName));
+    const left = (await s.client.listBackups({ database: db })).backups;
+    expect(left.map((b) => b.id).sort()).toEqual(good.slice(1).map((b) => b.id).sort());
+    expect(left.every((b) => b.status === BackupStatus.VERIFIED)).toBe(true);
+
+    // Running again removes nothing more.
+    expect(Number((await s.client.cleanupExpiredBackups({})).deletedCount)).toBe(0);
+  });
+});
