@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { BackupService, file_backup_v1_backup } from "../gen/backup/v1/backup_pb.js";
@@ -101,6 +102,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       logger,
       core,
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
+      namespace: createHash("sha256").update(describeTarget(config.control)).digest("hex").slice(0, 6),
     });
     const service: BackupUseCases = {
       ...backupService,

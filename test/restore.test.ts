@@ -162,18 +162,18 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
 
   it("refuses without confirm_restore, and for an unknown or malformed id", async () => {
     let err = await codeOf(drain({ id: backupId, confirmRestore: false, targetDatabase: newDbName() }));
-    expect(Code[err.code]).toBe("InvalidArgument");
+    expect(Code[err.code], err.rawMessage).toBe("InvalidArgument");
     expect(err.rawMessage).toMatch(/^confirm_restore: must be true/);
     err = await codeOf(drain({ id: "00000000-0000-4000-8000-000000000000" }));
-    expect(Code[err.code]).toBe("NotFound");
+    expect(Code[err.code], err.rawMessage).toBe("NotFound");
     err = await codeOf(drain({ id: "nope" }));
-    expect(Code[err.code]).toBe("InvalidArgument");
+    expect(Code[err.code], err.rawMessage).toBe("InvalidArgument");
   });
 
   it("refuses to overwrite a database holding objects without drop_existing; nothing changes", async () => {
     const before = await fingerprint(source);
     const err = await codeOf(drain({ id: backupId }));
-    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
     expect(err.rawMessage).toMatch(/already holds \d+ objects; nothing was changed/);
     expect(err.rawMessage).toMatch(/drop_existing/);
     expect(err.rawMessage).toMatch(/target_database/);
@@ -285,7 +285,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
         for (;;) if ((await iterator.next()).done) return;
       })(),
     );
-    expect(Code[err.code]).toBe("Internal");
+    expect(Code[err.code], err.rawMessage).toBe("Internal");
     expect(err.rawMessage).toMatch(/pg_restore was killed by SIGKILL/);
     expect(seen.filter((m) => m.phase === RestorePhase.RESTORING).length).toBeGreaterThan(0);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
@@ -317,7 +317,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect((await svc.client.verifyBackup({ id: backup!.id })).status).toBe(BackupStatus.CORRUPTED);
 
     let err = await codeOf(drain({ id: backup!.id, dropExisting: true }));
-    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
     expect(err.rawMessage).toMatch(/CORRUPTED.*set force/);
 
     const msgs: RestoreBackupResponse[] = [];
@@ -345,7 +345,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     );
     const target = newDbName();
     const err = await codeOf(drain({ id: backup!.id, targetDatabase: target }));
-    expect(Code[err.code]).toBe("DataLoss");
+    expect(Code[err.code], err.rawMessage).toBe("DataLoss");
     expect(err.rawMessage).toMatch(/public\.small has 10 rows, 11 recorded at backup time; nothing was changed/);
     const exists = await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target]);
     expect(exists).toHaveLength(0);
@@ -412,7 +412,7 @@ describe("DownloadBackup", () => {
   it("an offset past the end is OUT_OF_RANGE; at the end, only the description", async () => {
     const size = (await readFile(path.join(svc.backupDir, fileName))).length;
     const err = await codeOf(download(size + 1));
-    expect(Code[err.code]).toBe("OutOfRange");
+    expect(Code[err.code], err.rawMessage).toBe("OutOfRange");
     expect(err.rawMessage).toMatch(/past the end of the file/);
     const atEnd = await download(size);
     expect(atEnd.data.length).toBe(0);
@@ -425,11 +425,11 @@ describe("DownloadBackup", () => {
     const b = (await svc.client.createBackup({ database: small })).backup!;
     await svc.client.deleteBackup({ id: a.id });
     let err = await codeOf((async () => { for await (const _ of svc.client.downloadBackup({ id: a.id })) { /* drain */ } })());
-    expect(Code[err.code]).toBe("NotFound");
+    expect(Code[err.code], err.rawMessage).toBe("NotFound");
     expect(err.rawMessage).toMatch(/was deleted/);
     await rm(path.join(svc.backupDir, b.fileName));
     err = await codeOf((async () => { for await (const _ of svc.client.downloadBackup({ id: b.id })) { /* drain */ } })());
-    expect(Code[err.code]).toBe("FailedPrecondition");
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
     expect(err.rawMessage).toMatch(/missing from the backup directory/);
   });
 });
@@ -455,7 +455,7 @@ describe("DeleteBackup", () => {
     expect(Number(hard.freedBytes)).toBe(Number(backup!.fileSize));
     await expect(readFile(file)).rejects.toThrow(/ENOENT/);
     const err = await codeOf(svc.client.getBackup({ id: backup!.id }));
-    expect(Code[err.code]).toBe("NotFound");
+    expect(Code[err.code], err.rawMessage).toBe("NotFound");
     const { events } = await svc.client.listAuditEvents({ backupId: backup!.id });
     expect(events.map((e) => e.action)).toEqual(expect.arrayContaining(["CreateBackup", "DeleteBackup"]));
   });
@@ -467,7 +467,7 @@ describe("DeleteBackup", () => {
     const first = await stream.next(); // the description: the download now holds the file
     expect(first.value.payload.case).toBe("info");
     const err = await codeOf(svc.client.deleteBackup({ id: b.id, hardDelete: true }));
-    expect(Code[err.code]).toBe("Aborted");
+    expect(Code[err.code], err.rawMessage).toBe("Aborted");
     expect(err.rawMessage).toMatch(/being restored or downloaded/);
     const hash = createHash("sha256");
     for (;;) {

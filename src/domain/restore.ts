@@ -50,6 +50,12 @@ export interface RestoreDeps {
   core: BackupService["core"];
   /** The control database, when it lives on the target server: never a restore target. */
   protectedDatabase: string | null;
+  /**
+   * Short tag of this service's control database, part of every scratch name:
+   * advisory locks are per database, so services with other control databases
+   * on the same server must neither see nor touch our scratch databases.
+   */
+  namespace: string;
 }
 
 export function fileLockKey(id: string): string {
@@ -71,6 +77,8 @@ function tableDifferences(expected: TableRowCounts, found: TableRowCounts): stri
 /** Restores backups atomically: into a scratch database first, then swapped in by name. */
 export function createRestoreUseCase(deps: RestoreDeps) {
   const { backups, locks, store, restorer, logger, core } = deps;
+  const scratchPrefix = `${SCRATCH_PREFIX}${deps.namespace}_`;
+  const retiredPrefix = `${RETIRED_PREFIX}${deps.namespace}_`;
 
   async function checkRecord(input: RestoreInput): Promise<{ record: BackupRecord; target: string }> {
     if (!input.confirmRestore) {
@@ -208,7 +216,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           send({ percent: 100, message: `safety backup ${safetyBackupId} is verified` }, true);
         }
 
-        scratch = `${SCRATCH_PREFIX}${randomBytes(4).toString("hex")}`;
+        scratch = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
         // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
         const scratchLock = await locks.tryAcquire(`scratch:${scratch}`);
         if (scratchLock) held.push(scratchLock);
@@ -238,7 +246,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         }
         signal.throwIfAborted();
         send({ percent: 50, message: `counts match; swapping the restored database in as "${target}"` }, true);
-        const retired = `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}`;
+        const retired = `${retiredPrefix}${randomBytes(4).toString("hex")}`;
         await restorer.swapIn(scratch, target, retired, input.dropExisting);
         scratch = null; // it is the target now
         if (state.exists) {
@@ -295,7 +303,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     /** Drops scratch and retired databases left by a crash (those no live replica holds). */
     async dropLeftovers(): Promise<number> {
       let dropped = 0;
-      for (const name of await restorer.listDatabases(SCRATCH_PREFIX)) {
+      for (const name of await restorer.listDatabases(scratchPrefix)) {
         const lock = await locks.tryAcquire(`scratch:${name}`);
         if (!lock) continue;
         try {
@@ -305,7 +313,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           await lock.release();
         }
       }
-      for (const name of await restorer.listDatabases(RETIRED_PREFIX)) {
+      for (const name of await restorer.listDatabases(retiredPrefix)) {
         await restorer.dropDatabase(name);
         dropped++;
       }
