@@ -27,11 +27,17 @@ import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor }
 import { registerReflection } from "./rpc/reflection.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
+import { createJobRunRepository } from "./db/job-run-repository.js";
+import { dailyBackupJob, weeklyCleanupJob } from "./scheduler/jobs.js";
+import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
 
 export interface App {
   readonly server: RunningServer;
   readonly service: BackupUseCases;
   readonly keys: JwtKeys;
+  readonly scheduler: Scheduler;
+  /** Settles when start-up catch-up of missed slots is done. */
+  readonly catchingUp: Promise<unknown>;
   /** Graceful stop: refuse new work, cancel running work, close everything. */
   close(): Promise<void>;
 }
@@ -66,7 +72,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       logger.warn("TARGET_DATABASE_URL is the control database: the service's own schemas are left out of its dumps");
     }
     const backupsRepo = createBackupRepository(db);
-    const locks = createAdvisoryLocks(config.control, logger);
+    const locks = createAdvisoryLocks(config.control, pool, logger);
     const clock = { now: () => new Date() };
     const backupService = createBackupService({
       backups: backupsRepo,
@@ -104,11 +110,43 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
       namespace: createHash("sha256").update(describeTarget(config.control)).digest("hex").slice(0, 6),
     });
+    const retention = createRetentionUseCase({
+      backups: backupsRepo,
+      store,
+      locks,
+      clock,
+      logger,
+      core,
+      minKeep: config.retentionMinKeep,
+    });
+    const sched = config.scheduler;
+    const scheduler = createScheduler(
+      [
+        dailyBackupJob(backupService, {
+          cron: sched.dailyBackupCron,
+          databases: [...sched.databases],
+          retentionDays: config.retentionDays,
+        }),
+        weeklyCleanupJob(retention, { cron: sched.weeklyCleanupCron }),
+      ],
+      {
+        enabled: sched.enabled,
+        timeZone: sched.timeZone,
+        catchUpWindowMs: sched.catchUpWindowMs,
+        replicaId: sched.replicaId,
+        runs: createJobRunRepository(db),
+        locks,
+        audit,
+        clock,
+        logger,
+      },
+    );
     const service: BackupUseCases = {
       ...backupService,
       restoreBackup: restore.restoreBackup,
       ...createDownloadUseCase({ backups: backupsRepo, store, locks, core }),
-      ...createRetentionUseCase({ backups: backupsRepo, store, locks, clock, logger, core, minKeep: config.retentionMinKeep }),
+      ...retention,
+      jobStatus: async () => ({ jobs: await scheduler.status(), enabled: sched.enabled, replicaId: sched.replicaId }),
     };
     const recovered = await backupService.recoverInterrupted();
     if (recovered > 0) logger.warn({ recovered }, "backups interrupted by an earlier stop were marked failed");
@@ -117,6 +155,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       logger.warn({ reason: (err as Error).message }, "could not look for databases left by interrupted restores"),
     );
     backupService.verifyPending();
+    await scheduler.recoverStale();
 
     const health = createHealth([BackupService.typeName]);
     const handler = connectNodeAdapter({
@@ -156,15 +195,22 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       "backup service listening",
     );
 
+    scheduler.start();
+    // Catch-up runs in the background: the service answers calls meanwhile.
+    const catchingUp = scheduler.catchUp().catch((err: unknown) => logger.error({ err }, "catch-up failed"));
+
     let closing: Promise<void> | undefined;
     return {
       server,
       service,
       keys,
+      scheduler,
+      catchingUp,
       close() {
         closing ??= (async () => {
           health.setServing(false);
           const serverClosed = server.close(config.shutdownGraceMs);
+          await scheduler.stop();
           await backupService.shutdown();
           await serverClosed;
           await pool.end();

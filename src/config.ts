@@ -1,5 +1,7 @@
+import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
+import { cronProblem } from "./scheduler/cron.js";
 
 /**
  * Where and how to reach one PostgreSQL database. Parsed from a
@@ -51,6 +53,17 @@ export interface Config {
   };
   readonly logLevel: string;
   readonly shutdownGraceMs: number;
+  readonly scheduler: {
+    readonly enabled: boolean;
+    readonly timeZone: string;
+    /** Cron expressions; null when switched off. */
+    readonly dailyBackupCron: string | null;
+    readonly weeklyCleanupCron: string | null;
+    readonly catchUpWindowMs: number;
+    /** Databases the daily backup covers. */
+    readonly databases: readonly string[];
+    readonly replicaId: string;
+  };
 }
 
 /** Thrown when the environment does not hold a valid configuration. */
@@ -158,7 +171,24 @@ const envSchema = z.object({
       .optional(),
   ),
   SHUTDOWN_GRACE_MS: intSetting(10_000, 0, 600_000),
+  SCHEDULER_ENABLED: optionalString.pipe(
+    z.enum(["true", "false", "1", "0", "yes", "no"], { message: "must be true or false" }).optional(),
+  ),
+  SCHEDULE_TZ: optionalString,
+  DAILY_BACKUP_CRON: optionalString,
+  WEEKLY_CLEANUP_CRON: optionalString,
+  SCHEDULE_CATCHUP_WINDOW: optionalString,
+  BACKUP_DATABASES: optionalString,
+  REPLICA_ID: optionalString,
 });
+
+/** "6h", "90m", "30s", "2d" or plain seconds -> milliseconds; null if malformed. */
+export function parseDuration(text: string): number | null {
+  const m = /^(\d+)\s*(ms|s|m|h|d)?$/.exec(text.trim());
+  if (!m) return null;
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[(m[2] ?? "s") as "ms" | "s" | "m" | "h" | "d"];
+  return Number(m[1]) * unit;
+}
 
 /**
  * Reads and validates the configuration. This is the only place that reads
@@ -193,6 +223,27 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.JWT_SECRET !== undefined && Buffer.byteLength(e.JWT_SECRET) < 32) {
     problems.push("JWT_SECRET: must be at least 32 bytes long");
   }
+  const tz = e.SCHEDULE_TZ ?? "Asia/Jakarta";
+  const cronSetting = (name: string, value: string | undefined, def: string): string | null => {
+    const expr = (value ?? def).trim();
+    if (expr.toLowerCase() === "off") return null;
+    const problem = cronProblem(expr, tz);
+    if (problem) problems.push(problem.startsWith("unknown time zone") ? `SCHEDULE_TZ: ${problem}` : `${name}: ${problem}`);
+    return expr;
+  };
+  const dailyBackupCron = cronSetting("DAILY_BACKUP_CRON", e.DAILY_BACKUP_CRON, "0 2 * * *");
+  const weeklyCleanupCron = cronSetting("WEEKLY_CLEANUP_CRON", e.WEEKLY_CLEANUP_CRON, "0 3 * * 0");
+  const catchUpWindowMs = parseDuration(e.SCHEDULE_CATCHUP_WINDOW ?? "6h");
+  if (catchUpWindowMs === null) {
+    problems.push("SCHEDULE_CATCHUP_WINDOW: must be a duration such as 6h, 90m or 3600 (seconds); 0 turns catch-up off");
+  }
+  const databases = (e.BACKUP_DATABASES ?? e.TARGET_DATABASE_URL.database)
+    .split(",")
+    .map((d) => d.trim())
+    .filter((d) => d.length > 0);
+  if (databases.length === 0 || databases.some((d) => Buffer.byteLength(d) > 63)) {
+    problems.push("BACKUP_DATABASES: must be a comma-separated list of database names (1 to 63 bytes each)");
+  }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
 
   const dataDir = path.resolve(e.DATA_DIR ?? "data");
@@ -225,6 +276,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }),
     logLevel: e.LOG_LEVEL ?? "info",
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    scheduler: Object.freeze({
+      enabled: !["false", "0", "no"].includes(e.SCHEDULER_ENABLED ?? "true"),
+      timeZone: tz,
+      dailyBackupCron,
+      weeklyCleanupCron,
+      catchUpWindowMs: catchUpWindowMs ?? 0,
+      databases: Object.freeze([...new Set(databases)]),
+      replicaId: e.REPLICA_ID ?? `${os.hostname()}-${process.pid}`,
+    }),
   });
 }
 

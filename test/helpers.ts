@@ -126,6 +126,10 @@ export function serviceEnv(control: string, target: string, dataDir: string, ext
     JWT_SECRET: TEST_SECRET,
     LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? "silent",
     SHUTDOWN_GRACE_MS: "2000",
+    // No real cron firing or catch-up in the middle of a test; scheduler tests opt in.
+    DAILY_BACKUP_CRON: "off",
+    WEEKLY_CLEANUP_CRON: "off",
+    SCHEDULE_CATCHUP_WINDOW: "0",
     ...extra,
   };
 }

@@ -17,7 +17,7 @@ function keyOf(key: string): number {
  * held as long as the work runs, released by PostgreSQL itself if the holder
  * dies, and shared by every replica that uses the same control database.
  */
-export function createAdvisoryLocks(control: PgTarget, logger: Logger): LockManager {
+export function createAdvisoryLocks(control: PgTarget, pool: pg.Pool, logger: Logger): LockManager {
   async function take(key: string, fn: "pg_try_advisory_lock" | "pg_try_advisory_lock_shared"): Promise<Lock | null> {
     // keepAlive: a dead peer is noticed, so a lost lock does not go unnoticed for long.
     const client = new pg.Client(pgConfigOf(control, { application_name: "backup-service lock", keepAlive: true }));
@@ -59,5 +59,16 @@ export function createAdvisoryLocks(control: PgTarget, logger: Logger): LockMana
   return {
     tryAcquire: (key) => take(key, "pg_try_advisory_lock"),
     tryAcquireShared: (key) => take(key, "pg_try_advisory_lock_shared"),
+    async isHeld(key) {
+      // Two-int4 advisory locks show in pg_locks as classid/objid (as oids) with objsubid 2.
+      const res = await pool.query<{ held: boolean }>(
+        `SELECT EXISTS (SELECT 1 FROM pg_locks
+                         WHERE locktype = 'advisory' AND granted AND objsubid = 2
+                           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND classid = $1::oid AND objid = $2::oid) AS held`,
+        [String(NAMESPACE >>> 0), String(keyOf(key) >>> 0)],
+      );
+      return res.rows[0]?.held ?? false;
+    },
   };
 }

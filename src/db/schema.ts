@@ -108,3 +108,29 @@ export const auditEvents = serviceSchema.table(
     index("idx_audit_events_action").on(t.action),
   ],
 );
+
+export const jobRuns = serviceSchema.table(
+  "job_runs",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    job: text("job").notNull(),
+    // The scheduled time this firing stands for: (job, slot) identifies it across replicas.
+    slot: ts("slot").notNull(),
+    replicaId: text("replica_id").notNull(),
+    // True for the one row that owns the slot; other replicas' rows only note that it was taken.
+    claimed: boolean("claimed").notNull(),
+    startedAt: ts("started_at").notNull().defaultNow(),
+    finishedAt: ts("finished_at"),
+    outcome: varchar("outcome", { length: 16 })
+      .$type<"RUNNING" | "SUCCEEDED" | "FAILED" | "SKIPPED" | "INTERRUPTED" | "TAKEN_ELSEWHERE">()
+      .notNull(),
+    backupId: text("backup_id"),
+    error: text("error"),
+    details: jsonb("details").$type<Record<string, unknown>>(),
+  },
+  (t) => [
+    // PostgreSQL arbitrates between replicas: only one claimed row per (job, slot).
+    uniqueIndex("uq_job_runs_claimed_slot").on(t.job, t.slot).where(sql`${t.claimed}`),
+    index("idx_job_runs_job_slot").on(t.job, t.slot.desc()),
+  ],
+);

@@ -90,6 +90,8 @@ export interface LockManager {
   tryAcquire(key: string): Promise<Lock | null>;
   /** A shared hold on the key: many at once, but never with an exclusive holder. */
   tryAcquireShared(key: string): Promise<Lock | null>;
+  /** Whether anyone holds the key now (a snapshot, for reporting only). */
+  isHeld(key: string): Promise<boolean>;
 }
 
 /** Where backup files live. Files are written as `<name>.partial` first. */
@@ -193,4 +195,39 @@ export interface RestoreEngine {
   swapIn(scratch: string, target: string, retired: string, terminateSessions: boolean): Promise<void>;
   dropDatabase(name: string): Promise<void>;
   listDatabases(prefix: string): Promise<string[]>;
+}
+
+export type JobOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "SKIPPED" | "INTERRUPTED" | "TAKEN_ELSEWHERE";
+
+/** One firing of a scheduled job, or one replica's note that another took it. */
+export interface JobRun {
+  id: number;
+  job: string;
+  slot: Date;
+  replicaId: string;
+  claimed: boolean;
+  startedAt: Date;
+  finishedAt: Date | null;
+  outcome: JobOutcome;
+  backupId: string | null;
+  error: string | null;
+  details: Record<string, unknown> | null;
+}
+
+/** The record of scheduled runs, shared by every replica. */
+export interface JobRunRepository {
+  /** Claims (job, slot) for this replica as RUNNING, or returns null when it is already claimed. */
+  claim(job: string, slot: Date, replicaId: string): Promise<JobRun | null>;
+  /** The row that owns (job, slot), if any. */
+  findClaim(job: string, slot: Date): Promise<JobRun | null>;
+  /** Notes, without claiming, what this replica saw of a slot (e.g. taken elsewhere). */
+  note(job: string, slot: Date, replicaId: string, outcome: JobOutcome, error: string): Promise<void>;
+  finish(
+    id: number,
+    patch: { outcome: JobOutcome; backupId?: string | null; error?: string | null; details?: Record<string, unknown> },
+  ): Promise<void>;
+  /** The claimed run of `job` with the latest slot. */
+  lastRun(job: string): Promise<JobRun | null>;
+  /** Claimed runs still marked RUNNING. */
+  listRunning(job?: string): Promise<JobRun[]>;
 }

@@ -6,6 +6,7 @@ import { DomainError } from "../errors.js";
 import type { createDownloadUseCase } from "../domain/download.js";
 import type { createRestoreUseCase } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
+import type { JobStatus } from "../scheduler/scheduler.js";
 import { kActor, kAuditBackupId, kAuditNote } from "./context.js";
 import {
   auditEventToProto,
@@ -13,6 +14,7 @@ import {
   backupToProto,
   backupTypeFromProto,
   downloadItemToProto,
+  jobStatusToProto,
   restoreProgressToProto,
   statusToProto,
 } from "./mappers.js";
@@ -48,7 +50,9 @@ function actorOf(ctx: HandlerContext) {
 export type BackupUseCases = Omit<Domain, "core"> &
   Pick<ReturnType<typeof createRestoreUseCase>, "restoreBackup"> &
   ReturnType<typeof createDownloadUseCase> &
-  ReturnType<typeof createRetentionUseCase>;
+  ReturnType<typeof createRetentionUseCase> & {
+    jobStatus(): Promise<{ jobs: JobStatus[]; enabled: boolean; replicaId: string }>;
+  };
 
 /** Maps BackupService calls onto the domain; no business rules live here. */
 export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeof BackupService> {
@@ -166,6 +170,11 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
     async deleteBackup(req) {
       const r = await service.deleteBackup(req.id, req.hardDelete);
       return { backup: backupToProto(r.record), fileRemoved: r.fileRemoved, freedBytes: BigInt(r.freedBytes) };
+    },
+
+    async getJobStatus() {
+      const s = await service.jobStatus();
+      return { jobs: s.jobs.map(jobStatusToProto), schedulerEnabled: s.enabled, replicaId: s.replicaId };
     },
 
     async cleanupExpiredBackups(req, ctx) {

@@ -14,11 +14,15 @@ import {
   type RestoreBackupResponse,
   RestoreBackupResponseSchema,
   RestorePhase,
+  JobRunOutcome,
+  type JobStatus as JobStatusMsg,
+  JobStatusSchema,
 } from "../../gen/backup/v1/backup_pb.js";
+import type { JobStatus } from "../scheduler/scheduler.js";
 import type { DownloadItem } from "../domain/download.js";
 import type { RestoreProgress } from "../domain/restore.js";
 import type { BackupRecord, BackupStatus as DomainStatus, BackupType as DomainType } from "../domain/backup.js";
-import type { AuditEvent } from "../domain/ports.js";
+import type { AuditEvent, JobOutcome } from "../domain/ports.js";
 import { invalidArgument } from "../errors.js";
 
 const TYPE_TO_PROTO: Record<DomainType, BackupType> = {
@@ -165,5 +169,37 @@ export function downloadItemToProto(item: DownloadItem): DownloadBackupResponse 
         offset: BigInt(item.offset),
       },
     },
+  });
+}
+
+const OUTCOME_TO_PROTO: Record<JobOutcome, JobRunOutcome> = {
+  RUNNING: JobRunOutcome.RUNNING,
+  SUCCEEDED: JobRunOutcome.SUCCEEDED,
+  FAILED: JobRunOutcome.FAILED,
+  SKIPPED: JobRunOutcome.SKIPPED,
+  INTERRUPTED: JobRunOutcome.INTERRUPTED,
+  TAKEN_ELSEWHERE: JobRunOutcome.UNSPECIFIED, // never a claimed run
+};
+
+export function jobStatusToProto(j: JobStatus): JobStatusMsg {
+  const r = j.lastRun;
+  return create(JobStatusSchema, {
+    name: j.name,
+    cron: j.cron,
+    timeZone: j.timeZone,
+    enabled: j.enabled,
+    running: j.running,
+    nextRunAt: ts(j.nextRunAt),
+    lastRun: r
+      ? {
+          slot: timestampFromDate(r.slot),
+          startedAt: timestampFromDate(r.startedAt),
+          finishedAt: ts(r.finishedAt),
+          outcome: OUTCOME_TO_PROTO[r.outcome],
+          backupId: r.backupId ?? "",
+          error: r.error ?? "",
+          replicaId: r.replicaId,
+        }
+      : undefined,
   });
 }

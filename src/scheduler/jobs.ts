@@ -1,0 +1,68 @@
+import type { Actor } from "../domain/backup.js";
+import { DomainError } from "../errors.js";
+import type { BackupUseCases } from "../rpc/backup-handlers.js";
+import type { JobSpec } from "./scheduler.js";
+
+/** Who scheduled work is recorded as. */
+export const SCHEDULER_ACTOR: Actor = { sub: "scheduler", username: "scheduler" };
+
+/** daily-backup: a verified FULL backup of each database, one after the other. */
+export function dailyBackupJob(
+  service: Pick<BackupUseCases, "createBackup">,
+  opts: { cron: string | null; databases: string[]; retentionDays: number },
+): JobSpec {
+  return {
+    name: "daily-backup",
+    cron: opts.cron,
+    setting: "DAILY_BACKUP_CRON",
+    async run({ slot, signal }) {
+      const results: { database: string; backupId: string | null; status: string; error: string | null }[] = [];
+      for (const database of opts.databases) {
+        signal.throwIfAborted();
+        try {
+          const { record } = await service.createBackup(
+            {
+              backupType: "FULL",
+              retentionDays: opts.retentionDays,
+              database,
+              async: false,
+              actor: SCHEDULER_ACTOR,
+              metadata: { job: "daily-backup", slot: slot.toISOString() },
+            },
+            signal,
+          );
+          results.push({ database, backupId: record.id, status: record.status, error: null });
+        } catch (err) {
+          // Shutdown stops the whole run; any other failure is this database's alone.
+          if (signal.aborted) throw signal.reason ?? err;
+          const message = err instanceof DomainError ? err.message : "internal error (details are in the service log)";
+          results.push({ database, backupId: (err as DomainError).backupId ?? null, status: "FAILED", error: message });
+        }
+      }
+      const failed = results.filter((r) => r.error !== null);
+      const last = [...results].reverse().find((r) => r.backupId !== null);
+      return {
+        outcome: failed.length === 0 ? "SUCCEEDED" : "FAILED",
+        backupId: last?.backupId ?? null,
+        error: failed.length === 0 ? null : failed.map((f) => `${f.database}: ${f.error}`).join("; "),
+        details: { backups: results },
+      };
+    },
+  };
+}
+
+/** weekly-cleanup: CleanupExpiredBackups, with its safety floor. */
+export function weeklyCleanupJob(service: Pick<BackupUseCases, "cleanupExpired">, opts: { cron: string | null }): JobSpec {
+  return {
+    name: "weekly-cleanup",
+    cron: opts.cron,
+    setting: "WEEKLY_CLEANUP_CRON",
+    async run() {
+      const r = await service.cleanupExpired(false);
+      return {
+        outcome: "SUCCEEDED",
+        details: { removed: r.removed.map((b) => b.id), kept: r.kept.map((b) => b.id), freedBytes: r.freedBytes },
+      };
+    },
+  };
+}
