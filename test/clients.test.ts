@@ -119,7 +119,7 @@ describe("buf curl, by reflection", () => {
       ]),
     );
     const methods = await run(buf, [...base, "--list-methods", svc.url]);
-    for (const m of ["GetStats", "CreateBackup", "ListBackups", "GetBackup", "VerifyBackup", "ListAuditEvents"]) {
+    for (const m of ["GetStats", "CreateBackup", "ListBackups", "GetBackup", "VerifyBackup", "ListAuditEvents", "RestoreBackup", "DownloadBackup", "DeleteBackup", "CleanupExpiredBackups", "GetJobStatus"]) {
       expect(methods.stdout).toContain(`backup.v1.BackupService/${m}`);
     }
   });

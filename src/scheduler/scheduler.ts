@@ -79,7 +79,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       .catch((err: unknown) => logger.error({ err }, "could not write audit event"));
   }
 
-  async function runClaimed(job: JobSpec, claim: JobRun): Promise<void> {
+  async function runClaimed(job: JobSpec, claim: JobRun): Promise<"ran" | "skipped"> {
     const controller = new AbortController();
     const lock = await locks.tryAcquire(jobLockKey(job.name));
     if (!lock) {
@@ -87,7 +87,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       const why = `the previous run of ${job.name}${others[0] ? ` (slot ${others[0].slot.toISOString()})` : ""} is still running`;
       await runs.finish(claim.id, { outcome: "SKIPPED", error: why });
       logger.warn({ job: job.name, slot: claim.slot, reason: why }, "scheduled run skipped");
-      return;
+      return "skipped";
     }
     const work = (async () => {
       logger.info({ job: job.name, slot: claim.slot, replica: opts.replicaId }, "scheduled run started");
@@ -123,6 +123,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
     } finally {
       active.delete(work);
     }
+    return "ran";
   }
 
   /**
@@ -148,9 +149,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       logger.info({ job: name, slot, owner: owner?.replicaId }, "slot already taken by another replica");
       return "taken";
     }
-    await runClaimed(job, claim);
-    const final = await runs.findClaim(name, slot);
-    return final?.outcome === "SKIPPED" ? "skipped" : "ran";
+    return runClaimed(job, claim);
   }
 
   return {

@@ -1,0 +1,326 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupStatus, BackupType, JobRunOutcome } from "../gen/backup/v1/backup_pb.js";
+import { loadConfig } from "../src/config.js";
+import { createDb, createPool } from "../src/db/client.js";
+import { createAuditRepository } from "../src/db/audit-repository.js";
+import { createJobRunRepository } from "../src/db/job-run-repository.js";
+import { createAdvisoryLocks } from "../src/db/locks.js";
+import type { JobRun } from "../src/domain/ports.js";
+import { createLogger } from "../src/logger.js";
+import { formatInZone, nextSlot, previousSlot } from "../src/scheduler/cron.js";
+import { createScheduler, type JobResult, type JobSpec } from "../src/scheduler/scheduler.js";
+import {
+  backupFiles,
+  blockTable,
+  createDatabase,
+  createFixture,
+
+  seedDatabase,
+  sql,
+  startService,
+  waitFor,
+  waitForBlockedDump,
+  type TestService,
+} from "./helpers.js";
+
+const fx = createFixture("sched");
+const DAILY = "0 2 * * *";
+const TZ = "Asia/Jakarta";
+const logger = createLogger("silent");
+
+beforeAll(async () => {
+  await createDatabase(fx.target);
+  await seedDatabase(fx.target, 100);
+});
+afterAll(() => fx.cleanup());
+
+describe("cron slots", () => {
+  it("with Asia/Jakarta, a 02:00 job's next run is 19:00 UTC the previous day", () => {
+    const next = nextSlot(DAILY, TZ, new Date("2026-11-26T03:00:00Z"));
+    expect(next.toISOString()).toBe("2026-11-26T19:00:00.000Z");
+    expect(formatInZone(next, TZ)).toBe("2026-11-27T02:00:00+07:00");
+    expect(previousSlot(DAILY, TZ, new Date("2026-11-26T18:59:59Z"))!.toISOString()).toBe("2026-11-25T19:00:00.000Z");
+    expect(previousSlot(DAILY, TZ, new Date("2026-11-26T19:00:00Z"))!.toISOString()).toBe("2026-11-26T19:00:00.000Z");
+  });
+
+  it("an invalid cron expression or time zone stops start-up, naming the setting", () => {
+    expect(() => loadConfig({ DAILY_BACKUP_CRON: "0 25 * * *" })).toThrow(/DAILY_BACKUP_CRON: is not a valid cron expression/);
+    expect(() => loadConfig({ WEEKLY_CLEANUP_CRON: "every sunday" })).toThrow(/WEEKLY_CLEANUP_CRON: must be a cron expression/);
+    expect(() => loadConfig({ SCHEDULE_TZ: "Asia/Atlantis" })).toThrow(/SCHEDULE_TZ: unknown time zone/);
+    expect(() => loadConfig({ SCHEDULE_CATCHUP_WINDOW: "soon" })).toThrow(/SCHEDULE_CATCHUP_WINDOW: must be a duration/);
+    expect(() => loadConfig({ SCHEDULER_ENABLED: "maybe" })).toThrow(/SCHEDULER_ENABLED: must be true or false/);
+    const c = loadConfig({ DAILY_BACKUP_CRON: "off" });
+    expect(c.scheduler.dailyBackupCron).toBeNull();
+    expect(c.scheduler.weeklyCleanupCron).toBe("0 3 * * 0");
+    expect(c.scheduler.timeZone).toBe("Asia/Jakarta");
+    expect(c.scheduler.catchUpWindowMs).toBe(6 * 3600 * 1000);
+  });
+});
+
+/** A scheduler over the real control database of `svc`, with a fake clock and jobs the test controls. */
+function harness(svc: TestService, replicaId: string, jobs: JobSpec[], clock: { t: Date }, catchUpWindowMs = 6 * 3600_000) {
+  const config = loadConfig(svc.env);
+  const pool = createPool(config.control, logger, { max: 4 });
+  const db = createDb(pool);
+  const scheduler = createScheduler(jobs, {
+    enabled: true,
+    timeZone: TZ,
+    catchUpWindowMs,
+    replicaId,
+    runs: createJobRunRepository(db),
+    locks: createAdvisoryLocks(config.control, pool, logger),
+    audit: createAuditRepository(db),
+    clock: { now: () => clock.t },
+    logger,
+  });
+  return { scheduler, close: async () => (await scheduler.stop(), await pool.end()) };
+}
+
+/** A job that counts its runs and, when asked, waits until released. */
+function controlledJob(name = "test-job") {
+  let release: () => void = () => undefined;
+  let gate: Promise<void> | null = null;
+  const state = { runs: 0, slots: [] as string[] };
+  const job: JobSpec = {
+    name,
+    cron: DAILY,
+    setting: "TEST_CRON",
+    async run({ slot, signal }): Promise<JobResult> {
+      state.runs++;
+      state.slots.push(slot.toISOString());
+      if (gate) {
+        await Promise.race([
+          gate,
+          new Promise((_, reject) => signal.addEventListener("abort", () => reject(signal.reason), { once: true })),
+        ]);
+      }
+      return { outcome: "SUCCEEDED" };
+    },
+  };
+  return {
+    job,
+    state,
+    hold() {
+      gate = new Promise((r) => (release = r));
+    },
+    release() {
+      release();
+      gate = null;
+    },
+  };
+}
+
+async function runsOf(control: string, job: string): Promise<(JobRun & { slot_iso: string })[]> {
+  const rows = await sql<Record<string, unknown>>(
+    control,
+    "SELECT *, to_char(slot AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') AS slot_iso FROM backup_service.job_runs WHERE job = $1 ORDER BY id",
+    [job],
+  );
+  return rows.map((r) => ({
+    ...(r as object),
+    replicaId: r.replica_id,
+    outcome: r.outcome,
+    claimed: r.claimed,
+    slot_iso: r.slot_iso,
+    error: r.error,
+  })) as never;
+}
+
+describe("exactly once per slot", () => {
+  it("two schedulers firing the same slot: one runs it, the other records that it was taken", async () => {
+    const svc = await fx.service();
+    const clock = { t: new Date("2026-11-26T19:00:05Z") };
+    const slot = new Date("2026-11-26T19:00:00Z");
+    const a = controlledJob();
+    const b = { ...a, job: { ...a.job } }; // same counter: the two replicas run "the same" job
+    const ra = harness(svc, "replica-a", [a.job], clock);
+    const rb = harness(svc, "replica-b", [b.job], clock);
+    try {
+      const outcomes = await Promise.all([ra.scheduler.fire("test-job", slot), rb.scheduler.fire("test-job", slot)]);
+      expect(outcomes.sort()).toEqual(["ran", "taken"]);
+      expect(a.state.runs).toBe(1);
+      const rows = await runsOf(svc.control, "test-job");
+      expect(rows.filter((r) => r.claimed)).toHaveLength(1);
+      expect(rows.find((r) => r.claimed)!.outcome).toBe("SUCCEEDED");
+      const note = rows.find((r) => !r.claimed)!;
+      expect(note.outcome).toBe("TAKEN_ELSEWHERE");
+      expect(note.error).toMatch(/taken by replica replica-[ab]/);
+      // Firing the same slot again later does nothing.
+      expect(await ra.scheduler.fire("test-job", slot)).toBe("taken");
+      expect(a.state.runs).toBe(1);
+    } finally {
+      await ra.close();
+      await rb.close();
+    }
+  });
+
+  it("two service replicas firing the daily backup for one slot take exactly one backup", async () => {
+    const first = await fx.service({ DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-1" });
+    const second = await startService(first.control, fx.target, { DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-2" }, first.dataDir);
+    try {
+      const slot = previousSlot(DAILY, TZ, new Date())!;
+      const outcomes = await Promise.all([
+        first.app.scheduler.fire("daily-backup", slot),
+        second.app.scheduler.fire("daily-backup", slot),
+      ]);
+      expect(outcomes.sort()).toEqual(["ran", "taken"]);
+      const { backups } = await first.client.listBackups({});
+      expect(backups).toHaveLength(1);
+      expect(backups[0]!.backupType).toBe(BackupType.FULL);
+      expect(backups[0]!.status).toBe(BackupStatus.VERIFIED);
+      expect(backups[0]!.triggeredBy).toBe("scheduler");
+      const rows = await runsOf(first.control, "daily-backup");
+      expect(rows.map((r) => [r.claimed, r.outcome]).sort()).toEqual([
+        [false, "TAKEN_ELSEWHERE"],
+        [true, "SUCCEEDED"],
+      ]);
+      const status = await second.client.getJobStatus({});
+      const daily = status.jobs.find((j) => j.name === "daily-backup")!;
+      expect(daily.lastRun?.outcome).toBe(JobRunOutcome.SUCCEEDED);
+      expect(daily.lastRun?.backupId).toBe(backups[0]!.id);
+      expect(["svc-1", "svc-2"]).toContain(daily.lastRun?.replicaId);
+      const { events } = await first.client.listAuditEvents({ action: "job:daily-backup" });
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({ actor: "scheduler", outcome: "OK", backupId: backups[0]!.id });
+    } finally {
+      await second.close();
+    }
+  });
+});
+
+describe("no overlap", () => {
+  it("a slot that fires while the previous run is still running is recorded as skipped", async () => {
+    const svc = await fx.service();
+    const clock = { t: new Date("2026-11-26T19:00:01Z") };
+    const j = controlledJob("overlap-job");
+    const h = harness(svc, "replica-o", [j.job], clock);
+    try {
+      j.hold();
+      const first = h.scheduler.fire("overlap-job", new Date("2026-11-26T19:00:00Z"));
+      await waitFor("the first run to start", async () => j.state.runs === 1);
+      clock.t = new Date("2026-11-27T19:00:01Z");
+      expect(await h.scheduler.fire("overlap-job", new Date("2026-11-27T19:00:00Z"))).toBe("skipped");
+      const statuses = await h.scheduler.status();
+      expect(statuses[0]!.running).toBe(true);
+      j.release();
+      expect(await first).toBe("ran");
+      const rows = await runsOf(svc.control, "overlap-job");
+      expect(rows.map((r) => [r.slot_iso, r.outcome])).toEqual([
+        ["2026-11-26T19:00:00", "SUCCEEDED"],
+        ["2026-11-27T19:00:00", "SKIPPED"],
+      ]);
+      expect(rows[1]!.error).toMatch(/previous run of overlap-job \(slot 2026-11-26T19:00:00.000Z\) is still running/);
+      expect(j.state.runs).toBe(1);
+    } finally {
+      j.release();
+      await h.close();
+    }
+  });
+});
+
+describe("missed slots", () => {
+  it("a missed slot inside the catch-up window runs once at start-up; outside it, not at all", async () => {
+    const svc = await fx.service();
+    const j = controlledJob("catchup-job");
+    const inside = { t: new Date("2026-11-26T20:30:00Z") }; // 1.5 h after the 19:00 UTC slot
+    const h = harness(svc, "replica-c", [j.job], inside);
+    try {
+      await h.scheduler.catchUp();
+      expect(j.state.slots).toEqual(["2026-11-26T19:00:00.000Z"]);
+      await h.scheduler.catchUp(); // a second start (or replica) does not run it again
+      expect(j.state.runs).toBe(1);
+    } finally {
+      await h.close();
+    }
+    const late = controlledJob("late-job");
+    const outside = { t: new Date("2026-11-27T02:00:00Z") }; // 7 h after the slot
+    const h2 = harness(svc, "replica-c", [late.job], outside);
+    try {
+      await h2.scheduler.catchUp();
+      expect(late.state.runs).toBe(0);
+    } finally {
+      await h2.close();
+    }
+  });
+
+  it("a clock jump over several slots runs once, not once per slot", async () => {
+    const svc = await fx.service();
+    const j = controlledJob("jump-job");
+    const clock = { t: new Date("2026-11-20T19:00:01Z") };
+    const h = harness(svc, "replica-j", [j.job], clock);
+    try {
+      expect(await h.scheduler.fire("jump-job", new Date("2026-11-20T19:00:00Z"))).toBe("ran");
+      clock.t = new Date("2026-11-25T20:00:00Z"); // the clock jumps five days
+      // node-schedule may fire every missed invocation at once; so does start-up catch-up.
+      const burst = await Promise.all(
+        ["21", "22", "23", "24", "25"].map((d) => h.scheduler.fire("jump-job", new Date(`2026-11-${d}T19:00:00Z`))),
+      );
+      await h.scheduler.catchUp();
+      expect(burst.filter((o) => o === "ran")).toHaveLength(1);
+      expect(burst.filter((o) => o === "superseded")).toHaveLength(4);
+      expect(j.state.slots).toEqual(["2026-11-20T19:00:00.000Z", "2026-11-25T19:00:00.000Z"]);
+    } finally {
+      await h.close();
+    }
+  });
+
+  it("a run left RUNNING by a dead replica is marked interrupted at start-up", async () => {
+    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY });
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.job_runs (job, slot, replica_id, claimed, outcome) VALUES ('daily-backup', '2026-11-01T19:00:00Z', 'dead-replica', true, 'RUNNING')`,
+    );
+    const again = await startService(svc.control, fx.target, { DAILY_BACKUP_CRON: DAILY }, svc.dataDir);
+    try {
+      const rows = await runsOf(svc.control, "daily-backup");
+      expect(rows[0]).toMatchObject({ outcome: "INTERRUPTED", error: "the replica running it stopped" });
+    } finally {
+      await again.close();
+    }
+  });
+});
+
+describe("GetJobStatus and shutdown", () => {
+  it("reports each job; a shutdown during a scheduled backup leaves no file and records the run interrupted", async () => {
+    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, WEEKLY_CLEANUP_CRON: "off", REPLICA_ID: "status-replica" });
+    const before = await svc.client.getJobStatus({});
+    expect(before.schedulerEnabled).toBe(true);
+    expect(before.replicaId).toBe("status-replica");
+    const daily = before.jobs.find((j) => j.name === "daily-backup")!;
+    expect(daily).toMatchObject({ cron: DAILY, timeZone: TZ, enabled: true, running: false });
+    const next = new Date(Number(daily.nextRunAt!.seconds) * 1000);
+    expect(next.getUTCHours()).toBe(19);
+    expect(next.getTime()).toBeGreaterThan(Date.now());
+    expect(before.jobs.find((j) => j.name === "weekly-cleanup")).toMatchObject({ cron: "off", enabled: false });
+
+    const lock = await blockTable(fx.target, "customers");
+    try {
+      const slot = previousSlot(DAILY, TZ, new Date())!;
+      const firing = svc.app.scheduler.fire("daily-backup", slot);
+      await waitForBlockedDump(fx.target);
+      expect((await svc.client.getJobStatus({})).jobs.find((j) => j.name === "daily-backup")!.running).toBe(true);
+      await svc.app.close();
+      expect(await firing).toBe("ran");
+    } finally {
+      await lock.release();
+    }
+    const rows = await runsOf(svc.control, "daily-backup");
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ outcome: "INTERRUPTED", error: "interrupted by shutdown" });
+    expect(await backupFiles(svc.backupDir)).toEqual([]);
+    const [b] = await sql<{ status: string; error_message: string }>(
+      svc.control,
+      "SELECT status, error_message FROM backup_service.backup_history",
+    );
+    expect(b).toEqual({ status: "FAILED", error_message: "interrupted by shutdown" });
+  });
+
+  it("SCHEDULER_ENABLED=false: no job runs on that replica", async () => {
+    const svc = await fx.service({ SCHEDULER_ENABLED: "false", DAILY_BACKUP_CRON: DAILY });
+    expect(await svc.app.scheduler.fire("daily-backup", previousSlot(DAILY, TZ, new Date())!)).toBe("disabled");
+    const s = await svc.client.getJobStatus({});
+    expect(s.schedulerEnabled).toBe(false);
+    expect(s.jobs.every((j) => !j.enabled)).toBe(true);
+  });
+});
+
