@@ -28,6 +28,7 @@ import { registerReflection } from "./rpc/reflection.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
 import { createJobRunRepository } from "./db/job-run-repository.js";
+import { createRestoreRunRepository } from "./db/restore-run-repository.js";
 import { dailyBackupJob, weeklyCleanupJob } from "./scheduler/jobs.js";
 import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
 
@@ -36,6 +37,8 @@ export interface App {
   readonly service: BackupUseCases;
   readonly keys: JwtKeys;
   readonly scheduler: Scheduler;
+  /** Tag in the names of this service's scratch databases (bsvc_restore_<tag>_...). */
+  readonly restoreTag: string;
   /** Settles when start-up catch-up of missed slots is done. */
   readonly catchingUp: Promise<unknown>;
   /** Graceful stop: refuse new work, cancel running work, close everything. */
@@ -100,15 +103,18 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       },
     });
     const { core } = backupService;
+    const restoreTag = createHash("sha256").update(describeTarget(config.control)).digest("hex").slice(0, 6);
     const restore = createRestoreUseCase({
       backups: backupsRepo,
+      runs: createRestoreRunRepository(db),
+      replicaId: config.scheduler.replicaId,
       locks,
       store,
       restorer: createRestoreEngine({ target: config.target, tools }),
       logger,
       core,
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
-      namespace: createHash("sha256").update(describeTarget(config.control)).digest("hex").slice(0, 6),
+      namespace: restoreTag,
     });
     const retention = createRetentionUseCase({
       backups: backupsRepo,
@@ -151,7 +157,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     const recovered = await backupService.recoverInterrupted();
     if (recovered > 0) logger.warn({ recovered }, "backups interrupted by an earlier stop were marked failed");
     // The target may be down; the service still starts (listings, downloads) and retries next start.
-    await restore.dropLeftovers().catch((err: unknown) =>
+    await restore.recoverInterrupted().catch((err: unknown) =>
       logger.warn({ reason: (err as Error).message }, "could not look for databases left by interrupted restores"),
     );
     backupService.verifyPending();
@@ -206,6 +212,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       keys,
       scheduler,
       catchingUp,
+      restoreTag,
       close() {
         closing ??= (async () => {
           health.setServing(false);

@@ -16,6 +16,7 @@ import {
   grpcJsClient,
   mintToken,
   sql,
+  startService,
   uniqueName,
   waitFor,
   type TestService,
@@ -29,8 +30,11 @@ const extraDbs: string[] = [];
 let svc: TestService;
 
 beforeAll(async () => {
+  await sql("postgres", "DO $$ BEGIN CREATE ROLE bs_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
   await createDatabase(source);
   await createRichSchema(source);
+  // Owners and privileges travel in a custom archive.
+  await sql(source, "GRANT USAGE ON SCHEMA sales TO bs_reader; GRANT SELECT ON sales.orders TO bs_reader; ALTER TABLE sales.bookings OWNER TO bs_reader");
   // Big enough that a restore takes a few seconds: time to interrupt it mid-way.
   await createDatabase(big);
   await sql(
@@ -40,6 +44,7 @@ beforeAll(async () => {
      CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);`,
   );
   svc = await fx.service();
+  tags.push(svc.app.restoreTag);
 }, 180_000);
 
 afterAll(async () => {
@@ -47,6 +52,7 @@ afterAll(async () => {
   await dropDatabase(big);
   for (const d of extraDbs) await dropDatabase(d);
   for (const d of await scratchDatabases()) await dropDatabase(d);
+  await sql("postgres", "DROP ROLE IF EXISTS bs_reader").catch(() => undefined);
 });
 
 function newDbName(prefix = "bs_restored"): string {
@@ -81,34 +87,50 @@ async function codeOf(p: Promise<unknown>): Promise<ConnectError> {
   return err as ConnectError;
 }
 
+/** This file's services' scratch and retired databases (other runs on the server are left alone). */
 async function scratchDatabases(): Promise<string[]> {
   const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'bsvc\\_%'");
-  return rows.map((r) => r.datname);
+  return rows.map((r) => r.datname).filter((d) => tags.some((t) => d.includes(`_${t}_`)));
 }
+const tags: string[] = [];
 
-/** Checks the stream's shape: phases in order, percent never going back within a phase, a complete last message. */
+/**
+ * Checks the stream's shape: phases in order, percent never going back, at
+ * most a few messages a second (bar the last), a complete last message.
+ */
 function checkProgress(msgs: RestoreBackupResponse[]) {
-  const order = [RestorePhase.VALIDATING, RestorePhase.SAFETY_BACKUP, RestorePhase.RESTORING, RestorePhase.FINALIZING, RestorePhase.DONE];
+  const order = [RestorePhase.VALIDATING, RestorePhase.RESTORING, RestorePhase.SAFETY_BACKUP, RestorePhase.FINALIZING, RestorePhase.DONE];
   let phaseIndex = 0;
   let lastPercent = -1;
   let lastElapsed = -1;
-  for (const m of msgs) {
-    const i = order.indexOf(m.phase);
-    expect(i, `phase ${RestorePhase[m.phase]} out of order`).toBeGreaterThanOrEqual(phaseIndex);
-    if (i > phaseIndex) lastPercent = -1;
-    phaseIndex = i;
+  const ms = (m: RestoreBackupResponse) => Number(m.elapsed!.seconds) * 1000 + m.elapsed!.nanos / 1e6;
+  for (const [i, m] of msgs.entries()) {
+    const at = order.indexOf(m.phase);
+    expect(at, `phase ${RestorePhase[m.phase]} out of order`).toBeGreaterThanOrEqual(phaseIndex);
+    phaseIndex = at;
     expect(m.percent).toBeGreaterThanOrEqual(lastPercent);
     expect(m.percent).toBeLessThanOrEqual(100);
     lastPercent = m.percent;
-    const elapsed = Number(m.elapsed!.seconds) * 1000 + m.elapsed!.nanos / 1e6;
+    const elapsed = ms(m);
     expect(elapsed).toBeGreaterThanOrEqual(lastElapsed);
+    const newPhase = i > 0 && m.phase !== msgs[i - 1]!.phase;
+    if (i > 0 && i < msgs.length - 1 && !newPhase) {
+      expect(elapsed - lastElapsed, "messages too close together").toBeGreaterThanOrEqual(200);
+    }
     lastElapsed = elapsed;
   }
   const last = msgs.at(-1)!;
   expect(last.phase).toBe(RestorePhase.DONE);
+  expect(last.percent).toBe(100);
   expect(last.result).toBeDefined();
   expect(msgs.filter((m) => m.result).length).toBe(1);
   return last.result!;
+}
+
+/** Gaps between messages of a long restore: at least one a second. */
+function checkHeartbeat(msgs: RestoreBackupResponse[]) {
+  const ms = (m: RestoreBackupResponse) => Number(m.elapsed!.seconds) * 1000 + m.elapsed!.nanos / 1e6;
+  for (let i = 1; i < msgs.length; i++) expect(ms(msgs[i]!) - ms(msgs[i - 1]!)).toBeLessThan(1500);
 }
 
 describe("RestoreBackup round trip (custom format + zstd)", () => {
@@ -181,6 +203,14 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
   });
 
   it("replaces an existing database with drop_existing, keeps a safety backup, and that backup undoes it", async () => {
+    const historyBefore = Number((await svc.client.listBackups({})).total);
+    const [{ oid: oidBefore }] = await sql<{ oid: string }>("postgres", "SELECT oid FROM pg_database WHERE datname = $1", [source]);
+    // Database-level settings a replace must keep.
+    await sql("postgres", `ALTER DATABASE "${source}" CONNECTION LIMIT 42`);
+    await sql("postgres", `COMMENT ON DATABASE "${source}" IS 'the shop'`);
+    await sql("postgres", `ALTER DATABASE "${source}" SET statement_timeout TO '42s'`);
+    await sql("postgres", `REVOKE CONNECT ON DATABASE "${source}" FROM PUBLIC`);
+    await sql("postgres", `GRANT CONNECT ON DATABASE "${source}" TO bs_reader`);
     await sql(source, "INSERT INTO sales.customers (email) VALUES ('added.after@backup.example')");
     const changed = await fingerprint(source);
     expect(changed.tables).not.toEqual(original.tables);
@@ -188,6 +218,17 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const msgs = await drain({ id: backupId, dropExisting: true });
     const result = checkProgress(msgs);
     expect(msgs.some((m) => m.phase === RestorePhase.SAFETY_BACKUP)).toBe(true);
+    const [after] = await sql<{ oid: string; limit: number; comment: string; acl: string; settings: string[] }>(
+      "postgres",
+      `SELECT d.oid, d.datconnlimit AS limit, shobj_description(d.oid, 'pg_database') AS comment, d.datacl::text AS acl,
+              (SELECT setconfig FROM pg_db_role_setting WHERE setdatabase = d.oid AND setrole = 0) AS settings
+         FROM pg_database d WHERE datname = $1`,
+      [source],
+    );
+    expect(after!.oid).not.toBe(oidBefore); // really replaced
+    expect(after).toMatchObject({ limit: 42, comment: "the shop", settings: ["statement_timeout=42s"] });
+    expect(after!.acl).toMatch(/bs_reader=c\//);
+    expect(after!.acl).not.toMatch(/(^|[{,])=c/); // PUBLIC still may not connect
     expect(result.safetyBackupId).toMatch(/^[0-9a-f-]{36}$/);
     expect(result.undoHint).toContain(result.safetyBackupId);
     expect((await fingerprint(source)).tables).toEqual(original.tables);
@@ -203,9 +244,9 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const [{ n }] = await sql<{ n: string }>(source, "SELECT count(*) AS n FROM sales.customers WHERE email = 'added.after@backup.example'");
     expect(Number(n)).toBe(1);
 
-    // The service's own history is untouched by all of this.
+    // The service's own history survived both restores, and grew by the two safety backups.
     const { total } = await svc.client.listBackups({});
-    expect(Number(total)).toBeGreaterThanOrEqual(3);
+    expect(Number(total)).toBe(historyBefore + 2);
   });
 
   it("audits who restored what into which database", async () => {
@@ -213,7 +254,7 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const ok = events.filter((e) => e.outcome === "OK");
     expect(ok.length).toBeGreaterThanOrEqual(3);
     expect(ok[0]).toMatchObject({ actor: "test-admin", backupId: expect.stringMatching(/^[0-9a-f-]{36}$/) });
-    expect(ok.some((e) => /^restored into ".+", safety backup [0-9a-f-]{36}$/.test(e.message))).toBe(true);
+    expect(ok.some((e) => /^restored into ".+", safety backup [0-9a-f-]{36} \(drop_existing\)$/.test(e.message))).toBe(true);
     expect(events.some((e) => e.outcome === "FAILED_PRECONDITION" && /already holds/.test(e.message))).toBe(true);
   });
 });
@@ -239,10 +280,17 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
   let bigBackup: string;
   let bigPrint: Awaited<ReturnType<typeof fingerprint>>;
 
+  let bigOid: string;
+  const oidOf = async (db: string) =>
+    (await sql<{ oid: string }>("postgres", "SELECT oid FROM pg_database WHERE datname = $1", [db]))[0]?.oid;
+
   beforeAll(async () => {
     const { backup } = await svc.client.createBackup({ database: big });
     bigBackup = backup!.id;
+    // Changed after the backup: a restore that went through would show.
+    await sql(big, "INSERT INTO payload VALUES (0, 'written after the backup')");
     bigPrint = await fingerprint(big);
+    bigOid = (await oidOf(big))!;
   }, 120_000);
 
   async function restorePids(): Promise<number[]> {
@@ -252,7 +300,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       try {
         const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
         const env = await readFile(`/proc/${entry}/environ`, "utf8");
-        if (cmd.includes("pg_restore") && cmd.includes("--exit-on-error") && env.includes("PGDATABASE=bsvc_restore_")) {
+        if (cmd.includes("pg_restore") && cmd.includes("--exit-on-error") && env.includes(`PGDATABASE=bsvc_restore_${svc.app.restoreTag}_`)) {
           pids.push(Number(entry));
         }
       } catch {
@@ -270,7 +318,8 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       const next = await iterator.next();
       if (next.done) throw new Error("restore finished before it could be interrupted");
       seen.push(next.value);
-      if (next.value.phase === RestorePhase.RESTORING && next.value.percent > 5) break;
+      const m = next.value;
+      if (m.phase === RestorePhase.RESTORING && Number(m.bytesDone) > Number(m.bytesTotal) / 20) break;
     }
     return { iterator, seen };
   }
@@ -290,6 +339,25 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect(seen.filter((m) => m.phase === RestorePhase.RESTORING).length).toBeGreaterThan(0);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
+    expect(await oidOf(big)).toBe(bigOid);
+  }, 120_000);
+
+  it("a deadline passing mid-restore: DEADLINE_EXCEEDED, target unchanged", async () => {
+    const err = await codeOf(
+      (async () => {
+        for await (const _ of svc.client.restoreBackup(
+          { id: bigBackup, confirmRestore: true, dropExisting: true, skipSafetyBackup: true },
+          // Mid-load: hashing and creating the scratch database take well under this, loading over a second.
+          { timeoutMs: 700 },
+        )) {
+          // drain
+        }
+      })(),
+    );
+    expect(Code[err.code], err.rawMessage).toBe("DeadlineExceeded");
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+    expect(await fingerprint(big)).toEqual(bigPrint);
+    expect(await oidOf(big)).toBe(bigOid);
   }, 120_000);
 
   it("a client cancelling mid-stream: the target is unchanged, no scratch database is left", async () => {
@@ -300,8 +368,12 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     await waitFor("pg_restore to stop", async () => (await restorePids()).length === 0);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
-    const { events } = await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: bigBackup });
-    expect(events[0]!.outcome).toMatch(/CANCELED/);
+    expect(await oidOf(big)).toBe(bigOid);
+    const event = await waitFor("the audit event", async () => {
+      const { events } = await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: bigBackup });
+      return events.find((e) => e.outcome === "CANCELED");
+    });
+    expect(event.message).toMatch(/restore into ".+" \(drop_existing, skip_safety_backup\): (cancelled by the client|the client cancelled the call)/);
   }, 120_000);
 
   it("a forced restore of a corrupted archive: refused without force, fails with it, target unchanged", async () => {
@@ -344,13 +416,72 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       [backup!.id],
     );
     const target = newDbName();
-    const err = await codeOf(drain({ id: backup!.id, targetDatabase: target }));
+    const msgs: RestoreBackupResponse[] = [];
+    const err = await codeOf(
+      (async () => {
+        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target })) msgs.push(m);
+      })(),
+    );
     expect(Code[err.code], err.rawMessage).toBe("DataLoss");
+    // A restore of several seconds reports at least once a second.
+    expect(msgs.length).toBeGreaterThan(3);
+    checkHeartbeat(msgs);
     expect(err.rawMessage).toMatch(/public\.small has 10 rows, 11 recorded at backup time; nothing was changed/);
     const exists = await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target]);
     expect(exists).toHaveLength(0);
     expect(await scratchDatabases()).toEqual([]);
   }, 120_000);
+});
+
+describe("what a restore will not touch", () => {
+  it("a database holding only a large object is not empty: refused without drop_existing", async () => {
+    const db = newDbName("bs_lo_only");
+    await createDatabase(db);
+    await sql(db, "SELECT lo_from_bytea(0, '\\x0102')");
+    const { backups } = await svc.client.listBackups({ database: source, status: BackupStatus.VERIFIED, pageSize: 1 });
+    const err = await codeOf(drain({ id: backups[0]!.id, targetDatabase: db }));
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/already holds 1 objects/);
+    const [{ n }] = await sql<{ n: string }>(db, "SELECT count(*) AS n FROM pg_largeobject_metadata");
+    expect(Number(n)).toBe(1);
+  });
+
+  it("template databases and the service's own names are refused", async () => {
+    const { backups } = await svc.client.listBackups({ database: source, status: BackupStatus.VERIFIED, pageSize: 1 });
+    for (const name of ["template1", "template0", "bsvc_restore_x"]) {
+      const err = await codeOf(drain({ id: backups[0]!.id, targetDatabase: name, dropExisting: true }));
+      expect(Code[err.code], name).toBe("InvalidArgument");
+      expect(err.rawMessage).toMatch(/^target_database: .* is reserved/);
+    }
+  });
+
+  it("after a crash mid-restore, start-up lets sessions in again and drops the scratch database", async () => {
+    const victim = newDbName("bs_crash_target");
+    await createDatabase(victim);
+    await sql("postgres", `ALTER DATABASE "${victim}" CONNECTION LIMIT 0`); // as a restore holding sessions off leaves it
+    const leftover = `bsvc_restore_${svc.app.restoreTag}_deadbeef`;
+    await createDatabase(leftover);
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.restore_runs (backup_id, target_database, replica_id, outcome, connections_blocked, original_connection_limit)
+       VALUES ('00000000-0000-4000-8000-000000000000', $1, 'dead-replica', 'RUNNING', true, 7)`,
+      [victim],
+    );
+    const again = await startService(svc.control, source, {}, svc.dataDir);
+    try {
+      const [{ limit }] = await sql<{ limit: number }>("postgres", "SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [victim]);
+      expect(limit).toBe(7);
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [leftover])).toHaveLength(0);
+      const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
+        svc.control,
+        "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
+        [victim],
+      );
+      expect(run).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
+    } finally {
+      await again.close();
+    }
+  });
 });
 
 describe("DownloadBackup", () => {

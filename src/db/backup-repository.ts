@@ -1,4 +1,4 @@
-import { and, asc, count, desc, eq, inArray, lte, sql, type SQL } from "drizzle-orm";
+import { and, asc, count, desc, eq, inArray, lte, or, sql, type SQL } from "drizzle-orm";
 import type { BackupRecord } from "../domain/backup.js";
 import { FAILED_STATUSES, SUCCESSFUL_STATUSES } from "../domain/backup.js";
 import type { BackupFilter, BackupRepository, BackupStats, Page } from "../domain/ports.js";
@@ -87,10 +87,16 @@ export function createBackupRepository(db: Db): BackupRepository {
     },
 
     async listExpired(now) {
+      // Expired backups, and soft-deleted ones whose file has not been removed yet.
       const rows = await db
         .select()
         .from(t)
-        .where(and(eq(t.isDeleted, false), lte(t.expiresAt, now)))
+        .where(
+          and(
+            lte(t.expiresAt, now),
+            or(eq(t.isDeleted, false), sql`NOT jsonb_exists(${t.metadata}, 'fileRemovedAt')`),
+          ),
+        )
         .orderBy(asc(t.expiresAt));
       return rows.map(toRecord);
     },
@@ -102,7 +108,10 @@ export function createBackupRepository(db: Db): BackupRepository {
           rank: sql<number>`row_number() over (partition by ${t.databaseName} order by ${t.startedAt} desc)`.as("rank"),
         })
         .from(t)
-        .where(and(eq(t.isDeleted, false), eq(t.status, "VERIFIED")))
+        // Pre-restore safety backups follow retention but do not count towards the floor.
+        .where(
+          and(eq(t.isDeleted, false), eq(t.status, "VERIFIED"), sql`NOT jsonb_exists(${t.metadata}, 'safetyBackupFor')`),
+        )
         .as("ranked");
       const rows = await db.select({ id: ranked.id }).from(ranked).where(lte(ranked.rank, n));
       return new Set(rows.map((r) => r.id));

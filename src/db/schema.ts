@@ -134,3 +134,24 @@ export const jobRuns = serviceSchema.table(
     index("idx_job_runs_job_slot").on(t.job, t.slot.desc()),
   ],
 );
+
+export const restoreRuns = serviceSchema.table(
+  "restore_runs",
+  {
+    id: uuid("id").primaryKey().defaultRandom(),
+    backupId: text("backup_id").notNull(),
+    targetDatabase: text("target_database").notNull(),
+    replicaId: text("replica_id").notNull(),
+    actor: text("actor"),
+    startedAt: ts("started_at").notNull().defaultNow(),
+    finishedAt: ts("finished_at"),
+    outcome: varchar("outcome", { length: 16 }).$type<"RUNNING" | "SUCCEEDED" | "FAILED" | "INTERRUPTED">().notNull(),
+    safetyBackupId: text("safety_backup_id"),
+    // True while the restore keeps new sessions out of the target: a crash must not leave it so.
+    connectionsBlocked: boolean("connections_blocked").notNull().default(false),
+    // The target's connection limit before the restore held its sessions off, to put back.
+    originalConnectionLimit: integer("original_connection_limit"),
+    error: text("error"),
+  },
+  (t) => [index("idx_restore_runs_outcome").on(t.outcome)],
+);

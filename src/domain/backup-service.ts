@@ -16,6 +16,7 @@ import {
   MIN_RETENTION_DAYS,
   backupFileName,
   compressionRatioOf,
+  fileLockKey,
   expiryOf,
   isUuid,
   pageCount,
@@ -33,6 +34,7 @@ import type {
   Lock,
   LockManager,
 } from "./ports.js";
+import { createStopper } from "./stopper.js";
 
 export interface BackupServiceDeps {
   backups: BackupRepository;
@@ -208,9 +210,11 @@ export function createBackupService(deps: BackupServiceDeps) {
     } catch (err) {
       logger.error({ err, backupId: record.id }, "could not take the run lock");
     }
+    const stopper = createStopper(signal, runLock?.lost);
     try {
-      return await dumpAndVerify(record, runLock ? AbortSignal.any([signal, runLock.lost]) : signal);
+      return await dumpAndVerify(record, stopper.signal);
     } finally {
+      stopper.dispose();
       await runLock?.release();
     }
   }
@@ -336,6 +340,16 @@ export function createBackupService(deps: BackupServiceDeps) {
 
   /** Runs every check and records the outcome as the backup's status. */
   async function verifyRecord(record: BackupRecord, signal?: AbortSignal): Promise<VerificationResult> {
+    const lock = await locks.tryAcquireShared(fileLockKey(record.id));
+    if (!lock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to verify`);
+    try {
+      return await verifyHeld(record, signal);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  async function verifyHeld(record: BackupRecord, signal?: AbortSignal): Promise<VerificationResult> {
     const started = performance.now();
     const { checks, dumpSize } = await runChecks(record, signal);
     signal?.throwIfAborted();
@@ -476,10 +490,13 @@ export function createBackupService(deps: BackupServiceDeps) {
       }
       logger.info({ backupId: record.id, database, actor: input.actor.sub, async: input.async }, "backup started");
 
-      const stops = [shutdownController.signal, lock.lost];
-      if (!input.async && signal) stops.push(signal);
-      const jobSignal = AbortSignal.any(stops);
-      const job = track(runBackup(record, jobSignal).finally(() => lock.release()));
+      const stopper = createStopper(shutdownController.signal, lock.lost, input.async ? undefined : signal);
+      const job = track(
+        runBackup(record, stopper.signal).finally(() => {
+          stopper.dispose();
+          return lock.release();
+        }),
+      );
       if (input.async) {
         job.catch(() => {
           /* recorded on the backup and logged */

@@ -171,3 +171,11 @@ const UUID_RE = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 export function isUuid(s: string): boolean {
   return UUID_RE.test(s);
 }
+
+/**
+ * The lock on a backup's file: readers (restore, download, verification)
+ * share it; removing the file needs it alone.
+ */
+export function fileLockKey(id: string): string {
+  return `file:${id}`;
+}

@@ -1,8 +1,7 @@
 import { DomainError, invalidArgument, notFound } from "../errors.js";
-import type { ArchiveFormat, CompressionKind } from "./backup.js";
+import { fileLockKey, type ArchiveFormat, type CompressionKind } from "./backup.js";
 import type { BackupService } from "./backup-service.js";
 import type { BackupRepository, BlobStore, LockManager } from "./ports.js";
-import { fileLockKey } from "./restore.js";
 
 export type DownloadItem =
   | {

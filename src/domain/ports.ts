@@ -45,7 +45,10 @@ export interface BackupRepository {
   stats(database?: string): Promise<BackupStats>;
   findInProgress(database?: string): Promise<BackupRecord[]>;
   latestSuccessful(database: string): Promise<BackupRecord | null>;
-  /** Backups not deleted whose expiry is at or before `now`, oldest first. */
+  /**
+   * Backups whose expiry is at or before `now`, oldest first: those not
+   * deleted, and deleted ones whose file has not been removed yet.
+   */
   listExpired(now: Date): Promise<BackupRecord[]>;
   /** Ids of the newest `n` VERIFIED, not deleted backups of every database. */
   newestVerifiedIds(n: number): Promise<Set<string>>;
@@ -99,7 +102,8 @@ export interface BlobStore {
   partialPath(name: string): string;
   path(name: string): string;
   stat(name: string): Promise<{ size: number } | null>;
-  sha256(name: string, signal?: AbortSignal): Promise<string>;
+  /** SHA-256 of the file; `onBytes` sees each chunk's size as it is read. */
+  sha256(name: string, signal?: AbortSignal, onBytes?: (n: number) => void): Promise<string>;
   /** fsyncs `<name>.partial`, renames it to `<name>` and fsyncs the directory. */
   commit(name: string): Promise<void>;
   discardPartial(name: string): Promise<void>;
@@ -167,10 +171,15 @@ export interface Clock {
 
 export interface DatabaseState {
   exists: boolean;
-  /** User objects (relations, functions, schemas, extensions) it holds. */
+  /**
+   * User objects it holds: relations, functions, types, schemas besides
+   * public, extensions, large objects, and the like. Zero means empty.
+   */
   objectCount: number;
   /** Sessions connected to it, other than ours. */
   sessions: number;
+  /** It holds this service's own tables (a control database): never a restore target. */
+  holdsServiceRecords: boolean;
 }
 
 export interface LoadOptions {
@@ -183,18 +192,33 @@ export interface LoadOptions {
 /** Creating, loading, checking and swapping databases on the target server. */
 export interface RestoreEngine {
   inspectDatabase(name: string, signal?: AbortSignal): Promise<DatabaseState>;
-  /** Creates an empty database, with the owner, encoding and locale of `like` when given. */
+  /**
+   * Creates an empty database. With `like`, it gets that database's owner,
+   * encoding, locale, tablespace, connection limit, privileges, comment and
+   * settings, so that swapping it in changes only the contents.
+   */
   createDatabase(name: string, like: string | null): Promise<void>;
   /** Feeds the archive file into the database; `onBytes` sees the file's bytes as they are read. */
   load(options: LoadOptions, onBytes: (n: number) => void, signal: AbortSignal): Promise<void>;
   countRows(database: string, signal?: AbortSignal): Promise<TableRowCounts>;
   /**
-   * Gives `scratch` the name `target` in one transaction; an existing `target`
-   * is renamed to `retired` first (then dropped by the caller).
+   * Ends the database's sessions and keeps new ones out (connection limit 0,
+   * which the service's role passes only if it is a superuser) until
+   * `release`, which puts the original limit back.
    */
-  swapIn(scratch: string, target: string, retired: string, terminateSessions: boolean): Promise<void>;
+  holdSessions(name: string): Promise<{ originalLimit: number; release(): Promise<void> }>;
+  /** After a crash: puts back the connection limit a restore had set to 0. */
+  releaseSessions(name: string, originalLimit: number): Promise<void>;
+  /**
+   * Gives `scratch` the name `target` in one transaction; an existing `target`
+   * is renamed to `retired` first (then dropped by the caller). Nothing
+   * changes if `signal` has aborted by the time it would commit.
+   */
+  swapIn(scratch: string, target: string, retired: string, signal: AbortSignal): Promise<void>;
   dropDatabase(name: string): Promise<void>;
   listDatabases(prefix: string): Promise<string[]>;
+  /** Free bytes where the server keeps its data, when that can be seen from here; null otherwise. */
+  serverFreeBytes(): Promise<number | null>;
 }
 
 export type JobOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "SKIPPED" | "INTERRUPTED" | "TAKEN_ELSEWHERE";
@@ -230,4 +254,33 @@ export interface JobRunRepository {
   lastRun(job: string): Promise<JobRun | null>;
   /** Claimed runs still marked RUNNING. */
   listRunning(job?: string): Promise<JobRun[]>;
+}
+
+export type RestoreOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "INTERRUPTED";
+
+export interface RestoreRun {
+  id: string;
+  backupId: string;
+  targetDatabase: string;
+  replicaId: string;
+  actor: string | null;
+  startedAt: Date;
+  finishedAt: Date | null;
+  outcome: RestoreOutcome;
+  safetyBackupId: string | null;
+  connectionsBlocked: boolean;
+  originalConnectionLimit: number | null;
+  error: string | null;
+}
+
+/** Restores in progress and done, so that a crash mid-restore can be cleaned up. */
+export interface RestoreRunRepository {
+  start(run: { backupId: string; targetDatabase: string; replicaId: string; actor: string | null }): Promise<RestoreRun>;
+  update(
+    id: string,
+    patch: Partial<
+      Pick<RestoreRun, "outcome" | "safetyBackupId" | "connectionsBlocked" | "originalConnectionLimit" | "error" | "finishedAt">
+    >,
+  ): Promise<void>;
+  listRunning(): Promise<RestoreRun[]>;
 }

@@ -40,13 +40,19 @@ export async function* streamWork<P, T>(work: (emit: (p: P) => void) => Promise<
 export function createThrottle(minGapMs = 250, maxGapMs = 1000) {
   let lastAt = Number.NEGATIVE_INFINITY;
   let lastPercent = Number.NEGATIVE_INFINITY;
-  return (percent: number, nowMs: number): boolean => {
-    const gap = nowMs - lastAt;
-    if (gap >= maxGapMs || (gap >= minGapMs && percent - lastPercent >= 1)) {
+  return {
+    /** Whether a message with this percent should go out now (and if so, counts it as sent). */
+    due(percent: number, nowMs: number): boolean {
+      const gap = nowMs - lastAt;
+      if (gap >= maxGapMs || (gap >= minGapMs && percent - lastPercent >= 1)) {
+        this.sent(percent, nowMs);
+        return true;
+      }
+      return false;
+    },
+    sent(percent: number, nowMs: number): void {
       lastAt = nowMs;
       lastPercent = percent;
-      return true;
-    }
-    return false;
+    },
   };
 }

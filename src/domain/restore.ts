@@ -1,10 +1,11 @@
 import { randomBytes } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
-import type { Actor, BackupRecord, TableRowCounts } from "./backup.js";
+import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
 import type { BackupService } from "./backup-service.js";
-import type { BackupRepository, BlobStore, Lock, LockManager, RestoreEngine } from "./ports.js";
+import type { BackupRepository, BlobStore, Lock, LockManager, RestoreEngine, RestoreRunRepository } from "./ports.js";
 import { createThrottle, streamWork } from "./progress.js";
+import { createStopper } from "./stopper.js";
 
 export type RestorePhase = "VALIDATING" | "SAFETY_BACKUP" | "RESTORING" | "FINALIZING" | "DONE";
 
@@ -21,9 +22,12 @@ export interface RestoreProgress {
   phase: RestorePhase;
   bytesDone: number;
   bytesTotal: number;
+  /** Of the whole restore; never goes down. */
   percent: number;
   elapsedMs: number;
   message: string;
+  /** The database being restored into, once known. */
+  target?: string;
   result?: RestoreResult;
 }
 
@@ -40,14 +44,17 @@ export interface RestoreInput {
 /** Scratch databases are named so that no user's database can collide with them. */
 export const SCRATCH_PREFIX = "bsvc_restore_";
 export const RETIRED_PREFIX = "bsvc_retired_";
+const RESERVED_TARGETS = new Set(["template0", "template1"]);
 
 export interface RestoreDeps {
   backups: BackupRepository;
+  runs: RestoreRunRepository;
   locks: LockManager;
   store: BlobStore;
   restorer: RestoreEngine;
   logger: Logger;
   core: BackupService["core"];
+  replicaId: string;
   /** The control database, when it lives on the target server: never a restore target. */
   protectedDatabase: string | null;
   /**
@@ -58,8 +65,8 @@ export interface RestoreDeps {
   namespace: string;
 }
 
-export function fileLockKey(id: string): string {
-  return `file:${id}`;
+function restoreRunKey(id: string): string {
+  return `restore-run:${id}`;
 }
 
 function tableDifferences(expected: TableRowCounts, found: TableRowCounts): string[] {
@@ -74,9 +81,17 @@ function tableDifferences(expected: TableRowCounts, found: TableRowCounts): stri
   return out;
 }
 
+// Where each phase sits in the overall percent.
+const SPAN: Record<Exclude<RestorePhase, "DONE">, [number, number]> = {
+  VALIDATING: [0, 10],
+  RESTORING: [10, 80],
+  SAFETY_BACKUP: [80, 95],
+  FINALIZING: [95, 100],
+};
+
 /** Restores backups atomically: into a scratch database first, then swapped in by name. */
 export function createRestoreUseCase(deps: RestoreDeps) {
-  const { backups, locks, store, restorer, logger, core } = deps;
+  const { backups, runs, locks, store, restorer, logger, core } = deps;
   const scratchPrefix = `${SCRATCH_PREFIX}${deps.namespace}_`;
   const retiredPrefix = `${RETIRED_PREFIX}${deps.namespace}_`;
 
@@ -105,24 +120,26 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     }
     // By default, back into the database the backup came from.
     const target = input.targetDatabase ?? record.databaseName;
+    if (RESERVED_TARGETS.has(target) || target.startsWith("bsvc_")) {
+      throw invalidArgument("target_database", `"${target}" is reserved (template databases and names starting bsvc_)`);
+    }
     if (deps.protectedDatabase !== null && target === deps.protectedDatabase) {
-      throw new DomainError(
-        "failed_precondition",
-        `refusing to restore into "${target}": it is the service's own control database`,
-      );
+      throw new DomainError("failed_precondition", `refusing to restore into "${target}": it is the service's own control database`);
     }
     return { record, target };
   }
 
   function restore(input: RestoreInput, callSignal: AbortSignal): AsyncGenerator<RestoreProgress, void> {
     const started = performance.now();
-    let signal = AbortSignal.any([callSignal, core.shutdownSignal]);
+    const stopper = createStopper(callSignal, core.shutdownSignal);
+    const signal = stopper.signal;
     // Tracked, so that shutdown waits for the clean-up of a cancelled restore.
     return streamWork<RestoreProgress, void>((emit) => core.track(run(emit)));
 
     async function run(emit: (p: RestoreProgress) => void): Promise<void> {
       const elapsed = () => Math.round(performance.now() - started);
       const throttle = createThrottle();
+      let emitted: RestorePhase | undefined;
       let current: RestoreProgress = {
         phase: "VALIDATING",
         bytesDone: 0,
@@ -131,14 +148,32 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         elapsedMs: 0,
         message: "checking the request",
       };
-      const send = (p: Partial<RestoreProgress>, always = false) => {
-        current = { ...current, ...p, elapsedMs: elapsed() };
-        if (always || throttle(current.percent, performance.now())) emit(current);
+      /** `within` is the phase's own progress (0..1), mapped onto the overall percent. */
+      const send = (p: Partial<RestoreProgress> & { within?: number }, force = false) => {
+        const phase = p.phase ?? current.phase;
+        let percent = current.percent;
+        if (phase !== "DONE" && p.within !== undefined) {
+          const [from, to] = SPAN[phase];
+          percent = Math.floor((from + (to - from) * Math.min(1, p.within)) * 100) / 100;
+        }
+        const { within: _within, ...rest } = p;
+        if (p.percent !== undefined) percent = p.percent;
+        current = { ...current, ...rest, phase, percent: Math.max(current.percent, percent), elapsedMs: elapsed() };
+        // At most four a second, at least one a second (heartbeat); the first message, each
+        // phase change (five at most) and the last always go out.
+        const now = performance.now();
+        const phaseChanged = emitted !== current.phase;
+        if (force || phaseChanged || throttle.due(current.percent, now)) {
+          throttle.sent(current.percent, now);
+          emitted = current.phase;
+          emit(current);
+        }
       };
-      // A message at least every second, even while a phase makes no byte progress.
-      const heartbeat = setInterval(() => send({}), 1000);
+      const heartbeat = setInterval(() => send({}), 250);
       const held: Lock[] = [];
       let scratch: string | null = null;
+      let runId: string | null = null;
+      let blocked: { database: string; restore: { release(): Promise<void> } } | null = null;
       try {
         send({}, true);
         const { record, target } = await checkRecord(input);
@@ -148,8 +183,17 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         const fileLock = await locks.tryAcquireShared(fileLockKey(record.id));
         if (!fileLock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to restore`);
         held.push(fileLock);
+        const restoreRun = await runs.start({
+          backupId: record.id,
+          targetDatabase: target,
+          replicaId: deps.replicaId,
+          actor: input.actor.sub,
+        });
+        runId = restoreRun.id;
+        const runLock = await locks.tryAcquire(restoreRunKey(runId));
+        if (runLock) held.push(runLock);
         // Losing a lock (its connection dropped) stops the restore before anything is swapped.
-        signal = AbortSignal.any([signal, ...held.map((l) => l.lost)]);
+        for (const l of held) stopper.follow(l.lost);
 
         const stat = await store.stat(record.fileName);
         if (!stat) {
@@ -159,8 +203,12 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           );
         }
         const total = stat.size;
-        send({ message: `re-checking the SHA-256 of ${record.fileName}`, bytesTotal: total }, true);
-        const hash = await store.sha256(record.fileName, signal);
+        send({ target, message: `restoring backup ${record.id} into "${target}": re-checking the SHA-256 of ${record.fileName}`, bytesTotal: total });
+        let hashed = 0;
+        const hash = await store.sha256(record.fileName, signal, (n) => {
+          hashed += n;
+          send({ bytesDone: hashed, within: total === 0 ? 1 : hashed / total });
+        });
         const checksumOk = hash === record.checksum;
         if (!checksumOk && !input.force) {
           throw new DomainError(
@@ -170,7 +218,14 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           );
         }
         const state = await restorer.inspectDatabase(target, signal);
-        if (state.exists && state.objectCount > 0 && !input.dropExisting) {
+        if (state.holdsServiceRecords) {
+          throw new DomainError(
+            "failed_precondition",
+            `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
+          );
+        }
+        const replacing = state.exists && state.objectCount > 0;
+        if (replacing && !input.dropExisting) {
           throw new DomainError(
             "failed_precondition",
             `database "${target}" already holds ${state.objectCount} objects; nothing was changed ` +
@@ -184,16 +239,63 @@ export function createRestoreUseCase(deps: RestoreDeps) {
               "(hint: close them, or set drop_existing to end them)",
           );
         }
-        send({
-          message: checksumOk
-            ? `checksum ok; restoring into ${state.exists ? "existing" : "new"} database "${target}"`
-            : `checksum MISMATCH (sha256 is ${hash}); restoring anyway because force is set`,
-          percent: 100,
-        }, true);
+        // The scratch copy needs about as much room as the database had when it was backed up.
+        const needed = Math.ceil((record.databaseSize ?? 0) * 1.1);
+        const free = await restorer.serverFreeBytes();
+        if (free !== null && free < needed) {
+          throw new DomainError(
+            "resource_exhausted",
+            `not enough free space on the database server: ${free} bytes free, the restore needs about ${needed}; nothing was changed`,
+          );
+        }
+        send(
+          {
+            within: 1,
+            message: checksumOk
+              ? `checksum ok; restoring into ${state.exists ? "existing" : "new"} database "${target}"`
+              : `checksum MISMATCH (sha256 is ${hash}); restoring anyway because force is set`,
+          },
+          !checksumOk, // a warning is never throttled away
+        );
+
+        // The live database keeps serving while the backup loads into a scratch database.
+        scratch = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
+        // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
+        const scratchLock = await locks.tryAcquire(`scratch:${scratch}`);
+        if (scratchLock) held.push(scratchLock);
+        send({ phase: "RESTORING", within: 0, bytesDone: 0, bytesTotal: total, message: `loading ${record.fileName}` });
+        await restorer.createDatabase(scratch, state.exists ? target : null);
+        let done = 0;
+        await restorer.load(
+          { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression, database: scratch },
+          (n) => {
+            done += n;
+            send({ bytesDone: done, within: total === 0 ? 0.9 : (done / total) * 0.9 });
+          },
+          signal,
+        );
+        send({ within: 0.9, bytesDone: total, message: "archive loaded; checking table and row counts" });
+        const found = await restorer.countRows(scratch, signal);
+        if (record.tableRowCounts) {
+          const diffs = tableDifferences(record.tableRowCounts, found);
+          if (diffs.length > 0) {
+            throw new DomainError(
+              "corrupted",
+              `the restored data does not match backup ${record.id}: ${diffs.slice(0, 10).join("; ")}; nothing was changed`,
+            );
+          }
+        }
+        send({ within: 1, message: "counts match the backup" });
 
         let safetyBackupId: string | null = null;
-        if (state.exists && state.objectCount > 0 && !input.skipSafetyBackup) {
-          send({ phase: "SAFETY_BACKUP", percent: 0, bytesDone: 0, message: `taking a safety backup of "${target}"` }, true);
+        if (replacing) {
+          // From here nobody writes to the old database: the safety backup is its last state.
+          const held = await restorer.holdSessions(target);
+          blocked = { database: target, restore: held };
+          await runs.update(runId, { connectionsBlocked: true, originalConnectionLimit: held.originalLimit });
+        }
+        if (replacing && !input.skipSafetyBackup) {
+          send({ phase: "SAFETY_BACKUP", within: 0, bytesDone: 0, bytesTotal: 0, message: `taking a safety backup of "${target}"` });
           try {
             const safety = await core.backupUnderLock(
               {
@@ -213,42 +315,15 @@ export function createRestoreUseCase(deps: RestoreDeps) {
               `the safety backup of "${target}" failed, so nothing was changed: ${why}`,
             );
           }
-          send({ percent: 100, message: `safety backup ${safetyBackupId} is verified` }, true);
+          await runs.update(runId, { safetyBackupId });
+          send({ within: 1, message: `safety backup ${safetyBackupId} is verified` });
         }
 
-        scratch = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
-        // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
-        const scratchLock = await locks.tryAcquire(`scratch:${scratch}`);
-        if (scratchLock) held.push(scratchLock);
-        send({ phase: "RESTORING", percent: 0, bytesDone: 0, message: `loading ${record.fileName}` }, true);
-        await restorer.createDatabase(scratch, state.exists ? target : null);
-        let done = 0;
-        await restorer.load(
-          { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression, database: scratch },
-          (n) => {
-            done += n;
-            send({ bytesDone: done, percent: total === 0 ? 100 : Math.floor((done / total) * 10_000) / 100 });
-          },
-          signal,
-        );
-        send({ bytesDone: total, percent: 100, message: "archive loaded" }, true);
-
-        send({ phase: "FINALIZING", percent: 0, message: "checking table and row counts" }, true);
-        const found = await restorer.countRows(scratch, signal);
-        if (record.tableRowCounts) {
-          const diffs = tableDifferences(record.tableRowCounts, found);
-          if (diffs.length > 0) {
-            throw new DomainError(
-              "corrupted",
-              `the restored data does not match backup ${record.id}: ${diffs.slice(0, 10).join("; ")}; nothing was changed`,
-            );
-          }
-        }
-        signal.throwIfAborted();
-        send({ percent: 50, message: `counts match; swapping the restored database in as "${target}"` }, true);
+        send({ phase: "FINALIZING", within: 0, message: `swapping the restored database in as "${target}"` });
         const retired = `${retiredPrefix}${randomBytes(4).toString("hex")}`;
-        await restorer.swapIn(scratch, target, retired, input.dropExisting);
+        await restorer.swapIn(scratch, target, retired, signal);
         scratch = null; // it is the target now
+        blocked = null; // the new database has the old one's connection limit
         if (state.exists) {
           await restorer.dropDatabase(retired).catch((err: unknown) =>
             logger.warn({ err, database: retired }, "could not drop the replaced database; start-up will retry"),
@@ -257,9 +332,10 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         const rows = Object.values(found).reduce((a, b) => a + b, 0);
         const undoHint = safetyBackupId
           ? `to undo, restore safety backup ${safetyBackupId} into "${target}" with drop_existing`
-          : state.exists && state.objectCount > 0
+          : replacing
             ? "no safety backup was taken (skip_safety_backup); this restore cannot be undone by the service"
             : `"${target}" held nothing before; to undo, drop it`;
+        await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
         logger.info(
           { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, actor: input.actor.sub },
           "restore finished",
@@ -280,6 +356,14 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           },
           true,
         );
+      } catch (err) {
+        if (runId !== null) {
+          const message = err instanceof DomainError ? err.message : signal.aborted ? "cancelled" : "internal error";
+          await runs
+            .update(runId, { outcome: signal.aborted ? "INTERRUPTED" : "FAILED", error: message, finishedAt: new Date() })
+            .catch(() => undefined);
+        }
+        throw err;
       } finally {
         clearInterval(heartbeat);
         if (scratch !== null) {
@@ -287,7 +371,15 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             logger.error({ err, database: scratch }, "could not drop the scratch database; start-up will retry"),
           );
         }
+        if (blocked !== null) {
+          const { database, restore: release } = blocked;
+          await release
+            .release()
+            .then(() => (runId ? runs.update(runId, { connectionsBlocked: false }) : undefined))
+            .catch((err: unknown) => logger.error({ err, database }, "could not let sessions into the database again"));
+        }
         for (const lock of held.reverse()) await lock.release();
+        stopper.dispose();
       }
     }
   }
@@ -300,25 +392,47 @@ export function createRestoreUseCase(deps: RestoreDeps) {
      */
     restoreBackup: restore,
 
-    /** Drops scratch and retired databases left by a crash (those no live replica holds). */
-    async dropLeftovers(): Promise<number> {
-      let dropped = 0;
+    /**
+     * After a crash: restores that no live replica runs are marked
+     * INTERRUPTED (their targets let sessions in again), and scratch and
+     * retired databases they left are dropped.
+     */
+    async recoverInterrupted(): Promise<number> {
+      let fixed = 0;
+      for (const run of await runs.listRunning()) {
+        const lock = await locks.tryAcquire(restoreRunKey(run.id));
+        if (!lock) continue; // still running on a live replica
+        try {
+          if (run.connectionsBlocked) {
+            await restorer.releaseSessions(run.targetDatabase, run.originalConnectionLimit ?? -1);
+          }
+          await runs.update(run.id, {
+            outcome: "INTERRUPTED",
+            connectionsBlocked: false,
+            error: "interrupted: the service stopped before the restore finished; the target was not replaced",
+            finishedAt: new Date(),
+          });
+          fixed++;
+        } finally {
+          await lock.release();
+        }
+      }
       for (const name of await restorer.listDatabases(scratchPrefix)) {
         const lock = await locks.tryAcquire(`scratch:${name}`);
         if (!lock) continue;
         try {
           await restorer.dropDatabase(name);
-          dropped++;
+          fixed++;
         } finally {
           await lock.release();
         }
       }
       for (const name of await restorer.listDatabases(retiredPrefix)) {
         await restorer.dropDatabase(name);
-        dropped++;
+        fixed++;
       }
-      if (dropped > 0) logger.warn({ dropped }, "dropped databases left behind by interrupted restores");
-      return dropped;
+      if (fixed > 0) logger.warn({ fixed }, "cleaned up after restores interrupted by an earlier stop");
+      return fixed;
     },
   };
 }

@@ -1,9 +1,8 @@
 import type { Logger } from "../logger.js";
 import { DomainError, notFound } from "../errors.js";
-import type { BackupRecord } from "./backup.js";
+import { fileLockKey, type BackupRecord } from "./backup.js";
 import type { BackupService } from "./backup-service.js";
 import type { BackupRepository, BlobStore, Clock, LockManager } from "./ports.js";
-import { fileLockKey } from "./restore.js";
 
 export interface RetentionDeps {
   backups: BackupRepository;
@@ -81,7 +80,13 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         const expired = await backups.listExpired(clock.now());
         const floor = await backups.newestVerifiedIds(minKeep);
         const kept = expired.filter((r) => floor.has(r.id));
-        const candidates = expired.filter((r) => !floor.has(r.id) && r.status !== "IN_PROGRESS");
+        const candidates: BackupRecord[] = [];
+        for (const r of expired) {
+          if (floor.has(r.id) || r.status === "IN_PROGRESS") continue;
+          // A backup being restored or downloaded is left for the next cleanup.
+          if (await locks.isHeld(fileLockKey(r.id))) continue;
+          candidates.push(r);
+        }
         if (dryRun) {
           let freedBytes = 0;
           for (const r of candidates) freedBytes += (await store.stat(r.fileName))?.size ?? 0;
@@ -95,7 +100,14 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
             logger.warn({ backupId: r.id }, "expired backup is in use; cleanup will retry next time");
             continue;
           }
-          removed.push(await backups.update(r.id, { isDeleted: true, deletedAt: clock.now() }));
+          const now = clock.now();
+          removed.push(
+            await backups.update(r.id, {
+              isDeleted: true,
+              deletedAt: r.deletedAt ?? now,
+              metadata: { ...r.metadata, fileRemovedAt: now.toISOString() },
+            }),
+          );
           freedBytes += freed;
         }
         logger.info({ removed: removed.length, kept: kept.length, freedBytes }, "cleanup finished");

@@ -14,6 +14,7 @@ import type {
   TargetInfo,
 } from "../domain/ports.js";
 import { DomainError, safeReason } from "../errors.js";
+import { createStopper } from "../domain/stopper.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -90,12 +91,12 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
         // The first step to fail stops the others (a dead pg_dump must not leave the row
         // count waiting on a lock, and vice versa); its error is the one reported.
-        const stopAll = new AbortController();
-        const steps = AbortSignal.any([signal, stopAll.signal]);
+        const stopAll = createStopper(signal);
+        const steps = stopAll.signal;
         let firstFailure: DomainError | undefined;
         const fail = (e: DomainError) => {
           firstFailure ??= e;
-          stopAll.abort(e);
+          stopAll.stop(e);
           void client.end().catch(() => undefined);
         };
 
@@ -154,6 +155,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           },
         );
         await Promise.all([watch(dump.exit), watch(compressor.exit), written, counting]);
+        stopAll.dispose();
         signal.throwIfAborted();
         if (firstFailure) throw firstFailure;
         await client.query("COMMIT");

@@ -1,4 +1,5 @@
 import { createReadStream } from "node:fs";
+import { statfs } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
@@ -23,6 +24,90 @@ function dbnameConninfo(name: string): string {
 const SYSTEM_SCHEMAS = `n.nspname NOT IN ('pg_catalog', 'information_schema')
   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%'`;
 
+interface SourceDatabase {
+  name: string;
+  d: Record<string, unknown>;
+  owner: string;
+  encoding: string;
+  tablespace: string;
+  comment: string | null;
+  acl: { grantee: string | null; privilege: string; grantable: boolean }[] | null;
+  settings: { role: string | null; config: string[] }[];
+}
+
+async function describeDatabase(c: pg.Client, name: string): Promise<SourceDatabase | null> {
+  const res = await c.query<SourceDatabase>(
+    `SELECT d.datname AS name, to_jsonb(d) - 'datacl' AS d, pg_get_userbyid(d.datdba) AS owner,
+            pg_encoding_to_char(d.encoding) AS encoding, t.spcname AS tablespace,
+            shobj_description(d.oid, 'pg_database') AS comment,
+            CASE WHEN d.datacl IS NULL THEN NULL ELSE
+              (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                        'grantee', CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,
+                        'privilege', a.privilege_type, 'grantable', a.is_grantable)), '[]'::jsonb)
+                 FROM aclexplode(d.datacl) a) END AS acl,
+            (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                       'role', CASE WHEN s.setrole = 0 THEN NULL ELSE pg_get_userbyid(s.setrole) END,
+                       'config', s.setconfig)), '[]'::jsonb)
+               FROM pg_db_role_setting s WHERE s.setdatabase = d.oid) AS settings
+       FROM pg_database d JOIN pg_tablespace t ON t.oid = d.dattablespace
+      WHERE d.datname = $1`,
+    [name],
+  );
+  return res.rows[0] ?? null;
+}
+
+/** CREATE DATABASE options that reproduce `src`'s owner, encoding, locale and tablespace. */
+function createOptions(src: SourceDatabase): string {
+  const d = src.d;
+  let o =
+    `TEMPLATE template0 OWNER ${quoteIdent(src.owner)} ENCODING ${quoteLiteral(src.encoding)}` +
+    ` LC_COLLATE ${quoteLiteral(String(d.datcollate))} LC_CTYPE ${quoteLiteral(String(d.datctype))}` +
+    ` TABLESPACE ${quoteIdent(src.tablespace)} CONNECTION LIMIT ${Number(d.datconnlimit ?? -1)}`;
+  // PostgreSQL 15 added locale providers; 16 ICU rules; 17 renamed daticulocale to datlocale
+  // and added the builtin provider.
+  const locale = (d.datlocale ?? d.daticulocale) as string | null | undefined;
+  if (d.datlocprovider === "i" && locale) {
+    o += ` LOCALE_PROVIDER icu ICU_LOCALE ${quoteLiteral(locale)}`;
+    if (typeof d.daticurules === "string") o += ` ICU_RULES ${quoteLiteral(d.daticurules)}`;
+  } else if (d.datlocprovider === "b" && locale) {
+    o += ` LOCALE_PROVIDER builtin BUILTIN_LOCALE ${quoteLiteral(locale)}`;
+  }
+  return o;
+}
+
+/** Privileges, comment and per-database settings of `src`, onto the database `name`. */
+async function copyDatabaseSettings(c: pg.Client, src: SourceDatabase, name: string): Promise<void> {
+  const db = quoteIdent(name);
+  if (src.acl !== null) {
+    // An explicit ACL replaces the defaults (PUBLIC may connect): start from none.
+    await c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
+    await c.query(`REVOKE ALL ON DATABASE ${db} FROM ${quoteIdent(src.owner)}`);
+    for (const a of src.acl) {
+      const grantee = a.grantee === null ? "PUBLIC" : quoteIdent(a.grantee);
+      await c.query(`GRANT ${a.privilege} ON DATABASE ${db} TO ${grantee}${a.grantable ? " WITH GRANT OPTION" : ""}`);
+    }
+  }
+  if (src.comment !== null) await c.query(`COMMENT ON DATABASE ${db} IS ${quoteLiteral(src.comment)}`);
+  for (const s of src.settings) {
+    for (const item of s.config) {
+      const eq = item.indexOf("=");
+      const key = item.slice(0, eq);
+      const value = item.slice(eq + 1);
+      if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(key)) continue;
+      const scope = s.role === null ? `DATABASE ${db}` : `ROLE ${quoteIdent(s.role)} IN DATABASE ${db}`;
+      await c.query(`ALTER ${scope} SET ${key} TO ${quoteLiteral(value)}`);
+    }
+  }
+}
+
+/** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
+async function terminate(c: pg.Client, name: string): Promise<void> {
+  await c.query(
+    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+    [name],
+  );
+}
+
 /** pg_restore / psql into databases of the target server, and the database-level moves around them. */
 export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): RestoreEngine {
   const { tools } = opts;
@@ -44,7 +129,7 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
 
   return {
     async inspectDatabase(name, signal): Promise<DatabaseState> {
-      const exists = await withAdmin([name], async (c) => {
+      const sessions = await withAdmin([name], async (c) => {
         const res = await c.query<{ sessions: string }>(
           `SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions
              FROM pg_database WHERE datname = $1`,
@@ -52,16 +137,31 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
         );
         return res.rows[0] ? Number(res.rows[0].sessions) : null;
       });
-      if (exists === null) return { exists: false, objectCount: 0, sessions: 0 };
+      if (sessions === null) return { exists: false, objectCount: 0, sessions: 0, holdsServiceRecords: false };
       const client = await libpq.connect(name, signal);
       try {
-        const res = await client.query<{ n: string }>(
+        // Anything a user could have created; oid 16384 is where user objects start.
+        const res = await client.query<{ n: string; service: boolean }>(
           `SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE ${SYSTEM_SCHEMAS})
                 + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE ${SYSTEM_SCHEMAS})
+                + (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE ${SYSTEM_SCHEMAS})
                 + (SELECT count(*) FROM pg_namespace n WHERE ${SYSTEM_SCHEMAS} AND n.nspname <> 'public')
-                + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql') AS n`,
+                + (SELECT count(*) FROM pg_extension WHERE extname <> 'plpgsql')
+                + (SELECT count(*) FROM pg_largeobject_metadata)
+                + (SELECT count(*) FROM pg_collation WHERE oid >= 16384)
+                + (SELECT count(*) FROM pg_operator WHERE oid >= 16384)
+                + (SELECT count(*) FROM pg_ts_config WHERE oid >= 16384)
+                + (SELECT count(*) FROM pg_publication)
+                + (SELECT count(*) FROM pg_event_trigger)
+                + (SELECT count(*) FROM pg_default_acl) AS n,
+                  to_regclass('backup_service.backup_history') IS NOT NULL AS service`,
         );
-        return { exists: true, objectCount: Number(res.rows[0]!.n), sessions: exists };
+        return {
+          exists: true,
+          objectCount: Number(res.rows[0]!.n),
+          sessions,
+          holdsServiceRecords: res.rows[0]!.service,
+        };
       } finally {
         await client.end().catch(() => undefined);
       }
@@ -69,25 +169,19 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
 
     async createDatabase(name, like) {
       await withAdmin([name], async (c) => {
-        let options = "TEMPLATE template0";
-        if (like !== null) {
-          const res = await c.query<{ d: Record<string, unknown>; owner: string; encoding: string }>(
-            `SELECT to_jsonb(d) AS d, pg_get_userbyid(d.datdba) AS owner, pg_encoding_to_char(d.encoding) AS encoding
-               FROM pg_database d WHERE datname = $1`,
-            [like],
-          );
-          const row = res.rows[0];
-          if (row) {
-            options +=
-              ` OWNER ${quoteIdent(row.owner)} ENCODING ${quoteLiteral(row.encoding)}` +
-              ` LC_COLLATE ${quoteLiteral(String(row.d.datcollate))} LC_CTYPE ${quoteLiteral(String(row.d.datctype))}`;
-            // PostgreSQL 15+ records the locale provider; keep ICU databases ICU.
-            if (row.d.datlocprovider === "i" && typeof row.d.daticulocale === "string") {
-              options += ` LOCALE_PROVIDER icu ICU_LOCALE ${quoteLiteral(row.d.daticulocale)}`;
-            }
+        const source = like === null ? null : await describeDatabase(c, like);
+        try {
+          await c.query(`CREATE DATABASE ${quoteIdent(name)} ${source ? createOptions(source) : "TEMPLATE template0"}`);
+        } catch (err) {
+          if ((err as { code?: string }).code === "42501") {
+            throw new DomainError(
+              "failed_precondition",
+              "the role in TARGET_DATABASE_URL may not create databases (hint: ALTER ROLE ... CREATEDB)",
+            );
           }
+          throw err;
         }
-        await c.query(`CREATE DATABASE ${quoteIdent(name)} ${options}`);
+        if (source) await copyDatabaseSettings(c, source, name);
       });
     },
 
@@ -154,32 +248,69 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
       }
     },
 
-    async swapIn(scratch, target, retired, terminateSessions) {
+    async holdSessions(name) {
+      return withAdmin([name], async (c) => {
+        const res = await c.query<{ limit: number; superuser: boolean }>(
+          `SELECT d.datconnlimit AS limit, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser
+             FROM pg_database d WHERE d.datname = $1`,
+          [name],
+        );
+        const row = res.rows[0];
+        if (!row) throw new DomainError("not_found", `database "${name}" no longer exists; nothing was changed`);
+        // Superusers pass a connection limit of 0, so our own pg_dump still gets in; a role that
+        // is not one cannot keep others out, and only ends the sessions there are.
+        const limited = row.superuser;
+        if (limited) await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT 0`);
+        await terminate(c, name);
+        return {
+          originalLimit: row.limit,
+          release: async () => {
+            if (!limited) return;
+            await withAdmin([name], (a) =>
+              a.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(row.limit)}`),
+            );
+          },
+        };
+      });
+    },
+
+    async releaseSessions(name, originalLimit) {
+      await withAdmin([name], async (c) => {
+        const res = await c.query<{ limit: number }>("SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [name]);
+        if (res.rows[0]?.limit === 0) {
+          await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(originalLimit)}`);
+        }
+      });
+    },
+
+    async swapIn(scratch, target, retired, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
         for (let attempt = 1; ; attempt++) {
-          if (terminateSessions) {
-            await c.query(
-              "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-              [target],
-            );
-          }
+          await terminate(c, target);
           try {
             await c.query("BEGIN");
             const exists = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [target]);
             if (exists.rowCount) await c.query(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(retired)}`);
             await c.query(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)}`);
+            // The last moment a cancel or a deadline can still leave the target as it was.
+            if (signal.aborted) {
+              await c.query("ROLLBACK");
+              signal.throwIfAborted();
+            }
             await c.query("COMMIT");
             return;
           } catch (err) {
             await c.query("ROLLBACK").catch(() => undefined);
-            // 55006: someone connected to the target between our check and the rename.
-            if ((err as { code?: string }).code !== "55006" || attempt >= SWAP_ATTEMPTS) {
-              const inUse = (err as { code?: string }).code === "55006";
+            if (signal.aborted) throw signal.reason;
+            // 55006: a session connected between the termination and the rename.
+            const inUse = (err as { code?: string }).code === "55006";
+            if (!inUse || attempt >= SWAP_ATTEMPTS) {
               throw new DomainError(
                 "failed_precondition",
                 inUse
-                  ? `database "${target}" is in use and could not be replaced (hint: close its sessions, or set drop_existing to end them)`
-                  : `could not swap the restored database in: ${(err as Error).message}`,
+                  ? `database "${target}" is in use and could not be replaced; nothing was changed (hint: stop its clients and try again)`
+                  : `could not swap the restored database in: ${safeReason(err)}; nothing was changed`,
+                { cause: err },
               );
             }
             await new Promise((r) => setTimeout(r, 200 * attempt));
@@ -190,6 +321,18 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
 
     async dropDatabase(name) {
       await withAdmin([name], (c) => c.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`));
+    },
+
+    async serverFreeBytes() {
+      // Only a server on this machine has a data directory we can look at.
+      if (!["127.0.0.1", "localhost", "::1"].includes(opts.target.host) && !opts.target.host.startsWith("/")) return null;
+      try {
+        const dir = await withAdmin([], async (c) => (await c.query<{ d: string }>("SHOW data_directory")).rows[0]!.d);
+        const s = await statfs(dir);
+        return s.bavail * s.bsize;
+      } catch {
+        return null; // not allowed to see it, or not readable by this process
+      }
     },
 
     async listDatabases(prefix) {

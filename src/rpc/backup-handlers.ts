@@ -135,8 +135,12 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
 
     async *restoreBackup(req, ctx) {
       const actor = actorOf(ctx);
-      ctx.values.set(kAuditBackupId, req.id);
-      ctx.values.set(kAuditNote, `restore into ${req.targetDatabase ? `"${req.targetDatabase}"` : "the backup's own database"}`);
+      ctx.values.set(kAuditBackupId, req.id.toLowerCase());
+      const flags = [req.dropExisting && "drop_existing", req.force && "force", req.skipSafetyBackup && "skip_safety_backup"]
+        .filter(Boolean)
+        .join(", ");
+      const note = (db: string) => `restore into ${db}${flags ? ` (${flags})` : ""}`;
+      ctx.values.set(kAuditNote, note(req.targetDatabase ? `"${req.targetDatabase}"` : "the backup's own database"));
       const progress = service.restoreBackup(
         {
           id: req.id,
@@ -150,16 +154,17 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
         callSignal(ctx),
       );
       for await (const p of progress) {
+        if (p.target) ctx.values.set(kAuditNote, note(`"${p.target}"`));
         if (p.result) {
           const safety = p.result.safetyBackupId ? `, safety backup ${p.result.safetyBackupId}` : "";
-          ctx.values.set(kAuditNote, `restored into "${p.result.targetDatabase}"${safety}`);
+          ctx.values.set(kAuditNote, `restored into "${p.result.targetDatabase}"${safety}${flags ? ` (${flags})` : ""}`);
         }
         yield restoreProgressToProto(p);
       }
     },
 
     async *downloadBackup(req, ctx) {
-      ctx.values.set(kAuditBackupId, req.id);
+      ctx.values.set(kAuditBackupId, req.id.toLowerCase());
       if (req.offset > BigInt(Number.MAX_SAFE_INTEGER)) throw new DomainError("out_of_range", "offset is too large");
       ctx.values.set(kAuditNote, `download from offset ${req.offset}`);
       for await (const item of service.downloadBackup(req.id, Number(req.offset), ctx.signal)) {

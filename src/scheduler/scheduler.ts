@@ -1,5 +1,6 @@
 import schedule from "node-schedule";
 import type { AuditRepository, Clock, JobOutcome, JobRun, JobRunRepository, LockManager } from "../domain/ports.js";
+import { createStopper } from "../domain/stopper.js";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import { formatInZone, nextSlot, previousSlot } from "./cron.js";
@@ -89,11 +90,12 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       logger.warn({ job: job.name, slot: claim.slot, reason: why }, "scheduled run skipped");
       return "skipped";
     }
+    const stopper = createStopper(controller.signal, lock.lost);
     const work = (async () => {
       logger.info({ job: job.name, slot: claim.slot, replica: opts.replicaId }, "scheduled run started");
       let outcome: JobOutcome;
       try {
-        const r = await job.run({ slot: claim.slot, signal: AbortSignal.any([controller.signal, lock.lost]) });
+        const r = await job.run({ slot: claim.slot, signal: stopper.signal });
         outcome = r.outcome;
         await runs.finish(claim.id, {
           outcome,
@@ -114,6 +116,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
         await runs.finish(claim.id, { outcome, error: message });
         await audit(job.name, outcome, null, message);
       } finally {
+        stopper.dispose();
         await lock.release();
       }
     })();

@@ -44,10 +44,12 @@ export async function createLocalStore(dir: string): Promise<BlobStore> {
       }
     },
 
-    async sha256(name, signal) {
+    async sha256(name, signal, onBytes) {
       const hash = createHash("sha256");
+      const source = createReadStream(full(name), { highWaterMark: READ_CHUNK });
+      if (onBytes) source.on("data", (chunk) => onBytes(chunk.length));
       try {
-        await pipeline(createReadStream(full(name), { highWaterMark: READ_CHUNK }), hash, { signal });
+        await pipeline(source, hash, { signal });
       } catch (err) {
         signal?.throwIfAborted(); // the caller's reason, not Node's AbortError
         throw err;

@@ -874,7 +874,7 @@ export type RestoreBackupResponse = Message<"backup.v1.RestoreBackupResponse"> &
   bytesTotal: bigint;
 
   /**
-   * Progress of the phase in percent.
+   * Progress of the whole restore in percent; it never goes down.
    *
    * @generated from field: double percent = 4;
    */
@@ -1452,7 +1452,9 @@ export const CompressionSchema: GenEnum<Compression> = /*@__PURE__*/
   enumDesc(file_backup_v1_backup, 3);
 
 /**
- * RestorePhase is the step a restore is in.
+ * RestorePhase is the step a restore is in. They come in this order:
+ * VALIDATING, RESTORING, SAFETY_BACKUP (only when replacing a database that
+ * holds objects), FINALIZING, DONE.
  *
  * @generated from enum backup.v1.RestorePhase
  */
@@ -1470,21 +1472,22 @@ export enum RestorePhase {
   VALIDATING = 1,
 
   /**
-   * Backing up the database about to be replaced.
+   * Backing up the database about to be replaced, with its sessions held off.
    *
    * @generated from enum value: RESTORE_PHASE_SAFETY_BACKUP = 2;
    */
   SAFETY_BACKUP = 2,
 
   /**
-   * Loading the archive into a scratch database.
+   * Loading the archive into a scratch database and checking its table and
+   * row counts against those recorded at backup time.
    *
    * @generated from enum value: RESTORE_PHASE_RESTORING = 3;
    */
   RESTORING = 3,
 
   /**
-   * Checking table and row counts, then swapping the scratch database in.
+   * Swapping the scratch database in under the target's name.
    *
    * @generated from enum value: RESTORE_PHASE_FINALIZING = 4;
    */

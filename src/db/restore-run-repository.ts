@@ -1,0 +1,21 @@
+import { eq } from "drizzle-orm";
+import type { RestoreRun, RestoreRunRepository } from "../domain/ports.js";
+import type { Db } from "./client.js";
+import { restoreRuns as t } from "./schema.js";
+
+const toRun = (row: typeof t.$inferSelect): RestoreRun => row;
+
+export function createRestoreRunRepository(db: Db): RestoreRunRepository {
+  return {
+    async start(run) {
+      const [row] = await db.insert(t).values({ ...run, outcome: "RUNNING" }).returning();
+      return toRun(row!);
+    },
+    async update(id, patch) {
+      await db.update(t).set(patch).where(eq(t.id, id));
+    },
+    async listRunning() {
+      return (await db.select().from(t).where(eq(t.outcome, "RUNNING"))).map(toRun);
+    },
+  };
+}
