@@ -27,9 +27,10 @@ import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor }
 import { registerReflection } from "./rpc/reflection.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
+import { loadSanityQueries } from "./sanity.js";
 import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
-import { dailyBackupJob, weeklyCleanupJob } from "./scheduler/jobs.js";
+import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
 import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
 
 export interface App {
@@ -115,6 +116,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       core,
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
       namespace: restoreTag,
+      sanityQueries: await loadSanityQueries(config),
     });
     const retention = createRetentionUseCase({
       backups: backupsRepo,
@@ -134,6 +136,11 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           retentionDays: config.retentionDays,
         }),
         weeklyCleanupJob(retention, { cron: sched.weeklyCleanupCron }),
+        restoreDrillJob({
+          cron: sched.restoreDrillCron,
+          candidates: () => backupsRepo.newestVerifiedPerDatabase(),
+          verifyDeep: (id, signal) => backupService.verifyBackup(id, signal, restore.deepChecks),
+        }),
       ],
       {
         enabled: sched.enabled,
@@ -149,6 +156,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     );
     const service: BackupUseCases = {
       ...backupService,
+      verifyBackup: (id, signal, deep) => backupService.verifyBackup(id, signal, deep ? restore.deepChecks : undefined),
       restoreBackup: restore.restoreBackup,
       ...createDownloadUseCase({ backups: backupsRepo, store, locks, core }),
       ...retention,

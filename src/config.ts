@@ -53,12 +53,15 @@ export interface Config {
   };
   readonly logLevel: string;
   readonly shutdownGraceMs: number;
+  /** Deep verification's sanity queries: inline JSON, or a JSON file (read at start). */
+  readonly sanity: { readonly json: string | undefined; readonly file: string | undefined };
   readonly scheduler: {
     readonly enabled: boolean;
     readonly timeZone: string;
     /** Cron expressions; null when switched off. */
     readonly dailyBackupCron: string | null;
     readonly weeklyCleanupCron: string | null;
+    readonly restoreDrillCron: string | null;
     readonly catchUpWindowMs: number;
     /** Databases the daily backup covers. */
     readonly databases: readonly string[];
@@ -177,6 +180,9 @@ const envSchema = z.object({
   SCHEDULE_TZ: optionalString,
   DAILY_BACKUP_CRON: optionalString,
   WEEKLY_CLEANUP_CRON: optionalString,
+  RESTORE_DRILL_CRON: optionalString,
+  VERIFY_SANITY_SQL: optionalString,
+  VERIFY_SANITY_SQL_FILE: optionalString,
   SCHEDULE_CATCHUP_WINDOW: optionalString,
   BACKUP_DATABASES: optionalString,
   REPLICA_ID: optionalString,
@@ -233,6 +239,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
   const dailyBackupCron = cronSetting("DAILY_BACKUP_CRON", e.DAILY_BACKUP_CRON, "0 2 * * *");
   const weeklyCleanupCron = cronSetting("WEEKLY_CLEANUP_CRON", e.WEEKLY_CLEANUP_CRON, "0 3 * * 0");
+  const restoreDrillCron = cronSetting("RESTORE_DRILL_CRON", e.RESTORE_DRILL_CRON, "0 4 * * 0");
+  if (e.VERIFY_SANITY_SQL !== undefined && e.VERIFY_SANITY_SQL_FILE !== undefined) {
+    problems.push("VERIFY_SANITY_SQL, VERIFY_SANITY_SQL_FILE: set at most one of them");
+  }
+  if (e.VERIFY_SANITY_SQL !== undefined) {
+    const problem = sanityProblem(e.VERIFY_SANITY_SQL);
+    if (problem) problems.push(`VERIFY_SANITY_SQL: ${problem}`);
+  }
   const catchUpWindowMs = parseDuration(e.SCHEDULE_CATCHUP_WINDOW ?? "6h");
   if (catchUpWindowMs === null) {
     problems.push("SCHEDULE_CATCHUP_WINDOW: must be a duration such as 6h, 90m or 3600 (seconds); 0 turns catch-up off");
@@ -276,11 +290,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     }),
     logLevel: e.LOG_LEVEL ?? "info",
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
+    sanity: Object.freeze({ json: e.VERIFY_SANITY_SQL, file: e.VERIFY_SANITY_SQL_FILE }),
     scheduler: Object.freeze({
       enabled: !["false", "0", "no"].includes(e.SCHEDULER_ENABLED ?? "true"),
       timeZone: tz,
       dailyBackupCron,
       weeklyCleanupCron,
+      restoreDrillCron,
       catchUpWindowMs: catchUpWindowMs ?? 0,
       databases: Object.freeze([...new Set(databases)]),
       replicaId: e.REPLICA_ID ?? `${os.hostname()}-${process.pid}`,
@@ -305,4 +321,33 @@ export function childProcessEnv(): NodeJS.ProcessEnv {
     env[k] = v;
   }
   return env;
+}
+
+/**
+ * Sanity queries: a JSON object from database name ("*" for every database)
+ * to a list of SQL queries, each of which must return true.
+ */
+export function parseSanityQueries(text: string): Record<string, string[]> | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return 'must be JSON such as {"mydb": ["SELECT count(*) > 0 FROM users"], "*": ["SELECT true"]}';
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    return "must be a JSON object from database name (or \"*\") to a list of queries";
+  }
+  const out: Record<string, string[]> = {};
+  for (const [db, queries] of Object.entries(value)) {
+    if (!Array.isArray(queries) || queries.some((q) => typeof q !== "string" || q.trim() === "")) {
+      return `the entry for "${db}" must be a list of non-empty SQL strings`;
+    }
+    out[db] = queries as string[];
+  }
+  return out;
+}
+
+function sanityProblem(text: string): string | null {
+  const r = parseSanityQueries(text);
+  return typeof r === "string" ? r : null;
 }

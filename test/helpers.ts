@@ -129,6 +129,7 @@ export function serviceEnv(control: string, target: string, dataDir: string, ext
     // No real cron firing or catch-up in the middle of a test; scheduler tests opt in.
     DAILY_BACKUP_CRON: "off",
     WEEKLY_CLEANUP_CRON: "off",
+    RESTORE_DRILL_CRON: "off",
     SCHEDULE_CATCHUP_WINDOW: "0",
     ...extra,
   };

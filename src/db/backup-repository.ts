@@ -117,6 +117,32 @@ export function createBackupRepository(db: Db): BackupRepository {
       return new Set(rows.map((r) => r.id));
     },
 
+    async newestVerifiedPerDatabase() {
+      const rows = await db
+        .selectDistinctOn([t.databaseName])
+        .from(t)
+        .where(and(eq(t.isDeleted, false), eq(t.status, "VERIFIED")))
+        .orderBy(t.databaseName, desc(t.startedAt));
+      return rows.map(toRecord);
+    },
+
+    async restoreVerification(database) {
+      const res = await db.execute<{ database: string; backup_id: string | null; at: Date | string | null }>(sql`
+        SELECT d.database_name AS database, v.id AS backup_id, v.restore_verified_at AS at
+          FROM (SELECT DISTINCT database_name FROM ${t}
+                 WHERE NOT is_deleted ${database === undefined ? sql`` : sql`AND database_name = ${database}`}) d
+          LEFT JOIN LATERAL (
+            SELECT id, restore_verified_at FROM ${t} b
+             WHERE b.database_name = d.database_name AND NOT b.is_deleted AND b.restore_verified_at IS NOT NULL
+             ORDER BY b.restore_verified_at DESC LIMIT 1) v ON true
+         ORDER BY 1`);
+      return res.rows.map((r) => ({
+        database: r.database,
+        backupId: r.backup_id,
+        at: r.at === null ? null : new Date(r.at),
+      }));
+    },
+
     async remove(id) {
       await db.delete(t).where(eq(t.id, id));
     },

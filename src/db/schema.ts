@@ -73,6 +73,7 @@ export const backupHistory = serviceSchema.table(
     pgDumpVersion: text("pg_dump_version"),
     label: text("label"),
     tableRowCounts: jsonb("table_row_counts").$type<Record<string, number>>(),
+    restoreVerifiedAt: ts("restore_verified_at"),
   },
   (t) => [
     index("idx_backup_history_status").on(t.status),

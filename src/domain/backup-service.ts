@@ -27,7 +27,6 @@ import type {
   AuditRepository,
   BackupFilter,
   BackupRepository,
-  BackupStats,
   BlobStore,
   Clock,
   DumpEngine,
@@ -86,10 +85,28 @@ export interface VerificationCheck {
   detail: string;
 }
 
+export interface TableMismatch {
+  table: string;
+  expectedRows: number;
+  /** null: the table is missing. */
+  foundRows: number | null;
+}
+
+/** The restore-based checks of a deep verification (supplied by the restore use case). */
+export type DeepChecks = (
+  record: BackupRecord,
+  signal?: AbortSignal,
+) => Promise<{ checks: VerificationCheck[]; mismatches: TableMismatch[] }>;
+
+export type VerificationLevel = "checksum" | "restore";
+
 export interface VerificationResult {
   verified: boolean;
   status: BackupStatus;
+  level: VerificationLevel;
+  durationMs: number;
   checks: VerificationCheck[];
+  mismatches: TableMismatch[];
   message: string;
   record: BackupRecord;
 }
@@ -338,48 +355,56 @@ export function createBackupService(deps: BackupServiceDeps) {
     return { checks, dumpSize };
   }
 
-  /** Runs every check and records the outcome as the backup's status. */
-  async function verifyRecord(record: BackupRecord, signal?: AbortSignal): Promise<VerificationResult> {
+  /**
+   * Runs every check and records the outcome as the backup's status. With
+   * `deep`, a backup whose file passes is also restored into a scratch
+   * database and checked there. A cancelled verification changes nothing.
+   */
+  async function verifyRecord(record: BackupRecord, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
     const lock = await locks.tryAcquireShared(fileLockKey(record.id));
     if (!lock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to verify`);
     try {
-      return await verifyHeld(record, signal);
+      return await verifyHeld(record, signal, deep);
     } finally {
       await lock.release();
     }
   }
 
-  async function verifyHeld(record: BackupRecord, signal?: AbortSignal): Promise<VerificationResult> {
+  async function verifyHeld(record: BackupRecord, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
     const started = performance.now();
     const { checks, dumpSize } = await runChecks(record, signal);
+    let mismatches: TableMismatch[] = [];
+    const level: VerificationLevel = deep ? "restore" : "checksum";
+    if (deep && checks.every((c) => c.passed)) {
+      const d = await deep(record, signal);
+      checks.push(...d.checks);
+      mismatches = d.mismatches;
+    }
     signal?.throwIfAborted();
     const failed = checks.filter((c) => !c.passed);
     const verified = failed.length === 0;
     const now = clock.now();
+    const durationMs = Math.round(performance.now() - started);
     const message = verified
       ? `all ${checks.length} checks passed`
       : failed.map((c) => `${c.name}: ${c.detail}`).join("; ");
     const patch: Parameters<BackupRepository["update"]>[1] = {
       status: verified ? "VERIFIED" : "CORRUPTED",
-      errorMessage: verified ? null : `verification failed: ${message}`,
+      errorMessage: verified ? null : `${level === "restore" ? "restore verification" : "verification"} failed: ${message}`,
       metadata: {
         ...record.metadata,
-        verification: {
-          level: "checksum",
-          at: now.toISOString(),
-          durationMs: Math.round(performance.now() - started),
-          checks,
-        },
+        verification: { level, at: now.toISOString(), durationMs, checks, ...(mismatches.length ? { mismatches } : {}) },
       },
     };
     if (verified) patch.verifiedAt = now;
+    if (verified && level === "restore") patch.restoreVerifiedAt = now;
     if (dumpSize !== null) {
       patch.dumpSize = dumpSize;
       patch.compressionRatio = compressionRatioOf(record.fileSize, dumpSize);
     }
     const updated = await backups.update(record.id, patch);
-    if (!verified) logger.warn({ backupId: record.id, failed: failed.map((c) => c.name) }, "backup failed verification");
-    return { verified, status: updated.status, checks, message, record: updated };
+    if (!verified) logger.warn({ backupId: record.id, level, failed: failed.map((c) => c.name) }, "backup failed verification");
+    return { verified, status: updated.status, level, durationMs, checks, mismatches, message, record: updated };
   }
 
   /** The cross-replica lock of one database (backups and restores); busy when held. */
@@ -537,7 +562,7 @@ export function createBackupService(deps: BackupServiceDeps) {
       return { items, total, page, pages: pageCount(total, pageSize) };
     },
 
-    async verifyBackup(id: string, signal?: AbortSignal): Promise<VerificationResult> {
+    async verifyBackup(id: string, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
       const record = await backups.findById(validateId(id));
       if (!record) throw notFound(`backup ${id} not found`);
       if (record.isDeleted) {
@@ -549,15 +574,20 @@ export function createBackupService(deps: BackupServiceDeps) {
       if (record.status === "FAILED") {
         throw new DomainError("failed_precondition", `backup ${id} failed and has no file to verify`);
       }
-      return verifyRecord(record, signal);
+      return verifyRecord(record, signal, deep);
     },
 
-    async getStats(database?: string): Promise<BackupStats & { successRate: number }> {
+    async getStats(database?: string) {
       if (database !== undefined) validateDatabaseName(database);
-      const stats = await backups.stats(database);
+      const [stats, restoreVerification] = await Promise.all([backups.stats(database), backups.restoreVerification(database)]);
       const finished = stats.successful + stats.failed;
       const successRate = finished === 0 ? 0 : Math.round((stats.successful / finished) * 10_000) / 100;
-      return { ...stats, successRate };
+      const now = clock.now().getTime();
+      return {
+        ...stats,
+        successRate,
+        restoreVerification: restoreVerification.map((r) => ({ ...r, ageMs: r.at ? now - r.at.getTime() : null })),
+      };
     },
 
     async listAuditEvents(filter: AuditFilter & PageRequest): Promise<PageResult<AuditEvent>> {

@@ -92,6 +92,8 @@ export interface BackupRecord {
   pgDumpVersion: string | null;
   label: string | null;
   tableRowCounts: TableRowCounts | null;
+  /** When a deep verification last restored this backup and found it whole. */
+  restoreVerifiedAt: Date | null;
 }
 
 export type NewBackupRecord = Pick<

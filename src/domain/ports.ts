@@ -54,6 +54,13 @@ export interface BackupRepository {
   newestVerifiedIds(n: number): Promise<Set<string>>;
   /** Removes a record for good. */
   remove(id: string): Promise<void>;
+  /** The newest VERIFIED, not deleted backup of every database. */
+  newestVerifiedPerDatabase(): Promise<BackupRecord[]>;
+  /**
+   * For every database with backups (or just `database`): its newest
+   * restore-verified backup, if any.
+   */
+  restoreVerification(database?: string): Promise<{ database: string; backupId: string | null; at: Date | null }[]>;
 }
 
 export interface AuditEvent {
@@ -219,6 +226,16 @@ export interface RestoreEngine {
   listDatabases(prefix: string): Promise<string[]>;
   /** Free bytes where the server keeps its data, when that can be seen from here; null otherwise. */
   serverFreeBytes(): Promise<number | null>;
+  /**
+   * The sequences, views, materialized views, functions, procedures and
+   * indexes a custom archive's table of contents lists; null for a plain dump
+   * (it has none). Each as "<TYPE> <schema> <name> <owner>".
+   */
+  archiveObjects(options: Omit<LoadOptions, "database">, signal?: AbortSignal): Promise<string[] | null>;
+  /** Which of those objects the database lacks. */
+  missingObjects(database: string, objects: string[]): Promise<string[]>;
+  /** Runs each query in the database: it passes when it returns true. */
+  runSanityQueries(database: string, queries: string[], signal?: AbortSignal): Promise<{ query: string; passed: boolean; detail: string }[]>;
 }
 
 export type JobOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "SKIPPED" | "INTERRUPTED" | "TAKEN_ELSEWHERE";

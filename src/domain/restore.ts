@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
-import type { BackupService } from "./backup-service.js";
+import type { BackupService, DeepChecks, TableMismatch, VerificationCheck } from "./backup-service.js";
 import type { BackupRepository, BlobStore, Lock, LockManager, RestoreEngine, RestoreRunRepository } from "./ports.js";
 import { createThrottle, streamWork } from "./progress.js";
 import { createStopper } from "./stopper.js";
@@ -63,6 +63,8 @@ export interface RestoreDeps {
    * on the same server must neither see nor touch our scratch databases.
    */
   namespace: string;
+  /** Sanity queries per database name ("*": every database); each must return true. */
+  sanityQueries: Record<string, string[]>;
 }
 
 function restoreRunKey(id: string): string {
@@ -128,6 +130,138 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     }
     return { record, target };
   }
+
+  /**
+   * Creates a scratch database (like `like`, if given) and loads the backup
+   * into it: the one restore path that RestoreBackup and deep verification
+   * share. On failure nothing is left behind; on success the caller owns the
+   * database and its lock.
+   */
+  async function loadScratch(
+    record: BackupRecord,
+    like: string | null,
+    signal: AbortSignal,
+    onBytes: (n: number) => void,
+  ): Promise<{ name: string; lock: Lock | null }> {
+    const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
+    // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
+    const lock = await locks.tryAcquire(`scratch:${name}`);
+    try {
+      await restorer.createDatabase(name, like);
+      await restorer.load(
+        { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression, database: name },
+        onBytes,
+        signal,
+      );
+      return { name, lock };
+    } catch (err) {
+      await restorer.dropDatabase(name).catch((e: unknown) =>
+        logger.error({ err: e, database: name }, "could not drop the scratch database; start-up will retry"),
+      );
+      await lock?.release();
+      throw err;
+    }
+  }
+
+  /** Sanity queries for a database: its own and those for every database ("*"). */
+  function sanityFor(database: string): string[] {
+    return [...(deps.sanityQueries["*"] ?? []), ...(deps.sanityQueries[database] ?? [])];
+  }
+
+  /**
+   * The restore half of a deep verification: the backup restored into a
+   * scratch database (never the real one, and without its lock), then its
+   * tables and rows, its objects and the sanity queries checked there. The
+   * scratch database is dropped whatever happens.
+   */
+  const deepChecks: DeepChecks = async (record, callSignal) => {
+    const stopper = createStopper(callSignal, core.shutdownSignal);
+    const signal = stopper.signal;
+    const checks: VerificationCheck[] = [];
+    const mismatches: TableMismatch[] = [];
+    let scratch: { name: string; lock: Lock | null } | null = null;
+    try {
+      const started = performance.now();
+      try {
+        scratch = await loadScratch(record, null, signal, () => undefined);
+        checks.push({
+          name: "restore",
+          passed: true,
+          detail: `restored into a scratch database in ${Math.round(performance.now() - started)} ms`,
+        });
+      } catch (err) {
+        signal.throwIfAborted();
+        const why = err instanceof DomainError ? err.message : "internal error (details are in the service log)";
+        if (!(err instanceof DomainError)) logger.error({ err, backupId: record.id }, "deep verification restore failed");
+        checks.push({ name: "restore", passed: false, detail: `the restore failed: ${why}` });
+        return { checks, mismatches };
+      }
+      const found = await restorer.countRows(scratch.name, signal);
+      const expected = record.tableRowCounts ?? {};
+      for (const [table, rows] of Object.entries(expected)) {
+        if (found[table] !== rows) mismatches.push({ table, expectedRows: rows, foundRows: found[table] ?? null });
+      }
+      const extra = Object.keys(found).filter((t) => !(t in expected));
+      const tablesOk = mismatches.length === 0 && extra.length === 0;
+      checks.push({
+        name: "tables",
+        passed: tablesOk,
+        detail: tablesOk
+          ? `all ${Object.keys(expected).length} tables have the recorded row counts`
+          : [
+              ...mismatches.map((m) =>
+                m.foundRows === null
+                  ? `${m.table} is missing (${m.expectedRows} rows expected)`
+                  : `${m.table}: expected ${m.expectedRows} rows, found ${m.foundRows}`,
+              ),
+              ...extra.map((t) => `${t} was not in the backup`),
+            ]
+              .slice(0, 20)
+              .join("; "),
+      });
+      const objects = await restorer.archiveObjects(
+        { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression },
+        signal,
+      );
+      if (objects === null) {
+        checks.push({ name: "objects", passed: true, detail: "a plain dump has no table of contents to compare; tables were checked" });
+      } else {
+        const missing = await restorer.missingObjects(scratch.name, objects);
+        checks.push({
+          name: "objects",
+          passed: missing.length === 0,
+          detail:
+            missing.length === 0
+              ? `all ${objects.length} sequences, views, functions and indexes of the archive exist`
+              : `missing after the restore: ${missing.slice(0, 10).join("; ")}`,
+        });
+      }
+      const queries = sanityFor(record.databaseName);
+      if (queries.length === 0) {
+        checks.push({ name: "sanity", passed: true, detail: `no sanity queries configured for ${record.databaseName}` });
+      } else {
+        const results = await restorer.runSanityQueries(scratch.name, queries, signal);
+        const bad = results.filter((r) => !r.passed);
+        checks.push({
+          name: "sanity",
+          passed: bad.length === 0,
+          detail:
+            bad.length === 0
+              ? `all ${results.length} sanity queries returned true`
+              : bad.map((r) => `${r.query} ${r.detail}`).join("; "),
+        });
+      }
+      return { checks, mismatches };
+    } finally {
+      if (scratch) {
+        await restorer.dropDatabase(scratch.name).catch((err: unknown) =>
+          logger.error({ err, database: scratch!.name }, "could not drop the scratch database; start-up will retry"),
+        );
+        await scratch.lock?.release();
+      }
+      stopper.dispose();
+    }
+  };
 
   function restore(input: RestoreInput, callSignal: AbortSignal): AsyncGenerator<RestoreProgress, void> {
     const started = performance.now();
@@ -259,21 +393,14 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         );
 
         // The live database keeps serving while the backup loads into a scratch database.
-        scratch = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
-        // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
-        const scratchLock = await locks.tryAcquire(`scratch:${scratch}`);
-        if (scratchLock) held.push(scratchLock);
         send({ phase: "RESTORING", within: 0, bytesDone: 0, bytesTotal: total, message: `loading ${record.fileName}` });
-        await restorer.createDatabase(scratch, state.exists ? target : null);
         let done = 0;
-        await restorer.load(
-          { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression, database: scratch },
-          (n) => {
-            done += n;
-            send({ bytesDone: done, within: total === 0 ? 0.9 : (done / total) * 0.9 });
-          },
-          signal,
-        );
+        const loaded = await loadScratch(record, state.exists ? target : null, signal, (n) => {
+          done += n;
+          send({ bytesDone: done, within: total === 0 ? 0.9 : (done / total) * 0.9 });
+        });
+        scratch = loaded.name;
+        if (loaded.lock) held.push(loaded.lock);
         send({ within: 0.9, bytesDone: total, message: "archive loaded; checking table and row counts" });
         const found = await restorer.countRows(scratch, signal);
         if (record.tableRowCounts) {
@@ -391,6 +518,9 @@ export function createRestoreUseCase(deps: RestoreDeps) {
      * complete, in which case the target is as it was.
      */
     restoreBackup: restore,
+
+    /** For VerifyBackup with deep: restore-based checks on a scratch database. */
+    deepChecks,
 
     /**
      * After a crash: restores that no live replica runs are marked

@@ -15,6 +15,7 @@ import type {
 } from "../domain/ports.js";
 import { DomainError, safeReason } from "../errors.js";
 import { createStopper } from "../domain/stopper.js";
+import { readToc } from "./archive.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -253,22 +254,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
   /** `pg_restore --list`: the TABLE DATA entries of the archive's table of contents. */
   async function listArchive(options: InspectOptions, signal?: AbortSignal) {
-    const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
-    const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
-    const list = startChild("pg_restore", tools.pgRestore, ["--list"], {
-      env: childProcessEnv(),
-      stdio: [dec.child.stdout!, "pipe", "pipe"],
-      signal,
-    });
-    dec.child.stdout!.destroy();
-    let out = "";
-    list.child.stdout!.setEncoding("utf8");
-    list.child.stdout!.on("data", (s: string) => (out += s));
-    // pg_restore stops after the table of contents; the decompressor then gets
-    // SIGPIPE, which says nothing about the file (readWhole checks that).
-    const [, listExit] = await Promise.all([dec.exit, list.exit]);
-    signal?.throwIfAborted();
-    if (!succeeded(listExit)) return { ok: false, detail: describeExit(listExit), tables: new Set<string>() };
+    const toc = await readToc(tools, options.path, options.compression, signal);
+    if (!toc.ok) return { ok: false, detail: toc.detail, tables: new Set<string>() };
     // A line reads "<id>; <oids> TABLE DATA <schema> <name> <owner>", unquoted, so names with
     // spaces are ambiguous: each line is given to the expected table with the longest
     // matching "<schema> <name> " prefix (every table pg_dump dumps is expected).
@@ -277,14 +264,13 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       return { key, prefix: `${t.schema} ${t.name} ` };
     });
     const tables = new Set<string>();
-    for (const line of out.split("\n")) {
-      const m = /^\d+; \d+ \d+ TABLE DATA (.*)$/.exec(line);
-      if (!m) continue;
+    for (const entry of toc.entries) {
+      if (entry.type !== "TABLE DATA") continue;
       let best: { key: string; prefix: string } | undefined;
       for (const e of expected) {
-        if (m[1]!.startsWith(e.prefix) && (!best || e.prefix.length > best.prefix.length)) best = e;
+        if (entry.rest.startsWith(e.prefix) && (!best || e.prefix.length > best.prefix.length)) best = e;
       }
-      tables.add(best ? best.key : `(unexpected) ${m[1]}`);
+      tables.add(best ? best.key : `(unexpected) ${entry.rest}`);
     }
     return { ok: true, detail: "", tables };
   }

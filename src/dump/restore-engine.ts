@@ -5,11 +5,14 @@ import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, RestoreEngine } from "../domain/ports.js";
 import { DomainError, safeReason } from "../errors.js";
+import { readToc } from "./archive.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
 import { describeExit, startChild, succeeded } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
 
 const READ_CHUNK = 1 << 20;
+/** What a deep verification looks for in the archive's table of contents. */
+const CHECKED_KINDS = ["SEQUENCE", "VIEW", "MATERIALIZED VIEW", "FUNCTION", "PROCEDURE", "INDEX"];
 const SWAP_ATTEMPTS = 5;
 
 function quoteLiteral(s: string): string {
@@ -332,6 +335,64 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
         return s.bavail * s.bsize;
       } catch {
         return null; // not allowed to see it, or not readable by this process
+      }
+    },
+
+    async archiveObjects(options, signal) {
+      if (options.format !== "custom") return null;
+      const toc = await readToc(tools, options.path, options.compression, signal);
+      if (!toc.ok) throw new DomainError("corrupted", `pg_restore cannot read the archive's table of contents: ${toc.detail}`);
+      return toc.entries.filter((e) => CHECKED_KINDS.includes(e.type)).map((e) => `${e.type} ${e.rest}`);
+    },
+
+    async missingObjects(database, objects) {
+      const client = await libpq.connect(database);
+      try {
+        // The same "<TYPE> <schema> <name> <owner>" strings pg_restore --list prints, from the catalog.
+        const res = await client.query<{ o: string }>(
+          `SELECT CASE c.relkind WHEN 'S' THEN 'SEQUENCE' WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW' ELSE 'INDEX' END
+                  || ' ' || n.nspname || ' ' || c.relname || ' ' || pg_get_userbyid(c.relowner) AS o
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind IN ('S', 'v', 'm', 'i', 'I')
+           UNION ALL
+           SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' ELSE 'FUNCTION' END
+                  || ' ' || n.nspname || ' ' || p.proname || '(' || oidvectortypes(p.proargtypes) || ') '
+                  || pg_get_userbyid(p.proowner)
+             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE p.prokind IN ('f', 'p')`,
+        );
+        const present = new Set(res.rows.map((r) => r.o));
+        return objects.filter((o) => !present.has(o));
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+    },
+
+    async runSanityQueries(database, queries, signal) {
+      const client = await libpq.connect(database, signal);
+      try {
+        // Sanity queries look; they never change the scratch copy, nor run for ever.
+        await client.query("SET default_transaction_read_only = on");
+        await client.query("SET statement_timeout = '5min'");
+        const out: { query: string; passed: boolean; detail: string }[] = [];
+        for (const query of queries) {
+          signal?.throwIfAborted();
+          try {
+            const res = await client.query({ text: query, rowMode: "array" });
+            const value: unknown = res.rows[0]?.[0];
+            out.push({
+              query,
+              passed: value === true,
+              detail: value === true ? "returned true" : `returned ${res.rows.length === 0 ? "no row" : JSON.stringify(value)}`,
+            });
+          } catch (err) {
+            signal?.throwIfAborted();
+            out.push({ query, passed: false, detail: `failed: ${safeReason(err)}` });
+          }
+        }
+        return out;
+      } finally {
+        await client.end().catch(() => undefined);
       }
     },
 

@@ -1,7 +1,8 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
-import { BackupService, VerificationCheckSchema } from "../../gen/backup/v1/backup_pb.js";
-import type { BackupService as Domain } from "../domain/backup-service.js";
+import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { BackupService, VerificationCheckSchema, VerificationLevel } from "../../gen/backup/v1/backup_pb.js";
+import type { BackupService as Domain, VerificationResult } from "../domain/backup-service.js";
 import { DomainError } from "../errors.js";
 import type { createDownloadUseCase } from "../domain/download.js";
 import type { createRestoreUseCase } from "../domain/restore.js";
@@ -47,7 +48,9 @@ function actorOf(ctx: HandlerContext) {
 }
 
 /** Every use case the BackupService RPCs map onto. */
-export type BackupUseCases = Omit<Domain, "core"> &
+export type BackupUseCases = Omit<Domain, "core" | "verifyBackup"> & {
+  verifyBackup(id: string, signal: AbortSignal | undefined, deep: boolean): Promise<VerificationResult>;
+} &
   Pick<ReturnType<typeof createRestoreUseCase>, "restoreBackup"> &
   ReturnType<typeof createDownloadUseCase> &
   ReturnType<typeof createRetentionUseCase> & {
@@ -67,6 +70,12 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
         latestBackup: s.latest ? backupToProto(s.latest) : undefined,
         totalSizeBytes: BigInt(s.totalSizeBytes),
         averageCompression: s.averageCompression ?? 0,
+        restoreVerification: s.restoreVerification.map((r) => ({
+          database: r.database,
+          backupId: r.backupId ?? "",
+          restoreVerifiedAt: r.at ? timestampFromDate(r.at) : undefined,
+          age: r.ageMs === null ? undefined : durationFromMs(r.ageMs),
+        })),
       };
     },
 
@@ -108,12 +117,21 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
     },
 
     async verifyBackup(req, ctx) {
-      const r = await service.verifyBackup(req.id, callSignal(ctx));
+      ctx.values.set(kAuditNote, req.deep ? "deep verification" : "verification");
+      const r = await service.verifyBackup(req.id, callSignal(ctx), req.deep);
       return {
         verified: r.verified,
         status: statusToProto(r.status),
         checks: r.checks.map((c) => create(VerificationCheckSchema, c)),
         message: r.message,
+        level: r.level === "restore" ? VerificationLevel.RESTORE : VerificationLevel.CHECKSUM,
+        duration: durationFromMs(r.durationMs),
+        tableMismatches: r.mismatches.map((m) => ({
+          table: m.table,
+          expectedRows: BigInt(m.expectedRows),
+          foundRows: BigInt(m.foundRows ?? 0),
+          missing: m.foundRows === null,
+        })),
       };
     },
 

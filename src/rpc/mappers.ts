@@ -99,6 +99,7 @@ export function backupToProto(r: BackupRecord): Backup {
     serverVersion: r.serverVersion ?? "",
     pgDumpVersion: r.pgDumpVersion ?? "",
     label: r.label ?? "",
+    restoreVerifiedAt: ts(r.restoreVerifiedAt),
   });
 }
 

@@ -1,4 +1,5 @@
-import type { Actor } from "../domain/backup.js";
+import type { Actor, BackupRecord } from "../domain/backup.js";
+import type { VerificationResult } from "../domain/backup-service.js";
 import { DomainError } from "../errors.js";
 import type { BackupUseCases } from "../rpc/backup-handlers.js";
 import type { JobSpec } from "./scheduler.js";
@@ -62,6 +63,44 @@ export function weeklyCleanupJob(service: Pick<BackupUseCases, "cleanupExpired">
       return {
         outcome: "SUCCEEDED",
         details: { removed: r.removed.map((b) => b.id), kept: r.kept.map((b) => b.id), freedBytes: r.freedBytes },
+      };
+    },
+  };
+}
+
+/**
+ * restore-drill: deep-verifies (restores into a scratch database and checks)
+ * the newest VERIFIED backup of each database that no restore has proven yet.
+ */
+export function restoreDrillJob(opts: {
+  cron: string | null;
+  candidates(): Promise<BackupRecord[]>;
+  verifyDeep(id: string, signal: AbortSignal): Promise<VerificationResult>;
+}): JobSpec {
+  return {
+    name: "restore-drill",
+    cron: opts.cron,
+    setting: "RESTORE_DRILL_CRON",
+    async run({ signal }) {
+      const drilled: { database: string; backupId: string; verified: boolean; message: string }[] = [];
+      for (const record of await opts.candidates()) {
+        if (record.restoreVerifiedAt !== null) continue;
+        signal.throwIfAborted();
+        try {
+          const r = await opts.verifyDeep(record.id, signal);
+          drilled.push({ database: record.databaseName, backupId: record.id, verified: r.verified, message: r.message });
+        } catch (err) {
+          if (signal.aborted) throw signal.reason ?? err;
+          const message = err instanceof DomainError ? err.message : "internal error (details are in the service log)";
+          drilled.push({ database: record.databaseName, backupId: record.id, verified: false, message });
+        }
+      }
+      const failed = drilled.filter((d) => !d.verified);
+      return {
+        outcome: failed.length === 0 ? "SUCCEEDED" : "FAILED",
+        backupId: drilled.at(-1)?.backupId ?? null,
+        error: failed.length === 0 ? null : failed.map((f) => `${f.database} (backup ${f.backupId}): ${f.message}`).join("; "),
+        details: { drilled },
       };
     },
   };

@@ -12,7 +12,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file backup/v1/backup.proto.
  */
 export const file_backup_v1_backup: GenFile = /*@__PURE__*/
-  fileDesc("ChZiYWNrdXAvdjEvYmFja3VwLnByb3RvEgliYWNrdXAudjEi/QcKBkJhY2t1cBIKCgJpZBgBIAEoCRIqCgtiYWNrdXBfdHlwZRgCIAEoDjIVLmJhY2t1cC52MS5CYWNrdXBUeXBlEhEKCWZpbGVfbmFtZRgDIAEoCRIRCglmaWxlX3NpemUYBCABKAMSJwoGc3RhdHVzGAUgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRhdGFiYXNlX3NpemUYCSABKAMSEwoLdGFibGVfY291bnQYCiABKAUSEQoJcm93X2NvdW50GAsgASgDEhkKEWNvbXByZXNzaW9uX3JhdGlvGAwgASgBEhAKCGNoZWNrc3VtGA0gASgJEi8KC3ZlcmlmaWVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxpc19lbmNyeXB0ZWQYDyABKAgSFAoMdHJpZ2dlcmVkX2J5GBAgASgJEh0KFXRyaWdnZXJlZF9ieV91c2VybmFtZRgRIAEoCRIVCg1lcnJvcl9tZXNzYWdlGBIgASgJEikKCG1ldGFkYXRhGBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXRlbnRpb25fZGF5cxgUIAEoBRIuCgpleHBpcmVzX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgppc19kZWxldGVkGBYgASgIEi4KCmRlbGV0ZWRfYXQYFyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRhdGFiYXNlX25hbWUYGiABKAkSEQoJZHVtcF9zaXplGBsgASgDEjAKDmFyY2hpdmVfZm9ybWF0GBwgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YHSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SFgoOc2VydmVyX3ZlcnNpb24YHiABKAkSFwoPcGdfZHVtcF92ZXJzaW9uGB8gASgJEg0KBWxhYmVsGCAgASgJIjUKD0dldFN0YXRzUmVxdWVzdBIVCghkYXRhYmFzZRgBIAEoCUgAiAEBQgsKCV9kYXRhYmFzZSLUAQoQR2V0U3RhdHNSZXNwb25zZRIVCg10b3RhbF9iYWNrdXBzGAEgASgDEhoKEnN1Y2Nlc3NmdWxfYmFja3VwcxgCIAEoAxIWCg5mYWlsZWRfYmFja3VwcxgDIAEoAxIUCgxzdWNjZXNzX3JhdGUYBCABKAESKAoNbGF0ZXN0X2JhY2t1cBgFIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASGAoQdG90YWxfc2l6ZV9ieXRlcxgGIAEoAxIbChNhdmVyYWdlX2NvbXByZXNzaW9uGAcgASgBIsIBChNDcmVhdGVCYWNrdXBSZXF1ZXN0EioKC2JhY2t1cF90eXBlGAEgASgOMhUuYmFja3VwLnYxLkJhY2t1cFR5cGUSGwoOcmV0ZW50aW9uX2RheXMYAiABKAVIAIgBARISCgVsYWJlbBgDIAEoCUgBiAEBEhUKCGRhdGFiYXNlGAQgASgJSAKIAQESDQoFYXN5bmMYBSABKAhCEQoPX3JldGVudGlvbl9kYXlzQggKBl9sYWJlbEILCglfZGF0YWJhc2UiSwoUQ3JlYXRlQmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBIQCgh2ZXJpZmllZBgCIAEoCCLHAQoSTGlzdEJhY2t1cHNSZXF1ZXN0EgwKBHBhZ2UYASABKAUSEQoJcGFnZV9zaXplGAIgASgFEicKBnN0YXR1cxgDIAEoDjIXLmJhY2t1cC52MS5CYWNrdXBTdGF0dXMSKgoLYmFja3VwX3R5cGUYBCABKA4yFS5iYWNrdXAudjEuQmFja3VwVHlwZRIVCghkYXRhYmFzZRgFIAEoCUgAiAEBEhcKD2luY2x1ZGVfZGVsZXRlZBgGIAEoCEILCglfZGF0YWJhc2UiZQoTTGlzdEJhY2t1cHNSZXNwb25zZRIiCgdiYWNrdXBzGAEgAygLMhEuYmFja3VwLnYxLkJhY2t1cBINCgV0b3RhbBgCIAEoAxIMCgRwYWdlGAMgASgFEg0KBXBhZ2VzGAQgASgFIh4KEEdldEJhY2t1cFJlcXVlc3QSCgoCaWQYASABKAkiSwoRR2V0QmFja3VwUmVzcG9uc2USIQoGYmFja3VwGAEgASgLMhEuYmFja3VwLnYxLkJhY2t1cBITCgtmaWxlX2V4aXN0cxgCIAEoCCIhChNWZXJpZnlCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJIkEKEVZlcmlmaWNhdGlvbkNoZWNrEgwKBG5hbWUYASABKAkSDgoGcGFzc2VkGAIgASgIEg4KBmRldGFpbBgDIAEoCSKQAQoUVmVyaWZ5QmFja3VwUmVzcG9uc2USEAoIdmVyaWZpZWQYASABKAgSJwoGc3RhdHVzGAIgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIsCgZjaGVja3MYAyADKAsyHC5iYWNrdXAudjEuVmVyaWZpY2F0aW9uQ2hlY2sSDwoHbWVzc2FnZRgEIAEoCSKdAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIWCgliYWNrdXBfaWQYAyABKAlIAIgBARISCgVhY3RvchgEIAEoCUgBiAEBEhMKBmFjdGlvbhgFIAEoCUgCiAEBQgwKCl9iYWNrdXBfaWRCCAoGX2FjdG9yQgkKB19hY3Rpb24izQEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEhYKDmFjdG9yX3VzZXJuYW1lGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIRCgliYWNrdXBfaWQYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIWCg5jbGllbnRfYWRkcmVzcxgIIAEoCRIPCgdtZXNzYWdlGAkgASgJImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiUKBmV2ZW50cxgBIAMoCzIVLmJhY2t1cC52MS5BdWRpdEV2ZW50Eg0KBXRvdGFsGAIgASgDEgwKBHBhZ2UYAyABKAUSDQoFcGFnZXMYBCABKAUirwEKFFJlc3RvcmVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD2NvbmZpcm1fcmVzdG9yZRgCIAEoCBINCgVmb3JjZRgDIAEoCBIVCg1kcm9wX2V4aXN0aW5nGAQgASgIEhwKD3RhcmdldF9kYXRhYmFzZRgFIAEoCUgAiAEBEhoKEnNraXBfc2FmZXR5X2JhY2t1cBgGIAEoCEISChBfdGFyZ2V0X2RhdGFiYXNlIigKCVRhYmxlUm93cxINCgV0YWJsZRgBIAEoCRIMCgRyb3dzGAIgASgDIuUBCg1SZXN0b3JlUmVzdWx0EhcKD3RhcmdldF9kYXRhYmFzZRgBIAEoCRIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChBzYWZldHlfYmFja3VwX2lkGAMgASgJEhMKC3RhYmxlX2NvdW50GAQgASgFEhEKCXJvd19jb3VudBgFIAEoAxIkCgZ0YWJsZXMYBiADKAsyFC5iYWNrdXAudjEuVGFibGVSb3dzEhEKCXVuZG9faGludBgHIAEoCRITCgtjaGVja3N1bV9vaxgIIAEoCCLgAQoVUmVzdG9yZUJhY2t1cFJlc3BvbnNlEiYKBXBoYXNlGAEgASgOMhcuYmFja3VwLnYxLlJlc3RvcmVQaGFzZRISCgpieXRlc19kb25lGAIgASgDEhMKC2J5dGVzX3RvdGFsGAMgASgDEg8KB3BlcmNlbnQYBCABKAESKgoHZWxhcHNlZBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdtZXNzYWdlGAYgASgJEigKBnJlc3VsdBgHIAEoCzIYLmJhY2t1cC52MS5SZXN0b3JlUmVzdWx0IjMKFURvd25sb2FkQmFja3VwUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZvZmZzZXQYAiABKAMiyAEKDERvd25sb2FkSW5mbxIRCglmaWxlX25hbWUYASABKAkSEQoJZmlsZV9zaXplGAIgASgDEhAKCGNoZWNrc3VtGAMgASgJEjAKDmFyY2hpdmVfZm9ybWF0GAQgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YBSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SDgoGb2Zmc2V0GAYgASgDEhEKCWJhY2t1cF9pZBgHIAEoCSItCg1Eb3dubG9hZENodW5rEg4KBm9mZnNldBgBIAEoAxIMCgRkYXRhGAIgASgMIncKFkRvd25sb2FkQmFja3VwUmVzcG9uc2USJwoEaW5mbxgBIAEoCzIXLmJhY2t1cC52MS5Eb3dubG9hZEluZm9IABIpCgVjaHVuaxgCIAEoCzIYLmJhY2t1cC52MS5Eb3dubG9hZENodW5rSABCCQoHcGF5bG9hZCI2ChNEZWxldGVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhMKC2hhcmRfZGVsZXRlGAIgASgIImQKFERlbGV0ZUJhY2t1cFJlc3BvbnNlEiEKBmJhY2t1cBgBIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASFAoMZmlsZV9yZW1vdmVkGAIgASgIEhMKC2ZyZWVkX2J5dGVzGAMgASgDIi8KHENsZWFudXBFeHBpcmVkQmFja3Vwc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCKhAQodQ2xlYW51cEV4cGlyZWRCYWNrdXBzUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAxITCgtmcmVlZF9ieXRlcxgCIAEoAxIiCgdyZW1vdmVkGAMgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIfCgRrZXB0GAQgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIPCgdkcnlfcnVuGAUgASgIIhUKE0dldEpvYlN0YXR1c1JlcXVlc3Qi9AEKBkpvYlJ1bhIoCgRzbG90GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoHb3V0Y29tZRgEIAEoDjIYLmJhY2t1cC52MS5Kb2JSdW5PdXRjb21lEhEKCWJhY2t1cF9pZBgFIAEoCRINCgVlcnJvchgGIAEoCRISCgpyZXBsaWNhX2lkGAcgASgJIrIBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhEKCXRpbWVfem9uZRgDIAEoCRIPCgdlbmFibGVkGAQgASgIEg8KB3J1bm5pbmcYBSABKAgSLwoLbmV4dF9ydW5fYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKCGxhc3RfcnVuGAcgASgLMhEuYmFja3VwLnYxLkpvYlJ1biJpChRHZXRKb2JTdGF0dXNSZXNwb25zZRIiCgRqb2JzGAEgAygLMhQuYmFja3VwLnYxLkpvYlN0YXR1cxIZChFzY2hlZHVsZXJfZW5hYmxlZBgCIAEoCBISCgpyZXBsaWNhX2lkGAMgASgJKnQKCkJhY2t1cFR5cGUSGwoXQkFDS1VQX1RZUEVfVU5TUEVDSUZJRUQQABIUChBCQUNLVVBfVFlQRV9GVUxMEAESGwoXQkFDS1VQX1RZUEVfSU5DUkVNRU5UQUwQAhIWChJCQUNLVVBfVFlQRV9NQU5VQUwQAyq8AQoMQmFja3VwU3RhdHVzEh0KGUJBQ0tVUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlCQUNLVVBfU1RBVFVTX0lOX1BST0dSRVNTEAESGwoXQkFDS1VQX1NUQVRVU19DT01QTEVURUQQAhIYChRCQUNLVVBfU1RBVFVTX0ZBSUxFRBADEhoKFkJBQ0tVUF9TVEFUVVNfVkVSSUZJRUQQBBIbChdCQUNLVVBfU1RBVFVTX0NPUlJVUFRFRBAFKmQKDUFyY2hpdmVGb3JtYXQSHgoaQVJDSElWRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIZChVBUkNISVZFX0ZPUk1BVF9DVVNUT00QARIYChRBUkNISVZFX0ZPUk1BVF9QTEFJThACKlYKC0NvbXByZXNzaW9uEhsKF0NPTVBSRVNTSU9OX1VOU1BFQ0lGSUVEEAASFAoQQ09NUFJFU1NJT05fWlNURBABEhQKEENPTVBSRVNTSU9OX0daSVAQAiq/AQoMUmVzdG9yZVBoYXNlEh0KGVJFU1RPUkVfUEhBU0VfVU5TUEVDSUZJRUQQABIcChhSRVNUT1JFX1BIQVNFX1ZBTElEQVRJTkcQARIfChtSRVNUT1JFX1BIQVNFX1NBRkVUWV9CQUNLVVAQAhIbChdSRVNUT1JFX1BIQVNFX1JFU1RPUklORxADEhwKGFJFU1RPUkVfUEhBU0VfRklOQUxJWklORxAEEhYKElJFU1RPUkVfUEhBU0VfRE9ORRAFKsYBCg1Kb2JSdW5PdXRjb21lEh8KG0pPQl9SVU5fT1VUQ09NRV9VTlNQRUNJRklFRBAAEhsKF0pPQl9SVU5fT1VUQ09NRV9SVU5OSU5HEAESHQoZSk9CX1JVTl9PVVRDT01FX1NVQ0NFRURFRBACEhoKFkpPQl9SVU5fT1VUQ09NRV9GQUlMRUQQAxIbChdKT0JfUlVOX09VVENPTUVfU0tJUFBFRBAEEh8KG0pPQl9SVU5fT1VUQ09NRV9JTlRFUlJVUFRFRBAFMqMHCg1CYWNrdXBTZXJ2aWNlEkMKCEdldFN0YXRzEhouYmFja3VwLnYxLkdldFN0YXRzUmVxdWVzdBobLmJhY2t1cC52MS5HZXRTdGF0c1Jlc3BvbnNlEk8KDENyZWF0ZUJhY2t1cBIeLmJhY2t1cC52MS5DcmVhdGVCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLkNyZWF0ZUJhY2t1cFJlc3BvbnNlEkwKC0xpc3RCYWNrdXBzEh0uYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVxdWVzdBoeLmJhY2t1cC52MS5MaXN0QmFja3Vwc1Jlc3BvbnNlEkYKCUdldEJhY2t1cBIbLmJhY2t1cC52MS5HZXRCYWNrdXBSZXF1ZXN0GhwuYmFja3VwLnYxLkdldEJhY2t1cFJlc3BvbnNlEk8KDFZlcmlmeUJhY2t1cBIeLmJhY2t1cC52MS5WZXJpZnlCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLlZlcmlmeUJhY2t1cFJlc3BvbnNlElgKD0xpc3RBdWRpdEV2ZW50cxIhLmJhY2t1cC52MS5MaXN0QXVkaXRFdmVudHNSZXF1ZXN0GiIuYmFja3VwLnYxLkxpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlElQKDVJlc3RvcmVCYWNrdXASHy5iYWNrdXAudjEuUmVzdG9yZUJhY2t1cFJlcXVlc3QaIC5iYWNrdXAudjEuUmVzdG9yZUJhY2t1cFJlc3BvbnNlMAESVwoORG93bmxvYWRCYWNrdXASIC5iYWNrdXAudjEuRG93bmxvYWRCYWNrdXBSZXF1ZXN0GiEuYmFja3VwLnYxLkRvd25sb2FkQmFja3VwUmVzcG9uc2UwARJPCgxEZWxldGVCYWNrdXASHi5iYWNrdXAudjEuRGVsZXRlQmFja3VwUmVxdWVzdBofLmJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXNwb25zZRJqChVDbGVhbnVwRXhwaXJlZEJhY2t1cHMSJy5iYWNrdXAudjEuQ2xlYW51cEV4cGlyZWRCYWNrdXBzUmVxdWVzdBooLmJhY2t1cC52MS5DbGVhbnVwRXhwaXJlZEJhY2t1cHNSZXNwb25zZRJPCgxHZXRKb2JTdGF0dXMSHi5iYWNrdXAudjEuR2V0Sm9iU3RhdHVzUmVxdWVzdBofLmJhY2t1cC52MS5HZXRKb2JTdGF0dXNSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChZiYWNrdXAvdjEvYmFja3VwLnByb3RvEgliYWNrdXAudjEitggKBkJhY2t1cBIKCgJpZBgBIAEoCRIqCgtiYWNrdXBfdHlwZRgCIAEoDjIVLmJhY2t1cC52MS5CYWNrdXBUeXBlEhEKCWZpbGVfbmFtZRgDIAEoCRIRCglmaWxlX3NpemUYBCABKAMSJwoGc3RhdHVzGAUgASgOMhcuYmFja3VwLnYxLkJhY2t1cFN0YXR1cxIuCgpzdGFydGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxjb21wbGV0ZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEisKCGR1cmF0aW9uGAggASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhUKDWRhdGFiYXNlX3NpemUYCSABKAMSEwoLdGFibGVfY291bnQYCiABKAUSEQoJcm93X2NvdW50GAsgASgDEhkKEWNvbXByZXNzaW9uX3JhdGlvGAwgASgBEhAKCGNoZWNrc3VtGA0gASgJEi8KC3ZlcmlmaWVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIUCgxpc19lbmNyeXB0ZWQYDyABKAgSFAoMdHJpZ2dlcmVkX2J5GBAgASgJEh0KFXRyaWdnZXJlZF9ieV91c2VybmFtZRgRIAEoCRIVCg1lcnJvcl9tZXNzYWdlGBIgASgJEikKCG1ldGFkYXRhGBMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIWCg5yZXRlbnRpb25fZGF5cxgUIAEoBRIuCgpleHBpcmVzX2F0GBUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBISCgppc19kZWxldGVkGBYgASgIEi4KCmRlbGV0ZWRfYXQYFyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmNyZWF0ZWRfYXQYGCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnVwZGF0ZWRfYXQYGSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDWRhdGFiYXNlX25hbWUYGiABKAkSEQoJZHVtcF9zaXplGBsgASgDEjAKDmFyY2hpdmVfZm9ybWF0GBwgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YHSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SFgoOc2VydmVyX3ZlcnNpb24YHiABKAkSFwoPcGdfZHVtcF92ZXJzaW9uGB8gASgJEg0KBWxhYmVsGCAgASgJEjcKE3Jlc3RvcmVfdmVyaWZpZWRfYXQYISABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjUKD0dldFN0YXRzUmVxdWVzdBIVCghkYXRhYmFzZRgBIAEoCUgAiAEBQgsKCV9kYXRhYmFzZSKVAgoQR2V0U3RhdHNSZXNwb25zZRIVCg10b3RhbF9iYWNrdXBzGAEgASgDEhoKEnN1Y2Nlc3NmdWxfYmFja3VwcxgCIAEoAxIWCg5mYWlsZWRfYmFja3VwcxgDIAEoAxIUCgxzdWNjZXNzX3JhdGUYBCABKAESKAoNbGF0ZXN0X2JhY2t1cBgFIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASGAoQdG90YWxfc2l6ZV9ieXRlcxgGIAEoAxIbChNhdmVyYWdlX2NvbXByZXNzaW9uGAcgASgBEj8KFHJlc3RvcmVfdmVyaWZpY2F0aW9uGAggAygLMiEuYmFja3VwLnYxLlJlc3RvcmVWZXJpZmljYXRpb25BZ2UingEKFlJlc3RvcmVWZXJpZmljYXRpb25BZ2USEAoIZGF0YWJhc2UYASABKAkSEQoJYmFja3VwX2lkGAIgASgJEjcKE3Jlc3RvcmVfdmVyaWZpZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiYKA2FnZRgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiLCAQoTQ3JlYXRlQmFja3VwUmVxdWVzdBIqCgtiYWNrdXBfdHlwZRgBIAEoDjIVLmJhY2t1cC52MS5CYWNrdXBUeXBlEhsKDnJldGVudGlvbl9kYXlzGAIgASgFSACIAQESEgoFbGFiZWwYAyABKAlIAYgBARIVCghkYXRhYmFzZRgEIAEoCUgCiAEBEg0KBWFzeW5jGAUgASgIQhEKD19yZXRlbnRpb25fZGF5c0IICgZfbGFiZWxCCwoJX2RhdGFiYXNlIksKFENyZWF0ZUJhY2t1cFJlc3BvbnNlEiEKBmJhY2t1cBgBIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASEAoIdmVyaWZpZWQYAiABKAgixwEKEkxpc3RCYWNrdXBzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRInCgZzdGF0dXMYAyABKA4yFy5iYWNrdXAudjEuQmFja3VwU3RhdHVzEioKC2JhY2t1cF90eXBlGAQgASgOMhUuYmFja3VwLnYxLkJhY2t1cFR5cGUSFQoIZGF0YWJhc2UYBSABKAlIAIgBARIXCg9pbmNsdWRlX2RlbGV0ZWQYBiABKAhCCwoJX2RhdGFiYXNlImUKE0xpc3RCYWNrdXBzUmVzcG9uc2USIgoHYmFja3VwcxgBIAMoCzIRLmJhY2t1cC52MS5CYWNrdXASDQoFdG90YWwYAiABKAMSDAoEcGFnZRgDIAEoBRINCgVwYWdlcxgEIAEoBSIeChBHZXRCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJIksKEUdldEJhY2t1cFJlc3BvbnNlEiEKBmJhY2t1cBgBIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASEwoLZmlsZV9leGlzdHMYAiABKAgiLwoTVmVyaWZ5QmFja3VwUmVxdWVzdBIKCgJpZBgBIAEoCRIMCgRkZWVwGAIgASgIIloKDVRhYmxlTWlzbWF0Y2gSDQoFdGFibGUYASABKAkSFQoNZXhwZWN0ZWRfcm93cxgCIAEoAxISCgpmb3VuZF9yb3dzGAMgASgDEg8KB21pc3NpbmcYBCABKAgiQQoRVmVyaWZpY2F0aW9uQ2hlY2sSDAoEbmFtZRgBIAEoCRIOCgZwYXNzZWQYAiABKAgSDgoGZGV0YWlsGAMgASgJIp4CChRWZXJpZnlCYWNrdXBSZXNwb25zZRIQCgh2ZXJpZmllZBgBIAEoCBInCgZzdGF0dXMYAiABKA4yFy5iYWNrdXAudjEuQmFja3VwU3RhdHVzEiwKBmNoZWNrcxgDIAMoCzIcLmJhY2t1cC52MS5WZXJpZmljYXRpb25DaGVjaxIPCgdtZXNzYWdlGAQgASgJEisKBWxldmVsGAUgASgOMhwuYmFja3VwLnYxLlZlcmlmaWNhdGlvbkxldmVsEisKCGR1cmF0aW9uGAYgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjIKEHRhYmxlX21pc21hdGNoZXMYByADKAsyGC5iYWNrdXAudjEuVGFibGVNaXNtYXRjaCKdAQoWTGlzdEF1ZGl0RXZlbnRzUmVxdWVzdBIMCgRwYWdlGAEgASgFEhEKCXBhZ2Vfc2l6ZRgCIAEoBRIWCgliYWNrdXBfaWQYAyABKAlIAIgBARISCgVhY3RvchgEIAEoCUgBiAEBEhMKBmFjdGlvbhgFIAEoCUgCiAEBQgwKCl9iYWNrdXBfaWRCCAoGX2FjdG9yQgkKB19hY3Rpb24izQEKCkF1ZGl0RXZlbnQSCgoCaWQYASABKAMSLwoLb2NjdXJyZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEg0KBWFjdG9yGAMgASgJEhYKDmFjdG9yX3VzZXJuYW1lGAQgASgJEg4KBmFjdGlvbhgFIAEoCRIRCgliYWNrdXBfaWQYBiABKAkSDwoHb3V0Y29tZRgHIAEoCRIWCg5jbGllbnRfYWRkcmVzcxgIIAEoCRIPCgdtZXNzYWdlGAkgASgJImwKF0xpc3RBdWRpdEV2ZW50c1Jlc3BvbnNlEiUKBmV2ZW50cxgBIAMoCzIVLmJhY2t1cC52MS5BdWRpdEV2ZW50Eg0KBXRvdGFsGAIgASgDEgwKBHBhZ2UYAyABKAUSDQoFcGFnZXMYBCABKAUirwEKFFJlc3RvcmVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhcKD2NvbmZpcm1fcmVzdG9yZRgCIAEoCBINCgVmb3JjZRgDIAEoCBIVCg1kcm9wX2V4aXN0aW5nGAQgASgIEhwKD3RhcmdldF9kYXRhYmFzZRgFIAEoCUgAiAEBEhoKEnNraXBfc2FmZXR5X2JhY2t1cBgGIAEoCEISChBfdGFyZ2V0X2RhdGFiYXNlIigKCVRhYmxlUm93cxINCgV0YWJsZRgBIAEoCRIMCgRyb3dzGAIgASgDIuUBCg1SZXN0b3JlUmVzdWx0EhcKD3RhcmdldF9kYXRhYmFzZRgBIAEoCRIrCghkdXJhdGlvbhgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIYChBzYWZldHlfYmFja3VwX2lkGAMgASgJEhMKC3RhYmxlX2NvdW50GAQgASgFEhEKCXJvd19jb3VudBgFIAEoAxIkCgZ0YWJsZXMYBiADKAsyFC5iYWNrdXAudjEuVGFibGVSb3dzEhEKCXVuZG9faGludBgHIAEoCRITCgtjaGVja3N1bV9vaxgIIAEoCCLgAQoVUmVzdG9yZUJhY2t1cFJlc3BvbnNlEiYKBXBoYXNlGAEgASgOMhcuYmFja3VwLnYxLlJlc3RvcmVQaGFzZRISCgpieXRlc19kb25lGAIgASgDEhMKC2J5dGVzX3RvdGFsGAMgASgDEg8KB3BlcmNlbnQYBCABKAESKgoHZWxhcHNlZBgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIPCgdtZXNzYWdlGAYgASgJEigKBnJlc3VsdBgHIAEoCzIYLmJhY2t1cC52MS5SZXN0b3JlUmVzdWx0IjMKFURvd25sb2FkQmFja3VwUmVxdWVzdBIKCgJpZBgBIAEoCRIOCgZvZmZzZXQYAiABKAMiyAEKDERvd25sb2FkSW5mbxIRCglmaWxlX25hbWUYASABKAkSEQoJZmlsZV9zaXplGAIgASgDEhAKCGNoZWNrc3VtGAMgASgJEjAKDmFyY2hpdmVfZm9ybWF0GAQgASgOMhguYmFja3VwLnYxLkFyY2hpdmVGb3JtYXQSKwoLY29tcHJlc3Npb24YBSABKA4yFi5iYWNrdXAudjEuQ29tcHJlc3Npb24SDgoGb2Zmc2V0GAYgASgDEhEKCWJhY2t1cF9pZBgHIAEoCSItCg1Eb3dubG9hZENodW5rEg4KBm9mZnNldBgBIAEoAxIMCgRkYXRhGAIgASgMIncKFkRvd25sb2FkQmFja3VwUmVzcG9uc2USJwoEaW5mbxgBIAEoCzIXLmJhY2t1cC52MS5Eb3dubG9hZEluZm9IABIpCgVjaHVuaxgCIAEoCzIYLmJhY2t1cC52MS5Eb3dubG9hZENodW5rSABCCQoHcGF5bG9hZCI2ChNEZWxldGVCYWNrdXBSZXF1ZXN0EgoKAmlkGAEgASgJEhMKC2hhcmRfZGVsZXRlGAIgASgIImQKFERlbGV0ZUJhY2t1cFJlc3BvbnNlEiEKBmJhY2t1cBgBIAEoCzIRLmJhY2t1cC52MS5CYWNrdXASFAoMZmlsZV9yZW1vdmVkGAIgASgIEhMKC2ZyZWVkX2J5dGVzGAMgASgDIi8KHENsZWFudXBFeHBpcmVkQmFja3Vwc1JlcXVlc3QSDwoHZHJ5X3J1bhgBIAEoCCKhAQodQ2xlYW51cEV4cGlyZWRCYWNrdXBzUmVzcG9uc2USFQoNZGVsZXRlZF9jb3VudBgBIAEoAxITCgtmcmVlZF9ieXRlcxgCIAEoAxIiCgdyZW1vdmVkGAMgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIfCgRrZXB0GAQgAygLMhEuYmFja3VwLnYxLkJhY2t1cBIPCgdkcnlfcnVuGAUgASgIIhUKE0dldEpvYlN0YXR1c1JlcXVlc3Qi9AEKBkpvYlJ1bhIoCgRzbG90GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKQoHb3V0Y29tZRgEIAEoDjIYLmJhY2t1cC52MS5Kb2JSdW5PdXRjb21lEhEKCWJhY2t1cF9pZBgFIAEoCRINCgVlcnJvchgGIAEoCRISCgpyZXBsaWNhX2lkGAcgASgJIrIBCglKb2JTdGF0dXMSDAoEbmFtZRgBIAEoCRIMCgRjcm9uGAIgASgJEhEKCXRpbWVfem9uZRgDIAEoCRIPCgdlbmFibGVkGAQgASgIEg8KB3J1bm5pbmcYBSABKAgSLwoLbmV4dF9ydW5fYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiMKCGxhc3RfcnVuGAcgASgLMhEuYmFja3VwLnYxLkpvYlJ1biJpChRHZXRKb2JTdGF0dXNSZXNwb25zZRIiCgRqb2JzGAEgAygLMhQuYmFja3VwLnYxLkpvYlN0YXR1cxIZChFzY2hlZHVsZXJfZW5hYmxlZBgCIAEoCBISCgpyZXBsaWNhX2lkGAMgASgJKnQKCkJhY2t1cFR5cGUSGwoXQkFDS1VQX1RZUEVfVU5TUEVDSUZJRUQQABIUChBCQUNLVVBfVFlQRV9GVUxMEAESGwoXQkFDS1VQX1RZUEVfSU5DUkVNRU5UQUwQAhIWChJCQUNLVVBfVFlQRV9NQU5VQUwQAyq8AQoMQmFja3VwU3RhdHVzEh0KGUJBQ0tVUF9TVEFUVVNfVU5TUEVDSUZJRUQQABIdChlCQUNLVVBfU1RBVFVTX0lOX1BST0dSRVNTEAESGwoXQkFDS1VQX1NUQVRVU19DT01QTEVURUQQAhIYChRCQUNLVVBfU1RBVFVTX0ZBSUxFRBADEhoKFkJBQ0tVUF9TVEFUVVNfVkVSSUZJRUQQBBIbChdCQUNLVVBfU1RBVFVTX0NPUlJVUFRFRBAFKmQKDUFyY2hpdmVGb3JtYXQSHgoaQVJDSElWRV9GT1JNQVRfVU5TUEVDSUZJRUQQABIZChVBUkNISVZFX0ZPUk1BVF9DVVNUT00QARIYChRBUkNISVZFX0ZPUk1BVF9QTEFJThACKlYKC0NvbXByZXNzaW9uEhsKF0NPTVBSRVNTSU9OX1VOU1BFQ0lGSUVEEAASFAoQQ09NUFJFU1NJT05fWlNURBABEhQKEENPTVBSRVNTSU9OX0daSVAQAip4ChFWZXJpZmljYXRpb25MZXZlbBIiCh5WRVJJRklDQVRJT05fTEVWRUxfVU5TUEVDSUZJRUQQABIfChtWRVJJRklDQVRJT05fTEVWRUxfQ0hFQ0tTVU0QARIeChpWRVJJRklDQVRJT05fTEVWRUxfUkVTVE9SRRACKr8BCgxSZXN0b3JlUGhhc2USHQoZUkVTVE9SRV9QSEFTRV9VTlNQRUNJRklFRBAAEhwKGFJFU1RPUkVfUEhBU0VfVkFMSURBVElORxABEh8KG1JFU1RPUkVfUEhBU0VfU0FGRVRZX0JBQ0tVUBACEhsKF1JFU1RPUkVfUEhBU0VfUkVTVE9SSU5HEAMSHAoYUkVTVE9SRV9QSEFTRV9GSU5BTElaSU5HEAQSFgoSUkVTVE9SRV9QSEFTRV9ET05FEAUqxgEKDUpvYlJ1bk91dGNvbWUSHwobSk9CX1JVTl9PVVRDT01FX1VOU1BFQ0lGSUVEEAASGwoXSk9CX1JVTl9PVVRDT01FX1JVTk5JTkcQARIdChlKT0JfUlVOX09VVENPTUVfU1VDQ0VFREVEEAISGgoWSk9CX1JVTl9PVVRDT01FX0ZBSUxFRBADEhsKF0pPQl9SVU5fT1VUQ09NRV9TS0lQUEVEEAQSHwobSk9CX1JVTl9PVVRDT01FX0lOVEVSUlVQVEVEEAUyowcKDUJhY2t1cFNlcnZpY2USQwoIR2V0U3RhdHMSGi5iYWNrdXAudjEuR2V0U3RhdHNSZXF1ZXN0GhsuYmFja3VwLnYxLkdldFN0YXRzUmVzcG9uc2USTwoMQ3JlYXRlQmFja3VwEh4uYmFja3VwLnYxLkNyZWF0ZUJhY2t1cFJlcXVlc3QaHy5iYWNrdXAudjEuQ3JlYXRlQmFja3VwUmVzcG9uc2USTAoLTGlzdEJhY2t1cHMSHS5iYWNrdXAudjEuTGlzdEJhY2t1cHNSZXF1ZXN0Gh4uYmFja3VwLnYxLkxpc3RCYWNrdXBzUmVzcG9uc2USRgoJR2V0QmFja3VwEhsuYmFja3VwLnYxLkdldEJhY2t1cFJlcXVlc3QaHC5iYWNrdXAudjEuR2V0QmFja3VwUmVzcG9uc2USTwoMVmVyaWZ5QmFja3VwEh4uYmFja3VwLnYxLlZlcmlmeUJhY2t1cFJlcXVlc3QaHy5iYWNrdXAudjEuVmVyaWZ5QmFja3VwUmVzcG9uc2USWAoPTGlzdEF1ZGl0RXZlbnRzEiEuYmFja3VwLnYxLkxpc3RBdWRpdEV2ZW50c1JlcXVlc3QaIi5iYWNrdXAudjEuTGlzdEF1ZGl0RXZlbnRzUmVzcG9uc2USVAoNUmVzdG9yZUJhY2t1cBIfLmJhY2t1cC52MS5SZXN0b3JlQmFja3VwUmVxdWVzdBogLmJhY2t1cC52MS5SZXN0b3JlQmFja3VwUmVzcG9uc2UwARJXCg5Eb3dubG9hZEJhY2t1cBIgLmJhY2t1cC52MS5Eb3dubG9hZEJhY2t1cFJlcXVlc3QaIS5iYWNrdXAudjEuRG93bmxvYWRCYWNrdXBSZXNwb25zZTABEk8KDERlbGV0ZUJhY2t1cBIeLmJhY2t1cC52MS5EZWxldGVCYWNrdXBSZXF1ZXN0Gh8uYmFja3VwLnYxLkRlbGV0ZUJhY2t1cFJlc3BvbnNlEmoKFUNsZWFudXBFeHBpcmVkQmFja3VwcxInLmJhY2t1cC52MS5DbGVhbnVwRXhwaXJlZEJhY2t1cHNSZXF1ZXN0GiguYmFja3VwLnYxLkNsZWFudXBFeHBpcmVkQmFja3Vwc1Jlc3BvbnNlEk8KDEdldEpvYlN0YXR1cxIeLmJhY2t1cC52MS5HZXRKb2JTdGF0dXNSZXF1ZXN0Gh8uYmFja3VwLnYxLkdldEpvYlN0YXR1c1Jlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * Backup is one entry of the backup history.
@@ -207,6 +207,13 @@ export type Backup = Message<"backup.v1.Backup"> & {
    * @generated from field: string label = 32;
    */
   label: string;
+
+  /**
+   * When a deep verification last restored this backup and found it whole.
+   *
+   * @generated from field: google.protobuf.Timestamp restore_verified_at = 33;
+   */
+  restoreVerifiedAt?: Timestamp | undefined;
 };
 
 /**
@@ -287,6 +294,13 @@ export type GetStatsResponse = Message<"backup.v1.GetStatsResponse"> & {
    * @generated from field: double average_compression = 7;
    */
   averageCompression: number;
+
+  /**
+   * For each database: its newest backup proven by a restore, and how long ago.
+   *
+   * @generated from field: repeated backup.v1.RestoreVerificationAge restore_verification = 8;
+   */
+  restoreVerification: RestoreVerificationAge[];
 };
 
 /**
@@ -295,6 +309,42 @@ export type GetStatsResponse = Message<"backup.v1.GetStatsResponse"> & {
  */
 export const GetStatsResponseSchema: GenMessage<GetStatsResponse> = /*@__PURE__*/
   messageDesc(file_backup_v1_backup, 2);
+
+/**
+ * RestoreVerificationAge is how fresh a database's newest restore-verified backup is.
+ *
+ * @generated from message backup.v1.RestoreVerificationAge
+ */
+export type RestoreVerificationAge = Message<"backup.v1.RestoreVerificationAge"> & {
+  /**
+   * @generated from field: string database = 1;
+   */
+  database: string;
+
+  /**
+   * Unset when no backup of the database was ever restore-verified.
+   *
+   * @generated from field: string backup_id = 2;
+   */
+  backupId: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp restore_verified_at = 3;
+   */
+  restoreVerifiedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Duration age = 4;
+   */
+  age?: Duration | undefined;
+};
+
+/**
+ * Describes the message backup.v1.RestoreVerificationAge.
+ * Use `create(RestoreVerificationAgeSchema)` to create a new message.
+ */
+export const RestoreVerificationAgeSchema: GenMessage<RestoreVerificationAge> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 3);
 
 /**
  * @generated from message backup.v1.CreateBackupRequest
@@ -342,7 +392,7 @@ export type CreateBackupRequest = Message<"backup.v1.CreateBackupRequest"> & {
  * Use `create(CreateBackupRequestSchema)` to create a new message.
  */
 export const CreateBackupRequestSchema: GenMessage<CreateBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 3);
+  messageDesc(file_backup_v1_backup, 4);
 
 /**
  * @generated from message backup.v1.CreateBackupResponse
@@ -366,7 +416,7 @@ export type CreateBackupResponse = Message<"backup.v1.CreateBackupResponse"> & {
  * Use `create(CreateBackupResponseSchema)` to create a new message.
  */
 export const CreateBackupResponseSchema: GenMessage<CreateBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 4);
+  messageDesc(file_backup_v1_backup, 5);
 
 /**
  * @generated from message backup.v1.ListBackupsRequest
@@ -412,7 +462,7 @@ export type ListBackupsRequest = Message<"backup.v1.ListBackupsRequest"> & {
  * Use `create(ListBackupsRequestSchema)` to create a new message.
  */
 export const ListBackupsRequestSchema: GenMessage<ListBackupsRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 5);
+  messageDesc(file_backup_v1_backup, 6);
 
 /**
  * @generated from message backup.v1.ListBackupsResponse
@@ -446,7 +496,7 @@ export type ListBackupsResponse = Message<"backup.v1.ListBackupsResponse"> & {
  * Use `create(ListBackupsResponseSchema)` to create a new message.
  */
 export const ListBackupsResponseSchema: GenMessage<ListBackupsResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 6);
+  messageDesc(file_backup_v1_backup, 7);
 
 /**
  * @generated from message backup.v1.GetBackupRequest
@@ -463,7 +513,7 @@ export type GetBackupRequest = Message<"backup.v1.GetBackupRequest"> & {
  * Use `create(GetBackupRequestSchema)` to create a new message.
  */
 export const GetBackupRequestSchema: GenMessage<GetBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 7);
+  messageDesc(file_backup_v1_backup, 8);
 
 /**
  * @generated from message backup.v1.GetBackupResponse
@@ -487,7 +537,7 @@ export type GetBackupResponse = Message<"backup.v1.GetBackupResponse"> & {
  * Use `create(GetBackupResponseSchema)` to create a new message.
  */
 export const GetBackupResponseSchema: GenMessage<GetBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 8);
+  messageDesc(file_backup_v1_backup, 9);
 
 /**
  * @generated from message backup.v1.VerifyBackupRequest
@@ -497,6 +547,15 @@ export type VerifyBackupRequest = Message<"backup.v1.VerifyBackupRequest"> & {
    * @generated from field: string id = 1;
    */
   id: string;
+
+  /**
+   * Also restore the backup into a scratch database and check what it holds:
+   * tables and row counts, the objects of the archive's table of contents, and
+   * the configured sanity queries. The real database is never touched.
+   *
+   * @generated from field: bool deep = 2;
+   */
+  deep: boolean;
 };
 
 /**
@@ -504,7 +563,43 @@ export type VerifyBackupRequest = Message<"backup.v1.VerifyBackupRequest"> & {
  * Use `create(VerifyBackupRequestSchema)` to create a new message.
  */
 export const VerifyBackupRequestSchema: GenMessage<VerifyBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 9);
+  messageDesc(file_backup_v1_backup, 10);
+
+/**
+ * TableMismatch is a table whose restored rows differ from the recorded count.
+ *
+ * @generated from message backup.v1.TableMismatch
+ */
+export type TableMismatch = Message<"backup.v1.TableMismatch"> & {
+  /**
+   * @generated from field: string table = 1;
+   */
+  table: string;
+
+  /**
+   * @generated from field: int64 expected_rows = 2;
+   */
+  expectedRows: bigint;
+
+  /**
+   * @generated from field: int64 found_rows = 3;
+   */
+  foundRows: bigint;
+
+  /**
+   * The table is not in the restored database at all.
+   *
+   * @generated from field: bool missing = 4;
+   */
+  missing: boolean;
+};
+
+/**
+ * Describes the message backup.v1.TableMismatch.
+ * Use `create(TableMismatchSchema)` to create a new message.
+ */
+export const TableMismatchSchema: GenMessage<TableMismatch> = /*@__PURE__*/
+  messageDesc(file_backup_v1_backup, 11);
 
 /**
  * VerificationCheck is the outcome of one check.
@@ -513,7 +608,8 @@ export const VerifyBackupRequestSchema: GenMessage<VerifyBackupRequest> = /*@__P
  */
 export type VerificationCheck = Message<"backup.v1.VerificationCheck"> & {
   /**
-   * One of: file_exists, file_size, checksum, decompress, archive.
+   * One of: file_exists, file_size, checksum, decompress, archive; and for a
+   * deep verification: restore, tables, objects, sanity.
    *
    * @generated from field: string name = 1;
    */
@@ -535,7 +631,7 @@ export type VerificationCheck = Message<"backup.v1.VerificationCheck"> & {
  * Use `create(VerificationCheckSchema)` to create a new message.
  */
 export const VerificationCheckSchema: GenMessage<VerificationCheck> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 10);
+  messageDesc(file_backup_v1_backup, 12);
 
 /**
  * @generated from message backup.v1.VerifyBackupResponse
@@ -562,6 +658,23 @@ export type VerifyBackupResponse = Message<"backup.v1.VerifyBackupResponse"> & {
    * @generated from field: string message = 4;
    */
   message: string;
+
+  /**
+   * @generated from field: backup.v1.VerificationLevel level = 5;
+   */
+  level: VerificationLevel;
+
+  /**
+   * @generated from field: google.protobuf.Duration duration = 6;
+   */
+  duration?: Duration | undefined;
+
+  /**
+   * Deep verification only: tables whose rows differ from the backup's record.
+   *
+   * @generated from field: repeated backup.v1.TableMismatch table_mismatches = 7;
+   */
+  tableMismatches: TableMismatch[];
 };
 
 /**
@@ -569,7 +682,7 @@ export type VerifyBackupResponse = Message<"backup.v1.VerifyBackupResponse"> & {
  * Use `create(VerifyBackupResponseSchema)` to create a new message.
  */
 export const VerifyBackupResponseSchema: GenMessage<VerifyBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 11);
+  messageDesc(file_backup_v1_backup, 13);
 
 /**
  * @generated from message backup.v1.ListAuditEventsRequest
@@ -610,7 +723,7 @@ export type ListAuditEventsRequest = Message<"backup.v1.ListAuditEventsRequest">
  * Use `create(ListAuditEventsRequestSchema)` to create a new message.
  */
 export const ListAuditEventsRequestSchema: GenMessage<ListAuditEventsRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 12);
+  messageDesc(file_backup_v1_backup, 14);
 
 /**
  * AuditEvent records one state-changing call, or one denied call.
@@ -675,7 +788,7 @@ export type AuditEvent = Message<"backup.v1.AuditEvent"> & {
  * Use `create(AuditEventSchema)` to create a new message.
  */
 export const AuditEventSchema: GenMessage<AuditEvent> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 13);
+  messageDesc(file_backup_v1_backup, 15);
 
 /**
  * @generated from message backup.v1.ListAuditEventsResponse
@@ -707,7 +820,7 @@ export type ListAuditEventsResponse = Message<"backup.v1.ListAuditEventsResponse
  * Use `create(ListAuditEventsResponseSchema)` to create a new message.
  */
 export const ListAuditEventsResponseSchema: GenMessage<ListAuditEventsResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 14);
+  messageDesc(file_backup_v1_backup, 16);
 
 /**
  * @generated from message backup.v1.RestoreBackupRequest
@@ -761,7 +874,7 @@ export type RestoreBackupRequest = Message<"backup.v1.RestoreBackupRequest"> & {
  * Use `create(RestoreBackupRequestSchema)` to create a new message.
  */
 export const RestoreBackupRequestSchema: GenMessage<RestoreBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 15);
+  messageDesc(file_backup_v1_backup, 17);
 
 /**
  * TableRows is one table's row count.
@@ -787,7 +900,7 @@ export type TableRows = Message<"backup.v1.TableRows"> & {
  * Use `create(TableRowsSchema)` to create a new message.
  */
 export const TableRowsSchema: GenMessage<TableRows> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 16);
+  messageDesc(file_backup_v1_backup, 18);
 
 /**
  * RestoreResult is what a finished restore did.
@@ -850,7 +963,7 @@ export type RestoreResult = Message<"backup.v1.RestoreResult"> & {
  * Use `create(RestoreResultSchema)` to create a new message.
  */
 export const RestoreResultSchema: GenMessage<RestoreResult> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 17);
+  messageDesc(file_backup_v1_backup, 19);
 
 /**
  * @generated from message backup.v1.RestoreBackupResponse
@@ -905,7 +1018,7 @@ export type RestoreBackupResponse = Message<"backup.v1.RestoreBackupResponse"> &
  * Use `create(RestoreBackupResponseSchema)` to create a new message.
  */
 export const RestoreBackupResponseSchema: GenMessage<RestoreBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 18);
+  messageDesc(file_backup_v1_backup, 20);
 
 /**
  * @generated from message backup.v1.DownloadBackupRequest
@@ -929,7 +1042,7 @@ export type DownloadBackupRequest = Message<"backup.v1.DownloadBackupRequest"> &
  * Use `create(DownloadBackupRequestSchema)` to create a new message.
  */
 export const DownloadBackupRequestSchema: GenMessage<DownloadBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 19);
+  messageDesc(file_backup_v1_backup, 21);
 
 /**
  * DownloadInfo describes the file; it is the first message of a download.
@@ -984,7 +1097,7 @@ export type DownloadInfo = Message<"backup.v1.DownloadInfo"> & {
  * Use `create(DownloadInfoSchema)` to create a new message.
  */
 export const DownloadInfoSchema: GenMessage<DownloadInfo> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 20);
+  messageDesc(file_backup_v1_backup, 22);
 
 /**
  * DownloadChunk is a piece of the file, in order.
@@ -1008,7 +1121,7 @@ export type DownloadChunk = Message<"backup.v1.DownloadChunk"> & {
  * Use `create(DownloadChunkSchema)` to create a new message.
  */
 export const DownloadChunkSchema: GenMessage<DownloadChunk> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 21);
+  messageDesc(file_backup_v1_backup, 23);
 
 /**
  * @generated from message backup.v1.DownloadBackupResponse
@@ -1037,7 +1150,7 @@ export type DownloadBackupResponse = Message<"backup.v1.DownloadBackupResponse">
  * Use `create(DownloadBackupResponseSchema)` to create a new message.
  */
 export const DownloadBackupResponseSchema: GenMessage<DownloadBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 22);
+  messageDesc(file_backup_v1_backup, 24);
 
 /**
  * @generated from message backup.v1.DeleteBackupRequest
@@ -1061,7 +1174,7 @@ export type DeleteBackupRequest = Message<"backup.v1.DeleteBackupRequest"> & {
  * Use `create(DeleteBackupRequestSchema)` to create a new message.
  */
 export const DeleteBackupRequestSchema: GenMessage<DeleteBackupRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 23);
+  messageDesc(file_backup_v1_backup, 25);
 
 /**
  * @generated from message backup.v1.DeleteBackupResponse
@@ -1090,7 +1203,7 @@ export type DeleteBackupResponse = Message<"backup.v1.DeleteBackupResponse"> & {
  * Use `create(DeleteBackupResponseSchema)` to create a new message.
  */
 export const DeleteBackupResponseSchema: GenMessage<DeleteBackupResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 24);
+  messageDesc(file_backup_v1_backup, 26);
 
 /**
  * @generated from message backup.v1.CleanupExpiredBackupsRequest
@@ -1109,7 +1222,7 @@ export type CleanupExpiredBackupsRequest = Message<"backup.v1.CleanupExpiredBack
  * Use `create(CleanupExpiredBackupsRequestSchema)` to create a new message.
  */
 export const CleanupExpiredBackupsRequestSchema: GenMessage<CleanupExpiredBackupsRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 25);
+  messageDesc(file_backup_v1_backup, 27);
 
 /**
  * @generated from message backup.v1.CleanupExpiredBackupsResponse
@@ -1150,7 +1263,7 @@ export type CleanupExpiredBackupsResponse = Message<"backup.v1.CleanupExpiredBac
  * Use `create(CleanupExpiredBackupsResponseSchema)` to create a new message.
  */
 export const CleanupExpiredBackupsResponseSchema: GenMessage<CleanupExpiredBackupsResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 26);
+  messageDesc(file_backup_v1_backup, 28);
 
 /**
  * @generated from message backup.v1.GetJobStatusRequest
@@ -1163,7 +1276,7 @@ export type GetJobStatusRequest = Message<"backup.v1.GetJobStatusRequest"> & {
  * Use `create(GetJobStatusRequestSchema)` to create a new message.
  */
 export const GetJobStatusRequestSchema: GenMessage<GetJobStatusRequest> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 27);
+  messageDesc(file_backup_v1_backup, 29);
 
 /**
  * JobRun is one claimed firing of a job.
@@ -1218,7 +1331,7 @@ export type JobRun = Message<"backup.v1.JobRun"> & {
  * Use `create(JobRunSchema)` to create a new message.
  */
 export const JobRunSchema: GenMessage<JobRun> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 28);
+  messageDesc(file_backup_v1_backup, 30);
 
 /**
  * JobStatus describes one scheduled job.
@@ -1273,7 +1386,7 @@ export type JobStatus = Message<"backup.v1.JobStatus"> & {
  * Use `create(JobStatusSchema)` to create a new message.
  */
 export const JobStatusSchema: GenMessage<JobStatus> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 29);
+  messageDesc(file_backup_v1_backup, 31);
 
 /**
  * @generated from message backup.v1.GetJobStatusResponse
@@ -1302,7 +1415,7 @@ export type GetJobStatusResponse = Message<"backup.v1.GetJobStatusResponse"> & {
  * Use `create(GetJobStatusResponseSchema)` to create a new message.
  */
 export const GetJobStatusResponseSchema: GenMessage<GetJobStatusResponse> = /*@__PURE__*/
-  messageDesc(file_backup_v1_backup, 30);
+  messageDesc(file_backup_v1_backup, 32);
 
 /**
  * BackupType says why a backup was taken. Logical backups are always full
@@ -1452,6 +1565,38 @@ export const CompressionSchema: GenEnum<Compression> = /*@__PURE__*/
   enumDesc(file_backup_v1_backup, 3);
 
 /**
+ * VerificationLevel is how far a verification went.
+ *
+ * @generated from enum backup.v1.VerificationLevel
+ */
+export enum VerificationLevel {
+  /**
+   * @generated from enum value: VERIFICATION_LEVEL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The file: size, SHA-256, decompression, archive completeness.
+   *
+   * @generated from enum value: VERIFICATION_LEVEL_CHECKSUM = 1;
+   */
+  CHECKSUM = 1,
+
+  /**
+   * The file, then a restore into a scratch database and checks of its contents.
+   *
+   * @generated from enum value: VERIFICATION_LEVEL_RESTORE = 2;
+   */
+  RESTORE = 2,
+}
+
+/**
+ * Describes the enum backup.v1.VerificationLevel.
+ */
+export const VerificationLevelSchema: GenEnum<VerificationLevel> = /*@__PURE__*/
+  enumDesc(file_backup_v1_backup, 4);
+
+/**
  * RestorePhase is the step a restore is in. They come in this order:
  * VALIDATING, RESTORING, SAFETY_BACKUP (only when replacing a database that
  * holds objects), FINALIZING, DONE.
@@ -1503,7 +1648,7 @@ export enum RestorePhase {
  * Describes the enum backup.v1.RestorePhase.
  */
 export const RestorePhaseSchema: GenEnum<RestorePhase> = /*@__PURE__*/
-  enumDesc(file_backup_v1_backup, 4);
+  enumDesc(file_backup_v1_backup, 5);
 
 /**
  * JobRunOutcome is how a scheduled run ended.
@@ -1550,7 +1695,7 @@ export enum JobRunOutcome {
  * Describes the enum backup.v1.JobRunOutcome.
  */
 export const JobRunOutcomeSchema: GenEnum<JobRunOutcome> = /*@__PURE__*/
-  enumDesc(file_backup_v1_backup, 5);
+  enumDesc(file_backup_v1_backup, 6);
 
 /**
  * BackupService takes, verifies and reports on logical backups of PostgreSQL

@@ -1,0 +1,1 @@
+ALTER TABLE "backup_service"."backup_history" ADD COLUMN "restore_verified_at" timestamp with time zone;
