@@ -1,0 +1,282 @@
+import { execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { readFile } from "node:fs/promises";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupService, BackupStatus, JobRunOutcome, VerificationLevel } from "../gen/backup/v1/backup_pb.js";
+import { previousSlot } from "../src/scheduler/cron.js";
+import {
+  createDatabase,
+  createFixture,
+  dropDatabase,
+  mintToken,
+  PG_HOST,
+  PG_PORT,
+  PG_USER,
+  seedDatabase,
+  serviceEnv,
+  sql,
+  startService,
+  tempDir,
+  uniqueName,
+  waitFor,
+  type TestService,
+} from "./helpers.js";
+import { createRichSchema } from "./rich-schema.js";
+
+const fx = createFixture("drill");
+const extra: string[] = [];
+let svc: TestService;
+
+beforeAll(async () => {
+  await createDatabase(fx.target);
+  await seedDatabase(fx.target, 500);
+  svc = await fx.service({
+    VERIFY_SANITY_SQL: JSON.stringify({
+      "*": ["SELECT true"],
+      [fx.target]: ["SELECT count(*) = 500 FROM customers"],
+    }),
+  });
+});
+
+afterAll(async () => {
+  await fx.cleanup();
+  for (const d of extra) await dropDatabase(d);
+});
+
+async function scratchDatabases(s: TestService = svc): Promise<string[]> {
+  const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
+    `bsvc\\_restore\\_${s.app.restoreTag}\\_%`,
+  ]);
+  return rows.map((r) => r.datname);
+}
+
+async function failure(p: Promise<unknown>): Promise<ConnectError> {
+  const err = await p.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(ConnectError);
+  return err as ConnectError;
+}
+
+describe("deep verification", () => {
+  it("a good backup passes: restored, tables, objects and sanity checked; the scratch database is gone", async () => {
+    const rich = uniqueName("bs_drill_rich");
+    extra.push(rich);
+    await createDatabase(rich);
+    await createRichSchema(rich);
+    const { backup } = await svc.client.createBackup({ database: rich });
+    const v = await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(v.verified, v.message).toBe(true);
+    expect(v.level).toBe(VerificationLevel.RESTORE);
+    expect(v.status).toBe(BackupStatus.VERIFIED);
+    expect(v.checks.map((c) => c.name)).toEqual([
+      "file_exists", "file_size", "checksum", "decompress", "archive", "restore", "tables", "objects", "sanity",
+    ]);
+    expect(v.checks.find((c) => c.name === "objects")!.detail).toMatch(/all \d+ sequences, views, functions and indexes/);
+    expect(v.checks.find((c) => c.name === "sanity")!.detail).toBe("all 1 sanity queries returned true");
+    expect(v.tableMismatches).toEqual([]);
+    expect(v.duration).toBeDefined();
+    expect(await scratchDatabases()).toEqual([]);
+
+    const { backup: after } = await svc.client.getBackup({ id: backup!.id });
+    expect(after!.restoreVerifiedAt).toBeDefined();
+    expect((after!.metadata as { verification: { level: string } }).verification.level).toBe("restore");
+
+    const stats = await svc.client.getStats({ database: rich });
+    expect(stats.restoreVerification).toHaveLength(1);
+    expect(stats.restoreVerification[0]!.backupId).toBe(backup!.id);
+    expect(Number(stats.restoreVerification[0]!.age!.seconds)).toBeLessThan(60);
+  });
+
+  it("runs the database's sanity queries: one returning false fails, naming the query", async () => {
+    const { backup } = await svc.client.createBackup({});
+    const good = await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(good.verified, good.message).toBe(true);
+    expect(good.checks.find((c) => c.name === "sanity")!.detail).toBe("all 2 sanity queries returned true");
+
+    const strict = await fx.service({
+      VERIFY_SANITY_SQL: JSON.stringify({ [fx.target]: ["SELECT count(*) > 1000000 FROM customers", "SELECT 1/0 = 1"] }),
+    });
+    const { backup: b2 } = await strict.client.createBackup({});
+    const v = await strict.client.verifyBackup({ id: b2!.id, deep: true });
+    expect(v.verified).toBe(false);
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    const sanity = v.checks.find((c) => c.name === "sanity")!;
+    expect(sanity.passed).toBe(false);
+    expect(sanity.detail).toContain("SELECT count(*) > 1000000 FROM customers returned false");
+    expect(sanity.detail).toMatch(/SELECT 1\/0 = 1 failed: division by zero/);
+    const { backup: after } = await strict.client.getBackup({ id: b2!.id });
+    expect(after!.errorMessage).toMatch(/^restore verification failed: sanity: /);
+    expect(after!.restoreVerifiedAt).toBeUndefined();
+  });
+
+  it("an archive re-made after rows were deleted fails with the table and the expected and found counts", async () => {
+    const db = uniqueName("bs_drill_tamper");
+    extra.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger SELECT generate_series(1, 100)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    // Rows vanish after the counts were taken; the archive is re-made, and made to pass every file check.
+    await sql(db, "DELETE FROM ledger WHERE id > 90");
+    const file = path.join(svc.backupDir, backup!.fileName);
+    execFileSync("sh", ["-c", `pg_dump -Fc -Z0 -h ${PG_HOST} -p ${PG_PORT} -U ${PG_USER} ${db} | zstd -q -c > '${file}'`]);
+    const bytes = await readFile(file);
+    await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
+      backup!.id,
+      createHash("sha256").update(bytes).digest("hex"),
+      bytes.length,
+    ]);
+    const shallow = await svc.client.verifyBackup({ id: backup!.id });
+    expect(shallow.verified, shallow.message).toBe(true); // the file itself looks fine
+
+    const v = await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(v.verified).toBe(false);
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    expect(v.tableMismatches).toEqual([
+      expect.objectContaining({ table: "public.ledger", expectedRows: 100n, foundRows: 90n, missing: false }),
+    ]);
+    expect(v.checks.find((c) => c.name === "tables")!.detail).toBe("public.ledger: expected 100 rows, found 90");
+    expect(v.message).toMatch(/tables: public\.ledger: expected 100 rows, found 90/);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+
+  it("never takes the database's lock: a backup of it runs during a deep verification", async () => {
+    const { backup } = await svc.client.createBackup({});
+    const deep = svc.client.verifyBackup({ id: backup!.id, deep: true });
+    await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
+    const during = await svc.client.createBackup({});
+    expect(during.backup!.status).toBe(BackupStatus.VERIFIED);
+    expect((await deep).verified).toBe(true);
+  });
+
+  it("cancelled mid-drill: the scratch database is dropped and the backup's status is unchanged", async () => {
+    const big = uniqueName("bs_drill_big");
+    extra.push(big);
+    await createDatabase(big);
+    await sql(big, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g");
+    const { backup } = await svc.client.createBackup({ database: big });
+    const ac = new AbortController();
+    const call = svc.client.verifyBackup({ id: backup!.id, deep: true }, { signal: ac.signal });
+    await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
+    ac.abort();
+    const err = await failure(call);
+    expect(Code[err.code]).toBe("Canceled");
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+    const { backup: after } = await svc.client.getBackup({ id: backup!.id });
+    expect(after!.status).toBe(BackupStatus.VERIFIED);
+    expect(after!.restoreVerifiedAt).toBeUndefined();
+    expect((after!.metadata as { verification: { level: string } }).verification.level).toBe("checksum");
+  }, 120_000);
+});
+
+describe("crash mid-drill", () => {
+  it("after the process is killed, the next start removes the leftover scratch database", async () => {
+    const big = uniqueName("bs_drill_crash");
+    extra.push(big);
+    await createDatabase(big);
+    await sql(big, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g");
+    const control = uniqueName("bs_ctl_drillcrash");
+    const dataDir = await tempDir();
+    const env = { ...process.env, ...serviceEnv(control, fx.target, dataDir), LOG_LEVEL: "info" };
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        createInterface({ input: child.stdout! }).on("line", (line) => {
+          try {
+            const e = JSON.parse(line) as { msg?: string; url?: string };
+            if (e.msg === "backup service listening") resolve(e.url!);
+          } catch {
+            // not a log line
+          }
+        });
+        child.once("exit", (code) => reject(new Error(`exited with ${code}`)));
+      });
+      const token = await mintToken({ sub: "ops", role: "admin" });
+      const client = createClient(
+        BackupService,
+        createGrpcTransport({
+          baseUrl: url,
+          interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+        }),
+      );
+      const { backup } = await client.createBackup({ database: big });
+      void client.verifyBackup({ id: backup!.id, deep: true }).catch(() => undefined);
+      // The child's scratch databases carry its control database's tag.
+      const tag = createHash("sha256").update(`${PG_USER}@${PG_HOST}:${PG_PORT}/${control}`).digest("hex").slice(0, 6);
+      const before = await waitFor("a scratch database", async () => {
+        const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
+          `bsvc\\_restore\\_${tag}\\_%`,
+        ]);
+        return rows.length > 0 ? rows.map((r) => r.datname) : null;
+      });
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+      const restarted = await startService(control, fx.target, {}, dataDir);
+      try {
+        expect(restarted.app.restoreTag).toBe(tag);
+        expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = ANY($1)", [before])).toEqual([]);
+        const { backup: after } = await restarted.client.getBackup({ id: backup!.id });
+        expect(after!.status).toBe(BackupStatus.VERIFIED);
+      } finally {
+        await restarted.close();
+      }
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await dropDatabase(control);
+    }
+  }, 120_000);
+});
+
+describe("the restore-drill job", () => {
+  it("drills the newest unproven VERIFIED backup of each database, once per slot across two replicas", async () => {
+    const a = uniqueName("bs_drill_a");
+    const b = uniqueName("bs_drill_b");
+    extra.push(a, b);
+    for (const d of [a, b]) {
+      await createDatabase(d);
+      await sql(d, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 10)");
+    }
+    const cron = "0 4 * * 0";
+    const one = await fx.service({ RESTORE_DRILL_CRON: cron, REPLICA_ID: "drill-1" });
+    const two = await startService(one.control, fx.target, { RESTORE_DRILL_CRON: cron, REPLICA_ID: "drill-2" }, one.dataDir);
+    try {
+      const oldA = (await one.client.createBackup({ database: a })).backup!;
+      const newA = (await one.client.createBackup({ database: a })).backup!;
+      const onlyB = (await one.client.createBackup({ database: b })).backup!;
+      // b's newest backup was already proven by a restore: nothing to drill there.
+      await one.client.verifyBackup({ id: onlyB.id, deep: true });
+      const provenAt = (await one.client.getBackup({ id: onlyB.id })).backup!.restoreVerifiedAt;
+
+      const slot = previousSlot(cron, "Asia/Jakarta", new Date())!;
+      const outcomes = await Promise.all([
+        one.app.scheduler.fire("restore-drill", slot),
+        two.app.scheduler.fire("restore-drill", slot),
+      ]);
+      expect(outcomes.sort()).toEqual(["ran", "taken"]);
+
+      expect((await one.client.getBackup({ id: newA.id })).backup!.restoreVerifiedAt).toBeDefined();
+      expect((await one.client.getBackup({ id: oldA.id })).backup!.restoreVerifiedAt).toBeUndefined();
+      expect((await one.client.getBackup({ id: onlyB.id })).backup!.restoreVerifiedAt).toEqual(provenAt);
+      const status = await two.client.getJobStatus({});
+      const drill = status.jobs.find((j) => j.name === "restore-drill")!;
+      expect(drill.cron).toBe(cron);
+      expect(drill.lastRun?.outcome).toBe(JobRunOutcome.SUCCEEDED);
+      expect(drill.lastRun?.backupId).toBe(newA.id);
+      const [run] = await sql<{ details: { drilled: { backupId: string }[] } }>(
+        one.control,
+        "SELECT details FROM backup_service.job_runs WHERE job = 'restore-drill' AND claimed",
+      );
+      expect(run!.details.drilled.map((d) => d.backupId)).toEqual([newA.id]);
+    } finally {
+      await two.close();
+    }
+  });
+});
+
