@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
-import { create, fromBinary, toBinary, type DescMessage, type DescService, type MessageShape } from "@bufbuild/protobuf";
+import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -14,6 +14,7 @@ import { SignJWT } from "jose";
 import pg from "pg";
 import { BackupService } from "../gen/backup/v1/backup_pb.js";
 import { createApp, type App } from "../src/app.js";
+import { createGrpcJsClient } from "../src/client/grpc-js.js";
 import { loadConfig } from "../src/config.js";
 import { createLogger } from "../src/logger.js";
 
@@ -279,22 +280,7 @@ export async function waitForBlockedDump(database: string): Promise<void> {
 
 /** A generic @grpc/grpc-js client built from the protobuf-es service descriptor. */
 export function grpcJsClient(url: string, service: DescService = BackupService) {
-  const definition: Record<string, grpc.MethodDefinition<MessageShape<DescMessage>, MessageShape<DescMessage>>> = {};
-  for (const m of service.methods) {
-    definition[m.localName] = {
-      path: `/${service.typeName}/${m.name}`,
-      requestStream: m.methodKind === "client_streaming" || m.methodKind === "bidi_streaming",
-      responseStream: m.methodKind === "server_streaming" || m.methodKind === "bidi_streaming",
-      // Requests may be plain init objects, as with generated clients.
-      requestSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.input, create(m.input, msg))),
-      requestDeserialize: (b: Buffer) => fromBinary(m.input, b),
-      responseSerialize: (msg: MessageShape<DescMessage>) => Buffer.from(toBinary(m.output, msg)),
-      responseDeserialize: (b: Buffer) => fromBinary(m.output, b),
-    };
-  }
-  const Ctor = grpc.makeGenericClientConstructor(definition as grpc.ServiceDefinition, service.typeName);
-  return new Ctor(url.replace(/^http:\/\//, ""), grpc.credentials.createInsecure()) as grpc.Client &
-    Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
+  return createGrpcJsClient(url, service) as grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
 }
 
 /** Calls a unary method on a grpc-js client as a promise. */

@@ -5,11 +5,20 @@ import type { BackupFilter, BackupRepository, BackupStats, Page } from "../domai
 import { notFound } from "../errors.js";
 import type { Db } from "./client.js";
 import { backupHistory as t } from "./schema.js";
+import { createSingleFlight } from "./single-flight.js";
 
 // The table's columns are named after the record's fields, so a row is a record.
 const toRecord = (row: typeof t.$inferSelect): BackupRecord => row;
 
-export function createBackupRepository(db: Db): BackupRepository {
+/**
+ * @param cacheMs how long counts and statistics may be reused (see single-flight.ts);
+ *   0 turns the cache off.
+ */
+export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository {
+  // Totals and statistics scan the whole history; under many concurrent callers they are
+  // computed once and shared (the page of rows itself is always read fresh).
+  const cache = createSingleFlight(cacheMs);
+  const write = <T>(p: Promise<T>): Promise<T> => p.finally(() => cache.clear());
   function whereOf(filter: BackupFilter): SQL | undefined {
     const conds: SQL[] = [];
     if (!filter.includeDeleted) conds.push(eq(t.isDeleted, false));
@@ -19,18 +28,65 @@ export function createBackupRepository(db: Db): BackupRepository {
     return conds.length > 0 ? and(...conds) : undefined;
   }
 
+  async function computeStats(database: string | undefined): Promise<BackupStats> {
+    const base = database === undefined ? eq(t.isDeleted, false) : and(eq(t.isDeleted, false), eq(t.databaseName, database));
+    const ok = inArray(t.status, [...SUCCESSFUL_STATUSES]);
+    const bad = inArray(t.status, [...FAILED_STATUSES]);
+    const [[agg], [latest]] = await Promise.all([
+      db
+        .select({
+          total: count(),
+          successful: sql<number>`count(*) filter (where ${ok})`.mapWith(Number),
+          failed: sql<number>`count(*) filter (where ${bad})`.mapWith(Number),
+          totalSize: sql<number>`coalesce(sum(${t.fileSize}) filter (where ${ok}), 0)`.mapWith(Number),
+          avgCompression: sql<number | null>`avg(${t.compressionRatio}) filter (where ${ok})`,
+        })
+        .from(t)
+        .where(base),
+      db.select().from(t).where(and(base, ok)).orderBy(desc(t.startedAt)).limit(1),
+    ]);
+    const avg = agg?.avgCompression;
+    return {
+      total: agg?.total ?? 0,
+      successful: agg?.successful ?? 0,
+      failed: agg?.failed ?? 0,
+      latest: latest ? toRecord(latest) : null,
+      totalSizeBytes: agg?.totalSize ?? 0,
+      averageCompression: avg === null || avg === undefined ? null : Math.round(Number(avg) * 100) / 100,
+    };
+  }
+
+  async function computeRestoreVerification(database: string | undefined) {
+    const res = await db.execute<{ database: string; backup_id: string | null; at: Date | string | null }>(sql`
+      SELECT d.database_name AS database, v.id AS backup_id, v.restore_verified_at AS at
+        FROM (SELECT DISTINCT database_name FROM ${t}
+               WHERE NOT is_deleted ${database === undefined ? sql`` : sql`AND database_name = ${database}`}) d
+        LEFT JOIN LATERAL (
+          SELECT id, restore_verified_at FROM ${t} b
+           WHERE b.database_name = d.database_name AND NOT b.is_deleted AND b.restore_verified_at IS NOT NULL
+           ORDER BY b.restore_verified_at DESC LIMIT 1) v ON true
+       ORDER BY 1`);
+    return res.rows.map((r) => ({
+      database: r.database,
+      backupId: r.backup_id,
+      at: r.at === null ? null : new Date(r.at),
+    }));
+  }
+
   return {
     async insert(record) {
-      const [row] = await db.insert(t).values(record).onConflictDoNothing({ target: t.fileName }).returning();
+      const [row] = await write(db.insert(t).values(record).onConflictDoNothing({ target: t.fileName }).returning());
       return row ? toRecord(row) : null;
     },
 
     async update(id, patch) {
-      const [row] = await db
-        .update(t)
-        .set({ ...patch, updatedAt: new Date() })
-        .where(eq(t.id, id))
-        .returning();
+      const [row] = await write(
+        db
+          .update(t)
+          .set({ ...patch, updatedAt: new Date() })
+          .where(eq(t.id, id))
+          .returning(),
+      );
       if (!row) throw notFound(`backup ${id} not found`);
       return toRecord(row);
     },
@@ -42,39 +98,15 @@ export function createBackupRepository(db: Db): BackupRepository {
 
     async list(filter, offset, limit): Promise<Page<BackupRecord>> {
       const where = whereOf(filter);
-      const [rows, [totals]] = await Promise.all([
+      const [rows, total] = await Promise.all([
         db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset),
-        db.select({ n: count() }).from(t).where(where),
+        cache.get(`count:${JSON.stringify(filter)}`, async () => (await db.select({ n: count() }).from(t).where(where))[0]?.n ?? 0),
       ]);
-      return { items: rows.map(toRecord), total: totals?.n ?? 0 };
+      return { items: rows.map(toRecord), total };
     },
 
-    async stats(database): Promise<BackupStats> {
-      const base = database === undefined ? eq(t.isDeleted, false) : and(eq(t.isDeleted, false), eq(t.databaseName, database));
-      const ok = inArray(t.status, [...SUCCESSFUL_STATUSES]);
-      const bad = inArray(t.status, [...FAILED_STATUSES]);
-      const [[agg], [latest]] = await Promise.all([
-        db
-          .select({
-            total: count(),
-            successful: sql<number>`count(*) filter (where ${ok})`.mapWith(Number),
-            failed: sql<number>`count(*) filter (where ${bad})`.mapWith(Number),
-            totalSize: sql<number>`coalesce(sum(${t.fileSize}) filter (where ${ok}), 0)`.mapWith(Number),
-            avgCompression: sql<number | null>`avg(${t.compressionRatio}) filter (where ${ok})`,
-          })
-          .from(t)
-          .where(base),
-        db.select().from(t).where(and(base, ok)).orderBy(desc(t.startedAt)).limit(1),
-      ]);
-      const avg = agg?.avgCompression;
-      return {
-        total: agg?.total ?? 0,
-        successful: agg?.successful ?? 0,
-        failed: agg?.failed ?? 0,
-        latest: latest ? toRecord(latest) : null,
-        totalSizeBytes: agg?.totalSize ?? 0,
-        averageCompression: avg === null || avg === undefined ? null : Math.round(Number(avg) * 100) / 100,
-      };
+    stats(database): Promise<BackupStats> {
+      return cache.get(`stats:${database ?? "*"}`, () => computeStats(database));
     },
 
     async findInProgress(database) {
@@ -126,25 +158,12 @@ export function createBackupRepository(db: Db): BackupRepository {
       return rows.map(toRecord);
     },
 
-    async restoreVerification(database) {
-      const res = await db.execute<{ database: string; backup_id: string | null; at: Date | string | null }>(sql`
-        SELECT d.database_name AS database, v.id AS backup_id, v.restore_verified_at AS at
-          FROM (SELECT DISTINCT database_name FROM ${t}
-                 WHERE NOT is_deleted ${database === undefined ? sql`` : sql`AND database_name = ${database}`}) d
-          LEFT JOIN LATERAL (
-            SELECT id, restore_verified_at FROM ${t} b
-             WHERE b.database_name = d.database_name AND NOT b.is_deleted AND b.restore_verified_at IS NOT NULL
-             ORDER BY b.restore_verified_at DESC LIMIT 1) v ON true
-         ORDER BY 1`);
-      return res.rows.map((r) => ({
-        database: r.database,
-        backupId: r.backup_id,
-        at: r.at === null ? null : new Date(r.at),
-      }));
+    restoreVerification(database) {
+      return cache.get(`rv:${database ?? "*"}`, () => computeRestoreVerification(database));
     },
 
     async remove(id) {
-      await db.delete(t).where(eq(t.id, id));
+      await write(db.delete(t).where(eq(t.id, id)));
     },
 
     async latestSuccessful(database) {

@@ -1,4 +1,6 @@
+import { existsSync } from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
@@ -67,6 +69,18 @@ export async function ensureDatabase(t: PgTarget, logger: Logger): Promise<void>
 
 const MIGRATION_LOCK = [0x6275, 0x1]; // "bu", 1: arbitrary but fixed
 
+/** drizzle/ at the package root, whether we run from src/ (tsx) or from dist/src/ (built). */
+function migrationsFolder(): string {
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    const candidate = path.join(dir, "drizzle");
+    if (existsSync(path.join(candidate, "meta", "_journal.json"))) return candidate;
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error("drizzle/ migrations not found above the service's code");
+    dir = parent;
+  }
+}
+
 /**
  * Applies drizzle's migrations. drizzle's migrate() takes no lock, so replicas
  * starting together would collide; a session advisory lock serialises them.
@@ -77,7 +91,7 @@ export async function migrateControlDatabase(pool: pg.Pool, db: Db): Promise<voi
     await client.query("SELECT pg_advisory_lock($1, $2)", MIGRATION_LOCK);
     try {
       await migrate(db, {
-        migrationsFolder: fileURLToPath(new URL("../../drizzle", import.meta.url)),
+        migrationsFolder: migrationsFolder(),
         migrationsSchema: MIGRATIONS_SCHEMA,
         migrationsTable: "__drizzle_migrations",
       });

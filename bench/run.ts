@@ -1,0 +1,468 @@
+/**
+ * The benchmark: our service against what a user would otherwise run, on one
+ * database, in one run, alternating A/B so that the machine's drift cancels.
+ *
+ *   npm run bench                      # default: pgbench scale 100 + ~200 MB mixed table (~1.5 GB)
+ *   npm run bench -- --scale 5         # a quick check (about a minute)
+ *   npm run bench -- --pairs 5 --out bench/results/mine.json
+ *
+ * Needs the local PostgreSQL (as for the tests) and pgbench (postgresql-contrib on Debian,
+ * installed with the server). The benchmark database is built once and reused.
+ */
+import { spawn, type ChildProcess } from "node:child_process";
+import { createHash } from "node:crypto";
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
+import * as grpc from "@grpc/grpc-js";
+import { SignJWT } from "jose";
+import pg from "pg";
+import { BackupService, type DownloadBackupResponse } from "../gen/backup/v1/backup_pb.js";
+import { createGrpcJsClient } from "../src/client/grpc-js.js";
+
+const { values: args } = parseArgs({
+  options: {
+    scale: { type: "string", default: "100" },
+    "mixed-mb": { type: "string" },
+    pairs: { type: "string", default: "3" },
+    out: { type: "string" },
+    "history-rows": { type: "string", default: "100000" },
+    callers: { type: "string", default: "50" },
+    host: { type: "string", default: "127.0.0.1" },
+    port: { type: "string", default: "5432" },
+    user: { type: "string", default: "postgres" },
+    "build-only": { type: "boolean", default: false },
+  },
+});
+const scale = Number(args.scale);
+const mixedMb = Number(args["mixed-mb"] ?? Math.max(4, Math.round(scale * 2)));
+const pairs = Number(args.pairs);
+const historyRows = Number(args["history-rows"]);
+const callers = Number(args.callers);
+const PG = { host: args.host!, port: Number(args.port), user: args.user! };
+const benchDb = `bench_s${scale}_m${mixedMb}`;
+const controlDb = "bench_control";
+const SECRET = "benchmark-secret-that-is-long-enough-for-hs256";
+
+const pgEnv = { ...process.env, PGHOST: PG.host, PGPORT: String(PG.port), PGUSER: PG.user };
+
+function log(msg: string) {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 19)}] ${msg}\n`);
+}
+
+async function q<T extends pg.QueryResultRow>(database: string, text: string, params: unknown[] = []): Promise<T[]> {
+  const c = new pg.Client({ ...PG, database });
+  await c.connect();
+  try {
+    return (await c.query<T>(text, params)).rows;
+  } finally {
+    await c.end();
+  }
+}
+
+/** Runs a shell pipeline; resolves with its wall time in ms. */
+function sh(command: string): Promise<number> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn("bash", ["-o", "pipefail", "-c", command], { env: pgEnv, stdio: ["ignore", "ignore", "pipe"] });
+    let err = "";
+    child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
+    child.once("close", (code) =>
+      code === 0 ? resolve(performance.now() - started) : reject(new Error(`${command} -> ${code}: ${err.slice(-500)}`)),
+    );
+  });
+}
+
+async function dbExists(name: string): Promise<boolean> {
+  return (await q("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [name])).length > 0;
+}
+
+/** pgbench tables at the given scale, plus a table that compresses like real data. */
+async function buildDatabase(): Promise<void> {
+  if (await dbExists(benchDb)) {
+    const done = await q(benchDb, "SELECT to_regclass('bench_meta') IS NOT NULL AS ok").then((r) => r[0]?.ok);
+    if (done) {
+      log(`reusing ${benchDb}`);
+      return;
+    }
+    await q("postgres", `DROP DATABASE "${benchDb}" WITH (FORCE)`);
+  }
+  log(`building ${benchDb}: pgbench scale ${scale} + ~${mixedMb} MB mixed table (once)`);
+  await q("postgres", `CREATE DATABASE "${benchDb}"`);
+  await sh(`pgbench -i -q -s ${scale} ${benchDb}`);
+  // Text that repeats like prose, jsonb documents, timestamps and binary blobs of varying entropy.
+  const rows = Math.round((mixedMb * 1024 * 1024) / 700);
+  await q(
+    benchDb,
+    `CREATE TABLE events (
+       id bigint PRIMARY KEY, happened timestamptz NOT NULL, kind text NOT NULL,
+       message text, attrs jsonb, blob bytea)`,
+  );
+  const batch = 200_000;
+  for (let from = 1; from <= rows; from += batch) {
+    const to = Math.min(rows, from + batch - 1);
+    await q(
+      benchDb,
+      `INSERT INTO events
+       SELECT g,
+              timestamptz '2026-01-01' + g * interval '17 seconds',
+              (ARRAY['login','logout','purchase','refund','view','error'])[1 + g % 6],
+              'user ' || (g % 9973) || ' did ' || (ARRAY['open','close','pay','read','edit'])[1 + g % 5] ||
+                ' on item ' || (g::bigint * 7919 % 100000) || ' from ' || md5((g % 512)::text),
+              jsonb_build_object('session', md5(g::text), 'amount', round((g % 10000) / 7.0, 2),
+                                 'tags', jsonb_build_array('t' || g % 13, 't' || g % 29), 'ok', g % 3 = 0),
+              decode(md5(g::text) || md5((g + 1)::text) || repeat(lpad(to_hex(g % 4096), 4, '0'), 40), 'hex')
+         FROM generate_series(${from}, ${to}) g`,
+    );
+  }
+  await q(benchDb, "VACUUM ANALYZE");
+  await q(benchDb, "CREATE TABLE bench_meta (built timestamptz DEFAULT now())");
+  await q(benchDb, "INSERT INTO bench_meta DEFAULT VALUES");
+}
+
+interface Service {
+  child: ChildProcess;
+  url: string;
+  client: Client<typeof BackupService>;
+  token: string;
+  dataDir: string;
+}
+
+async function startService(): Promise<Service> {
+  const dataDir = await mkdtemp(path.join(os.tmpdir(), "bench-data-"));
+  const env = {
+    ...process.env,
+    GRPC_PORT: "0",
+    CONTROL_DATABASE_URL: `postgres://${PG.user}@${PG.host}:${PG.port}/${controlDb}`,
+    TARGET_DATABASE_URL: `postgres://${PG.user}@${PG.host}:${PG.port}/${benchDb}`,
+    DATA_DIR: dataDir,
+    JWT_SECRET: SECRET,
+    LOG_LEVEL: "info",
+    DAILY_BACKUP_CRON: "off",
+    WEEKLY_CLEANUP_CRON: "off",
+    RESTORE_DRILL_CRON: "off",
+    SCHEDULE_CATCHUP_WINDOW: "0",
+  };
+  // The built service, as `npm start` runs it (npm run bench builds it first).
+  const child = spawn(process.execPath, ["dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      try {
+        const e = JSON.parse(line) as { msg?: string; url?: string; level?: number };
+        if (e.msg === "backup service listening") resolve(e.url!);
+        else if ((e.level ?? 0) >= 50) process.stderr.write(`service: ${line}\n`);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`service exited with ${code}`)));
+  });
+  const token = await new SignJWT({ role: "admin" })
+    .setProtectedHeader({ alg: "HS256" })
+    .setSubject("bench")
+    .setExpirationTime("1d")
+    .sign(new TextEncoder().encode(SECRET));
+  const client = createClient(
+    BackupService,
+    createGrpcTransport({
+      baseUrl: url,
+      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+    }),
+  );
+  return { child, url, client, token, dataDir };
+}
+
+/** Samples the service's resident memory while `fn` runs; returns fn's result and the peak in MB. */
+async function withPeakRss<T>(pid: number, fn: () => Promise<T>): Promise<{ value: T; peakMb: number }> {
+  let peak = 0;
+  const sample = async () => {
+    try {
+      const status = await readFile(`/proc/${pid}/status`, "utf8");
+      const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+      peak = Math.max(peak, kb);
+    } catch {
+      // gone
+    }
+  };
+  await sample();
+  const timer = setInterval(() => void sample(), 50);
+  try {
+    const value = await fn();
+    await sample();
+    return { value, peakMb: peak / 1024 };
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2;
+};
+const pct = (xs: number[], p: number) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!;
+};
+
+async function main() {
+  await buildDatabase();
+  if (args["build-only"]) return;
+  const [{ size }] = await q<{ size: string }>(benchDb, "SELECT pg_database_size(current_database()) AS size");
+  const dbBytes = Number(size);
+  log(`database ${benchDb}: ${(dbBytes / 1e9).toFixed(2)} GB on disk`);
+  if (await dbExists(controlDb)) await q("postgres", `DROP DATABASE "${controlDb}" WITH (FORCE)`);
+  const work = await mkdtemp(path.join(os.tmpdir(), "bench-work-"));
+  const svc = await startService();
+  const pid = svc.child.pid!;
+  const results: Record<string, number[]> = {};
+  const rss: Record<string, number> = {};
+  const add = (k: string, v: number) => (results[k] ??= []).push(v);
+  const peak = (k: string, mb: number) => (rss[k] = Math.max(rss[k] ?? 0, mb));
+  let refSize = 0;
+  let ourSize = 0;
+  let dumpSize = 0;
+  let lastBackupId = "";
+  let fresh = 0;
+  const freshDb = () => `bench_restore_${process.pid}_${fresh++}`;
+
+  try {
+    for (let i = 1; i <= pairs; i++) {
+      log(`pair ${i}/${pairs}: backups`);
+      const refFile = path.join(work, "ref.sql.gz");
+      add("backup.reference", await sh(`pg_dump --no-owner --no-acl ${benchDb} | gzip > '${refFile}'`));
+      refSize = (await stat(refFile)).size;
+      const ours = await withPeakRss(pid, async () => {
+        const t0 = performance.now();
+        const { backup } = await svc.client.createBackup({ label: `bench ${i}` });
+        return { ms: performance.now() - t0, backup: backup! };
+      });
+      add("backup.ours", ours.value.ms);
+      peak("backup", ours.peakMb);
+      ourSize = Number(ours.value.backup.fileSize);
+      dumpSize = Number(ours.value.backup.dumpSize);
+      lastBackupId = ours.value.backup.id;
+      add("backup.floor", await sh(`pg_dump ${benchDb} > /dev/null`));
+
+      log(`pair ${i}/${pairs}: restores`);
+      const refTarget = freshDb();
+      add(
+        "restore.reference",
+        await sh(`createdb ${refTarget} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${refTarget} > /dev/null`),
+      );
+      await q("postgres", `DROP DATABASE "${refTarget}" WITH (FORCE)`);
+      const ourTarget = freshDb();
+      const restore = await withPeakRss(pid, async () => {
+        const t0 = performance.now();
+        for await (const _ of svc.client.restoreBackup({ id: lastBackupId, confirmRestore: true, targetDatabase: ourTarget })) {
+          // progress
+        }
+        return performance.now() - t0;
+      });
+      add("restore.ours", restore.value);
+      peak("restore", restore.peakMb);
+      await q("postgres", `DROP DATABASE "${ourTarget}" WITH (FORCE)`);
+
+      log(`pair ${i}/${pairs}: deep verification`);
+      const deep = await withPeakRss(pid, async () => {
+        const t0 = performance.now();
+        const v = await svc.client.verifyBackup({ id: lastBackupId, deep: true });
+        if (!v.verified) throw new Error(`deep verification failed: ${v.message}`);
+        return performance.now() - t0;
+      });
+      add("deep.ours", deep.value);
+      peak("deep", deep.peakMb);
+
+      log(`pair ${i}/${pairs}: download`);
+      const dl = await withPeakRss(pid, () => download(svc, lastBackupId));
+      add("download.ms", dl.value.ms);
+      peak("download", dl.peakMb);
+      if (dl.value.bytes !== ourSize) throw new Error("download size mismatch");
+    }
+
+    log(`latency: ${historyRows} history rows, ${callers} concurrent callers during a backup`);
+    await seedHistory();
+    const lat = await withPeakRss(pid, () => latency(svc));
+    peak("latency", lat.peakMb);
+
+    const med = (k: string) => median(results[k]!);
+    const table = {
+      machine: { cpus: os.cpus().length, memGb: Math.round(os.totalmem() / 2 ** 30), node: process.version },
+      database: { name: benchDb, scale, mixedMb, bytesOnDisk: dbBytes, dumpBytes: dumpSize },
+      pairs,
+      backup: {
+        referenceMs: med("backup.reference"),
+        oursMs: med("backup.ours"),
+        floorMs: med("backup.floor"),
+        oursRatio: med("backup.ours") / med("backup.reference"),
+        floorRatio: med("backup.floor") / med("backup.reference"),
+        oursDumpMBps: dumpSize / 1e6 / (med("backup.ours") / 1000),
+        referenceFileBytes: refSize,
+        oursFileBytes: ourSize,
+        fileSizeRatio: ourSize / refSize,
+        oursCompressionPct: (1 - ourSize / dumpSize) * 100,
+      },
+      restore: {
+        referenceMs: med("restore.reference"),
+        oursMs: med("restore.ours"),
+        oursRatio: med("restore.ours") / med("restore.reference"),
+      },
+      deepVerification: { oursMs: med("deep.ours"), ratioToOurRestore: med("deep.ours") / med("restore.ours") },
+      download: { ms: med("download.ms"), MBps: ourSize / 1e6 / (med("download.ms") / 1000) },
+      latency: lat.value,
+      peakRssMb: rss,
+      raw: results,
+    };
+    printTable(table);
+    const out = args.out ?? path.join("bench", "results", `${new Date().toISOString().replace(/[:.]/g, "-")}-s${scale}.json`);
+    await mkdir(path.dirname(out), { recursive: true });
+    await writeFile(out, JSON.stringify(table, null, 2) + "\n");
+    log(`wrote ${out}`);
+  } finally {
+    svc.child.kill("SIGTERM");
+    await new Promise((r) => svc.child.once("exit", r));
+    for (const row of await q<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
+      `bench\\_restore\\_${process.pid}\\_%`,
+    ])) {
+      await q("postgres", `DROP DATABASE "${row.datname}" WITH (FORCE)`);
+    }
+    await q("postgres", `DROP DATABASE IF EXISTS "${controlDb}" WITH (FORCE)`);
+    await rm(work, { recursive: true, force: true });
+    await rm(svc.dataDir, { recursive: true, force: true });
+  }
+}
+
+/** Downloads a backup to a @grpc/grpc-js client, hashing it; returns bytes and wall time. */
+function download(svc: Service, id: string): Promise<{ bytes: number; ms: number }> {
+  const client = createGrpcJsClient(svc.url, BackupService, undefined, { "grpc.max_receive_message_length": 8 << 20 });
+  const md = new grpc.Metadata();
+  md.set("authorization", `Bearer ${svc.token}`);
+  const t0 = performance.now();
+  const hash = createHash("sha256");
+  let bytes = 0;
+  let announced = "";
+  return new Promise((resolve, reject) => {
+    const call = (client.downloadBackup as (r: unknown, m: grpc.Metadata) => grpc.ClientReadableStream<DownloadBackupResponse>)(
+      { id },
+      md,
+    );
+    call.on("data", (m: DownloadBackupResponse) => {
+      if (m.payload.case === "info") announced = m.payload.value.checksum;
+      else if (m.payload.case === "chunk") {
+        hash.update(m.payload.value.data);
+        bytes += m.payload.value.data.length;
+      }
+    });
+    call.on("error", reject);
+    call.on("end", () => {
+      client.close();
+      if (hash.digest("hex") !== announced) reject(new Error("download checksum mismatch"));
+      else resolve({ bytes, ms: performance.now() - t0 });
+    });
+  });
+}
+
+/** 100,000 plausible history rows, as years of backups of many databases would leave. */
+async function seedHistory(): Promise<void> {
+  await q(
+    controlDb,
+    `INSERT INTO backup_service.backup_history
+       (backup_type, file_name, file_size, status, started_at, completed_at, duration_ms, database_size, table_count,
+        row_count, compression_ratio, checksum, verified_at, triggered_by, retention_days, expires_at, database_name,
+        dump_size, archive_format, compression, metadata)
+     SELECT 'FULL', 'seed_' || g || '.dump.zst', 1000000 + g, (ARRAY['VERIFIED','VERIFIED','VERIFIED','FAILED','CORRUPTED'])[1 + g % 5]::backup_service.backup_status,
+            now() - g * interval '5 minutes', now() - g * interval '5 minutes' + interval '1 minute', 60000, 5000000, 12,
+            100000, 70.5, md5(g::text) || md5(g::text), now() - g * interval '5 minutes', 'seed', 30,
+            now() + interval '30 days', 'seeddb_' || (g % 40), 3000000, 'custom', 'zstd', '{}'::jsonb
+       FROM generate_series(1, ${historyRows}) g`,
+  );
+  await q(controlDb, "ANALYZE backup_service.backup_history");
+}
+
+/** 50 callers alternating ListBackups and GetStats for the length of a backup. */
+async function latency(svc: Service) {
+  const lat = { list: [] as number[], stats: [] as number[] };
+  let errors = 0;
+  let running = true;
+  const backup = svc.client.createBackup({ label: "during latency" }).finally(() => (running = false));
+  const loop = async (n: number) => {
+    let i = n;
+    while (running) {
+      const t0 = performance.now();
+      try {
+        if (i++ % 2 === 0) {
+          await svc.client.listBackups({ page: 1 + (i % 20), pageSize: 50 });
+          lat.list.push(performance.now() - t0);
+        } else {
+          await svc.client.getStats({});
+          lat.stats.push(performance.now() - t0);
+        }
+      } catch {
+        errors++;
+      }
+    }
+  };
+  await Promise.all([backup, ...Array.from({ length: callers }, (_, n) => loop(n))]);
+  return {
+    callers,
+    historyRows,
+    calls: lat.list.length + lat.stats.length,
+    errors,
+    listBackups: { p50: pct(lat.list, 50), p99: pct(lat.list, 99) },
+    getStats: { p50: pct(lat.stats, 50), p99: pct(lat.stats, 99) },
+  };
+}
+
+function printTable(t: {
+  backup: Record<string, number>;
+  restore: Record<string, number>;
+  deepVerification: Record<string, number>;
+  download: Record<string, number>;
+  latency: { errors: number; calls: number; listBackups: Record<string, number>; getStats: Record<string, number> };
+  peakRssMb: Record<string, number>;
+  database: Record<string, unknown>;
+}) {
+  const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+  const r = (x: number) => `${x.toFixed(2)}x`;
+  const mb = (b: number) => `${(b / 1e6).toFixed(1)} MB`;
+  const rows: [string, string, string, string][] = [
+    ["backup: reference pg_dump | gzip", s(t.backup.referenceMs!), "1.00x", `file ${mb(t.backup.referenceFileBytes!)}`],
+    [
+      "backup: ours (CreateBackup, verified)",
+      s(t.backup.oursMs!),
+      r(t.backup.oursRatio!),
+      `file ${mb(t.backup.oursFileBytes!)} (${r(t.backup.fileSizeRatio!)} of ref), ${t.backup.oursDumpMBps!.toFixed(0)} MB/s of dump, ratio ${t.backup.oursCompressionPct!.toFixed(1)}%`,
+    ],
+    ["backup: floor pg_dump > /dev/null", s(t.backup.floorMs!), r(t.backup.floorRatio!), ""],
+    ["restore: reference gunzip | psql", s(t.restore.referenceMs!), "1.00x", ""],
+    ["restore: ours (RestoreBackup)", s(t.restore.oursMs!), r(t.restore.oursRatio!), ""],
+    ["deep verification (vs our restore)", s(t.deepVerification.oursMs!), r(t.deepVerification.ratioToOurRestore!), ""],
+    ["download to grpc-js", s(t.download.ms!), "", `${t.download.MBps!.toFixed(0)} MB/s`],
+    [
+      "ListBackups p50 / p99",
+      `${t.latency.listBackups.p50!.toFixed(1)} / ${t.latency.listBackups.p99!.toFixed(1)} ms`,
+      "",
+      `${t.latency.calls} calls, ${t.latency.errors} errors`,
+    ],
+    ["GetStats p50 / p99", `${t.latency.getStats.p50!.toFixed(1)} / ${t.latency.getStats.p99!.toFixed(1)} ms`, "", ""],
+    [
+      "service peak RSS",
+      Object.entries(t.peakRssMb)
+        .map(([k, v]) => `${k} ${v.toFixed(0)}`)
+        .join(", "),
+      "",
+      "MB",
+    ],
+  ];
+  const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
+  process.stdout.write(`\nbenchmark database ${String(t.database.name)} (${mb(Number(t.database.bytesOnDisk))} on disk, dump ${mb(Number(t.database.dumpBytes))})\n\n`);
+  for (const row of rows) {
+    process.stdout.write(`${row[0].padEnd(w[0]!)}  ${row[1].padStart(w[1]!)}  ${row[2].padStart(w[2]!)}  ${row[3]}\n`);
+  }
+  process.stdout.write("\n");
+}
+
+await main();
