@@ -37,6 +37,8 @@ export interface Config {
   readonly retentionDays: number;
   /** Cleanup never removes the newest this many VERIFIED backups of a database. */
   readonly retentionMinKeep: number;
+  /** pg_restore --jobs for custom archives (1: stream without a temporary file). */
+  readonly restoreJobs: number;
   /** Free space BACKUP_DIR must keep beyond a backup's estimated size. */
   readonly minFreeBytes: number;
   /** Directory of pg_dump/pg_restore/psql; PATH when unset. */
@@ -157,6 +159,7 @@ const envSchema = z.object({
   RETENTION_DAYS: intSetting(30, 1, 3650),
   BACKUP_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
   RETENTION_MIN_KEEP: intSetting(3, 1, 1000),
+  RESTORE_JOBS: intSetting(2, 1, 32),
   PG_BIN_DIR: optionalString,
   JWT_SECRET: optionalString,
   JWT_SECRET_FILE: optionalString,
@@ -277,6 +280,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     retentionDays: e.RETENTION_DAYS,
     minFreeBytes: e.BACKUP_MIN_FREE_BYTES,
     retentionMinKeep: e.RETENTION_MIN_KEEP,
+    restoreJobs: e.RESTORE_JOBS,
     pgBinDir: e.PG_BIN_DIR,
     jwt: Object.freeze({
       secret: e.JWT_SECRET,

@@ -194,6 +194,16 @@ export interface LoadOptions {
   format: ArchiveFormat;
   compression: CompressionKind;
   database: string;
+  /** About how large the database will be (its size at backup time), for progress; 0 if unknown. */
+  expectedBytes: number;
+  /** Size of the uncompressed archive, if known (room for a temporary copy). */
+  dumpBytes: number;
+}
+
+/** How far a load has come: bytes of the file read, and the fraction of the whole load done. */
+export interface LoadProgress {
+  bytesRead: number;
+  fraction: number;
 }
 
 /** Creating, loading, checking and swapping databases on the target server. */
@@ -205,8 +215,8 @@ export interface RestoreEngine {
    * settings, so that swapping it in changes only the contents.
    */
   createDatabase(name: string, like: string | null): Promise<void>;
-  /** Feeds the archive file into the database; `onBytes` sees the file's bytes as they are read. */
-  load(options: LoadOptions, onBytes: (n: number) => void, signal: AbortSignal): Promise<void>;
+  /** Loads the archive file into the database, reporting progress as it goes. */
+  load(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<void>;
   countRows(database: string, signal?: AbortSignal): Promise<TableRowCounts>;
   /**
    * Ends the database's sessions and keeps new ones out (connection limit 0,
@@ -231,7 +241,7 @@ export interface RestoreEngine {
    * indexes a custom archive's table of contents lists; null for a plain dump
    * (it has none). Each as "<TYPE> <schema> <name> <owner>".
    */
-  archiveObjects(options: Omit<LoadOptions, "database">, signal?: AbortSignal): Promise<string[] | null>;
+  archiveObjects(options: Omit<LoadOptions, "database" | "expectedBytes" | "dumpBytes">, signal?: AbortSignal): Promise<string[] | null>;
   /** Which of those objects the database lacks. */
   missingObjects(database: string, objects: string[]): Promise<string[]>;
   /** Runs each query in the database: it passes when it returns true. */

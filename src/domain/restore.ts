@@ -3,7 +3,15 @@ import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
 import type { BackupService, DeepChecks, TableMismatch, VerificationCheck } from "./backup-service.js";
-import type { BackupRepository, BlobStore, Lock, LockManager, RestoreEngine, RestoreRunRepository } from "./ports.js";
+import type {
+  BackupRepository,
+  BlobStore,
+  Lock,
+  LoadProgress,
+  LockManager,
+  RestoreEngine,
+  RestoreRunRepository,
+} from "./ports.js";
 import { createThrottle, streamWork } from "./progress.js";
 import { createStopper } from "./stopper.js";
 
@@ -141,7 +149,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     record: BackupRecord,
     like: string | null,
     signal: AbortSignal,
-    onBytes: (n: number) => void,
+    onProgress: (p: LoadProgress) => void,
   ): Promise<{ name: string; lock: Lock | null }> {
     const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
     // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
@@ -149,8 +157,15 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     try {
       await restorer.createDatabase(name, like);
       await restorer.load(
-        { path: store.path(record.fileName), format: record.archiveFormat, compression: record.compression, database: name },
-        onBytes,
+        {
+          path: store.path(record.fileName),
+          format: record.archiveFormat,
+          compression: record.compression,
+          database: name,
+          expectedBytes: record.databaseSize ?? 0,
+          dumpBytes: record.dumpSize ?? 0,
+        },
+        onProgress,
         signal,
       );
       return { name, lock };
@@ -394,10 +409,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
 
         // The live database keeps serving while the backup loads into a scratch database.
         send({ phase: "RESTORING", within: 0, bytesDone: 0, bytesTotal: total, message: `loading ${record.fileName}` });
-        let done = 0;
-        const loaded = await loadScratch(record, state.exists ? target : null, signal, (n) => {
-          done += n;
-          send({ bytesDone: done, within: total === 0 ? 0.9 : (done / total) * 0.9 });
+        const loaded = await loadScratch(record, state.exists ? target : null, signal, (p) => {
+          send({ bytesDone: p.bytesRead, within: p.fraction * 0.9 });
         });
         scratch = loaded.name;
         if (loaded.lock) held.push(loaded.lock);

@@ -1,9 +1,11 @@
 import { createReadStream } from "node:fs";
-import { statfs } from "node:fs/promises";
+import { randomBytes } from "node:crypto";
+import { open, rm, stat, statfs } from "node:fs/promises";
+import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
-import type { DatabaseState, LoadOptions, RestoreEngine } from "../domain/ports.js";
+import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
 import { DomainError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
@@ -111,8 +113,37 @@ async function terminate(c: pg.Client, name: string): Promise<void> {
   );
 }
 
+async function fileSizeOf(p: string): Promise<number> {
+  return (await stat(p)).size;
+}
+
+/** Streams a file into a writable (a child's stdin), counting the bytes; resolves with the error, if any. */
+function feedFile(file: string, sink: NodeJS.WritableStream, onBytes: (n: number) => void, signal: AbortSignal) {
+  return pipeline(
+    createReadStream(file, { highWaterMark: READ_CHUNK }),
+    async function* (source: AsyncIterable<Buffer>) {
+      for await (const chunk of source) {
+        onBytes(chunk.length);
+        yield chunk;
+      }
+    },
+    sink,
+    { signal },
+  ).then(
+    () => null,
+    (err: unknown) => err as Error,
+  );
+}
+
 /** pg_restore / psql into databases of the target server, and the database-level moves around them. */
-export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): RestoreEngine {
+export function createRestoreEngine(opts: {
+  target: PgTarget;
+  tools: Tools;
+  /** pg_restore --jobs for custom archives; 1 streams without a temporary file. */
+  jobs: number;
+  /** Where a custom archive is decompressed for a parallel restore (the backup directory). */
+  tempDir: string;
+}): RestoreEngine {
   const { tools } = opts;
   const libpq = createLibpq(opts.target);
 
@@ -127,6 +158,116 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
       return await fn(client);
     } finally {
       await client.end().catch(() => undefined);
+    }
+  }
+
+  /**
+   * The archive streamed straight into one pg_restore (custom) or psql (plain):
+   * file -> Node (counting) -> decompressor -> loader, no temporary file.
+   */
+  async function streamLoad(options: LoadOptions, onBytes: (n: number) => void, signal: AbortSignal): Promise<void> {
+    const [dcmd, dargs] = decompressCommand(tools, options.compression);
+    const dec = startChild(options.compression, dcmd, dargs, { env: childProcessEnv(), stdio: ["pipe", "pipe", "pipe"], signal });
+    const conninfo = dbnameConninfo(options.database);
+    const loader =
+      options.format === "custom"
+        ? startChild("pg_restore", tools.pgRestore, ["--exit-on-error", "--no-password", `--dbname=${conninfo}`], {
+            env: libpq.env(options.database),
+            stdio: [dec.child.stdout!, "ignore", "pipe"],
+            signal,
+          })
+        : startChild(
+            "psql",
+            tools.psql,
+            ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", `--dbname=${conninfo}`, "-f", "-"],
+            { env: libpq.env(options.database), stdio: [dec.child.stdout!, "ignore", "pipe"], signal },
+          );
+    // Only the loader may hold the pipe's read end, so that the decompressor gets
+    // SIGPIPE if the loader stops early.
+    dec.child.stdout!.destroy();
+    const reading = feedFile(options.path, dec.child.stdin!, onBytes, signal);
+    // A loader that gives up ends the decompressor too, rather than leaving it blocked on a full pipe.
+    void loader.exit.then((e) => {
+      if (!succeeded(e)) dec.stop();
+    });
+    const [decExit, loadExit, readError] = await Promise.all([dec.exit, loader.exit, reading]);
+    signal.throwIfAborted();
+    if (!succeeded(loadExit)) {
+      const also = succeeded(decExit) ? "" : ` (${describeExit(decExit)})`;
+      throw new DomainError("dump_failed", `${describeExit(loadExit)}${also}`);
+    }
+    if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
+    if (readError) {
+      throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
+    }
+  }
+
+  /** Whether the temporary directory can hold an uncompressed copy of the archive. */
+  async function roomForCopy(dumpBytes: number): Promise<boolean> {
+    if (dumpBytes <= 0) return false;
+    const s = await statfs(opts.tempDir);
+    return s.bavail * s.bsize > dumpBytes * 1.1;
+  }
+
+  /**
+   * A custom archive restored with `pg_restore -j`: data and indexes load in
+   * parallel (logical restore is bound by the server's CPU). pg_restore -j
+   * must seek, so the archive is first decompressed into a temporary file
+   * beside the backups, removed afterwards whatever happens. Progress: the
+   * file read while decompressing, then the scratch database's growth towards
+   * the size the database had at backup time.
+   */
+  async function loadParallel(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal) {
+    const tmp = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.dump`);
+    const fileSize = await fileSizeOf(options.path);
+    const DECOMPRESS_SHARE = 0.15;
+    try {
+      const [dcmd, dargs] = decompressCommand(tools, options.compression);
+      const out = await open(tmp, "wx", 0o600);
+      const dec = startChild(options.compression, dcmd, dargs, {
+        env: childProcessEnv(),
+        stdio: ["pipe", out.fd, "pipe"],
+        signal,
+      });
+      void dec.exit.finally(() => out.close().catch(() => undefined));
+      let read = 0;
+      const reading = feedFile(options.path, dec.child.stdin!, (n) => {
+        read += n;
+        onProgress({ bytesRead: read, fraction: DECOMPRESS_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
+      }, signal);
+      const [decExit, readError] = await Promise.all([dec.exit, reading]);
+      signal.throwIfAborted();
+      if (!succeeded(decExit)) throw new DomainError("dump_failed", `${describeExit(decExit)} (the file does not decompress)`);
+      if (readError) throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`);
+
+      const restore = startChild(
+        "pg_restore",
+        tools.pgRestore,
+        ["--exit-on-error", "--no-password", `--jobs=${opts.jobs}`, `--dbname=${dbnameConninfo(options.database)}`, tmp],
+        { env: libpq.env(options.database), stdio: ["ignore", "ignore", "pipe"], signal },
+      );
+      const watcher = await libpq.connect("postgres").catch(() => null);
+      const poll = setInterval(() => {
+        if (!watcher || options.expectedBytes <= 0) return;
+        watcher
+          .query<{ size: string }>("SELECT pg_database_size($1) AS size", [options.database])
+          .then((r) => {
+            const done = Math.min(0.99, Number(r.rows[0]!.size) / options.expectedBytes);
+            onProgress({ bytesRead: fileSize, fraction: DECOMPRESS_SHARE + (1 - DECOMPRESS_SHARE) * done });
+          })
+          .catch(() => undefined);
+      }, 500);
+      try {
+        const exit = await restore.exit;
+        signal.throwIfAborted();
+        if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
+        onProgress({ bytesRead: fileSize, fraction: 1 });
+      } finally {
+        clearInterval(poll);
+        await watcher?.end().catch(() => undefined);
+      }
+    } finally {
+      await rm(tmp, { force: true });
     }
   }
 
@@ -188,58 +329,16 @@ export function createRestoreEngine(opts: { target: PgTarget; tools: Tools }): R
       });
     },
 
-    async load(options: LoadOptions, onBytes, signal) {
-      const [dcmd, dargs] = decompressCommand(tools, options.compression);
-      const dec = startChild(options.compression, dcmd, dargs, {
-        env: childProcessEnv(),
-        stdio: ["pipe", "pipe", "pipe"],
-        signal,
-      });
-      const conninfo = dbnameConninfo(options.database);
-      const loader =
-        options.format === "custom"
-          ? startChild("pg_restore", tools.pgRestore, ["--exit-on-error", "--no-password", `--dbname=${conninfo}`], {
-              env: libpq.env(options.database),
-              stdio: [dec.child.stdout!, "ignore", "pipe"],
-              signal,
-            })
-          : startChild(
-              "psql",
-              tools.psql,
-              ["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", `--dbname=${conninfo}`, "-f", "-"],
-              { env: libpq.env(options.database), stdio: [dec.child.stdout!, "ignore", "pipe"], signal },
-            );
-      // Only the loader may hold the pipe's read end, so that the decompressor gets
-      // SIGPIPE if the loader stops early.
-      dec.child.stdout!.destroy();
-      const reading = pipeline(
-        createReadStream(options.path, { highWaterMark: READ_CHUNK }),
-        async function* (source: AsyncIterable<Buffer>) {
-          for await (const chunk of source) {
-            onBytes(chunk.length);
-            yield chunk;
-          }
-        },
-        dec.child.stdin!,
-        { signal },
-      ).then(
-        () => null,
-        (err: unknown) => err as Error,
-      );
-      // A loader that gives up ends the decompressor too, rather than leaving it blocked on a full pipe.
-      void loader.exit.then((e) => {
-        if (!succeeded(e)) dec.stop();
-      });
-      const [decExit, loadExit, readError] = await Promise.all([dec.exit, loader.exit, reading]);
-      signal.throwIfAborted();
-      if (!succeeded(loadExit)) {
-        const also = succeeded(decExit) ? "" : ` (${describeExit(decExit)})`;
-        throw new DomainError("dump_failed", `${describeExit(loadExit)}${also}`);
+    async load(options: LoadOptions, onProgress, signal) {
+      if (options.format === "custom" && opts.jobs > 1 && (await roomForCopy(options.dumpBytes))) {
+        return loadParallel(options, onProgress, signal);
       }
-      if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
-      if (readError) {
-        throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
-      }
+      let read = 0;
+      const [fileSize] = [await fileSizeOf(options.path)];
+      await streamLoad(options, (n) => {
+        read += n;
+        onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });
+      }, signal);
     },
 
     async countRows(database, signal) {

@@ -165,6 +165,14 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
 /** Innermost: turns domain errors into status codes, for unary and streaming calls. */
 export function createErrorInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
+    // Once the client has gone (cancelled, or past its deadline), any error is that: for
+    // example a write to the closed stream, which is no fault of the service.
+    const map = (err: unknown) =>
+      req.signal.aborted && !(err instanceof DomainError)
+        ? req.signal.reason instanceof ConnectError && req.signal.reason.code === Code.DeadlineExceeded
+          ? new ConnectError("cancelled: the call's deadline was exceeded", Code.DeadlineExceeded)
+          : new ConnectError("cancelled by the client", Code.Canceled)
+        : toConnectError(err, logger, req.method.name);
     try {
       const res = await next(req);
       if (!res.stream) return res;
@@ -175,12 +183,12 @@ export function createErrorInterceptor(logger: Logger): Interceptor {
           try {
             yield* inner;
           } catch (err) {
-            throw toConnectError(err, logger, req.method.name);
+            throw map(err);
           }
         })(),
       };
     } catch (err) {
-      throw toConnectError(err, logger, req.method.name);
+      throw map(err);
     }
   };
 }
