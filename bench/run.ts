@@ -37,6 +37,7 @@ const { values: args } = parseArgs({
     port: { type: "string", default: "5432" },
     user: { type: "string", default: "postgres" },
     "build-only": { type: "boolean", default: false },
+    "latency-only": { type: "boolean", default: false },
   },
 });
 const scale = Number(args.scale);
@@ -152,7 +153,8 @@ async function startService(): Promise<Service> {
     SCHEDULE_CATCHUP_WINDOW: "0",
   };
   // The built service, as `npm start` runs it (npm run bench builds it first).
-  const child = spawn(process.execPath, ["dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
+  const child = spawn(process.execPath, [...profile, "dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
   const url = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on("line", (line) => {
       try {
@@ -234,7 +236,7 @@ async function main() {
   const freshDb = () => `bench_restore_${process.pid}_${fresh++}`;
 
   try {
-    for (let i = 1; i <= pairs; i++) {
+    for (let i = 1; i <= (args["latency-only"] ? 0 : pairs); i++) {
       log(`pair ${i}/${pairs}: backups`);
       const refFile = path.join(work, "ref.sql.gz");
       add("backup.reference", await sh(`pg_dump --no-owner --no-acl ${benchDb} | gzip > '${refFile}'`));
@@ -297,6 +299,10 @@ async function main() {
     const lat = await withPeakRss(pid, () => latency(svc));
     peak("latency", lat.peakMb);
 
+    if (args["latency-only"]) {
+      process.stdout.write(JSON.stringify({ latency: lat.value, peakRssMb: rss }, null, 2) + "\n");
+      return;
+    }
     const med = (k: string) => median(results[k]!);
     const table = {
       machine: { cpus: os.cpus().length, memGb: Math.round(os.totalmem() / 2 ** 30), node: process.version },
@@ -402,7 +408,7 @@ async function latency(svc: Service) {
   const lat = { list: [] as number[], stats: [] as number[] };
   let errors = 0;
   let running = true;
-  const backup = svc.client.createBackup({ label: "during latency" }).finally(() => (running = false));
+  let measuring = false;
   const loop = async (n: number) => {
     let i = n;
     while (running) {
@@ -410,24 +416,36 @@ async function latency(svc: Service) {
       try {
         if (i++ % 2 === 0) {
           await svc.client.listBackups({ page: 1 + (i % 20), pageSize: 50 });
-          lat.list.push(performance.now() - t0);
+          if (measuring) lat.list.push(performance.now() - t0);
         } else {
           await svc.client.getStats({});
-          lat.stats.push(performance.now() - t0);
+          if (measuring) lat.stats.push(performance.now() - t0);
         }
       } catch {
-        errors++;
+        if (measuring) errors++;
       }
       // Each caller is a client that polls: it waits a little between calls.
       await new Promise((r) => setTimeout(r, thinkMs * (0.5 + Math.random())));
     }
   };
-  await Promise.all([backup, ...Array.from({ length: callers }, (_, n) => loop(n))]);
+  const callersDone = Promise.all(Array.from({ length: callers }, (_, n) => loop(n)));
+  // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
+  await new Promise((r) => setTimeout(r, 2000));
+  measuring = true;
+  const started = performance.now();
+  await (process.env.BENCH_NO_BACKUP
+    ? new Promise((r) => setTimeout(r, 8000))
+    : svc.client.createBackup({ label: "during latency" }));
+  running = false;
+  const seconds = (performance.now() - started) / 1000;
+  await callersDone;
   return {
     callers,
     thinkMs,
     historyRows,
+    seconds,
     calls: lat.list.length + lat.stats.length,
+    callsPerSecond: (lat.list.length + lat.stats.length) / seconds,
     errors,
     listBackups: { p50: pct(lat.list, 50), p99: pct(lat.list, 99) },
     getStats: { p50: pct(lat.stats, 50), p99: pct(lat.stats, 99) },

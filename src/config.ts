@@ -159,7 +159,7 @@ const envSchema = z.object({
   RETENTION_DAYS: intSetting(30, 1, 3650),
   BACKUP_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
   RETENTION_MIN_KEEP: intSetting(3, 1, 1000),
-  RESTORE_JOBS: intSetting(2, 1, 32),
+  RESTORE_JOBS: intSetting(1, 1, 32),
   PG_BIN_DIR: optionalString,
   JWT_SECRET: optionalString,
   JWT_SECRET_FILE: optionalString,

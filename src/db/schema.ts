@@ -78,11 +78,19 @@ export const backupHistory = serviceSchema.table(
   (t) => [
     index("idx_backup_history_status").on(t.status),
     index("idx_backup_history_backup_type").on(t.backupType),
-    index("idx_backup_history_started_at").on(t.startedAt.desc()),
+    index("idx_backup_history_started_at").on(t.startedAt.desc().nullsFirst()),
     index("idx_backup_history_expires_at").on(t.expiresAt),
     index("idx_backup_history_is_deleted").on(t.isDeleted),
     index("idx_backup_history_triggered_by").on(t.triggeredBy),
-    index("idx_backup_history_database_started").on(t.databaseName, t.startedAt.desc()),
+    // DESC indexes are NULLS FIRST, as ORDER BY ... DESC is: otherwise PostgreSQL cannot use them.
+    // Listings page newest first with the id as tie-break: these serve that order from an
+    // index instead of sorting the whole history on every call.
+    index("idx_backup_history_database_started").on(
+      t.databaseName,
+      t.startedAt.desc().nullsFirst(),
+      t.id.desc().nullsFirst(),
+    ),
+    index("idx_backup_history_started_id").on(t.startedAt.desc().nullsFirst(), t.id.desc().nullsFirst()),
     // One file, one record: two backups whose names would collide cannot both claim it.
     uniqueIndex("uq_backup_history_file_name").on(t.fileName),
   ],
@@ -103,7 +111,7 @@ export const auditEvents = serviceSchema.table(
     message: text("message"),
   },
   (t) => [
-    index("idx_audit_events_occurred_at").on(t.occurredAt.desc()),
+    index("idx_audit_events_occurred_at").on(t.occurredAt.desc().nullsFirst()),
     index("idx_audit_events_backup_id").on(t.backupId),
     index("idx_audit_events_actor").on(t.actor),
     index("idx_audit_events_action").on(t.action),
@@ -132,7 +140,7 @@ export const jobRuns = serviceSchema.table(
   (t) => [
     // PostgreSQL arbitrates between replicas: only one claimed row per (job, slot).
     uniqueIndex("uq_job_runs_claimed_slot").on(t.job, t.slot).where(sql`${t.claimed}`),
-    index("idx_job_runs_job_slot").on(t.job, t.slot.desc()),
+    index("idx_job_runs_job_slot").on(t.job, t.slot.desc().nullsFirst()),
   ],
 );
 

@@ -28,6 +28,8 @@ export async function startServer(opts: {
         opts.handler,
       )
     : http2.createServer({}, opts.handler);
+  // Small responses must not wait for Nagle's algorithm (40 ms stalls against delayed ACKs).
+  server.on(opts.tls ? "secureConnection" : "connection", (socket: import("node:net").Socket) => socket.setNoDelay(true));
   // server.close() waits for every session; a client that abandoned a stream
   // would keep it open forever, so sessions are tracked and ended on shutdown.
   const sessions = new Set<http2.ServerHttp2Session>();
