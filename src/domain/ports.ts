@@ -150,6 +150,11 @@ export interface InspectOptions {
   compression: CompressionKind;
   /** Tables (`schema.table`) whose data the archive must hold. */
   expectedTables: string[];
+  /**
+   * false: skip reading the whole archive (a deep verification restores it,
+   * which reads and checks every byte anyway); only the table of contents.
+   */
+  full?: boolean;
 }
 
 export interface CheckOutcome {

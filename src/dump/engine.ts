@@ -179,6 +179,18 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
     },
 
     async inspect(options: InspectOptions, signal?: AbortSignal): Promise<InspectResult> {
+      if (options.full === false && options.format === "custom") {
+        const toc = await listArchive(options, signal);
+        const missing = options.expectedTables.filter((t) => !toc.tables.has(t));
+        return {
+          decompress: { passed: true, detail: "read in full by the restore that follows", dumpSize: null },
+          archive: !toc.ok
+            ? { passed: false, detail: `pg_restore cannot read the archive's table of contents: ${toc.detail}` }
+            : missing.length > 0
+              ? { passed: false, detail: `archive lacks the data of ${missing.length} table(s): ${missing.slice(0, 10).join(", ")}` }
+              : { passed: true, detail: "the table of contents lists the data of every counted table; the restore reads the rest" },
+        };
+      }
       const [decompress, toc] = await Promise.all([
         readWhole(options, signal),
         options.format === "custom" ? listArchive(options, signal) : Promise.resolve(null),
@@ -223,23 +235,16 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
    * is kept to look for pg_dump's completion trailer.
    */
   async function readWhole(options: InspectOptions, signal?: AbortSignal) {
+    if (options.format === "custom") return readWholeCustom(options, signal);
     const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
     const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
-    const restore =
-      options.format === "custom"
-        ? startChild("pg_restore", tools.pgRestore, ["--file=/dev/null"], {
-            env: childProcessEnv(),
-            stdio: ["pipe", "ignore", "pipe"],
-            signal,
-          })
-        : null;
     let bytes = 0;
     let tail = Buffer.alloc(0);
-    const fed = feed(dec.child.stdout!, restore?.child.stdin ?? null, (chunk) => {
+    const fed = feed(dec.child.stdout!, null, (chunk) => {
       bytes += chunk.length;
-      if (!restore) tail = Buffer.concat([tail, chunk]).subarray(-1024);
+      tail = Buffer.concat([tail, chunk]).subarray(-1024);
     });
-    const [decExit, restoreExit] = await Promise.all([dec.exit, restore?.exit ?? Promise.resolve(null), fed]);
+    const [decExit] = await Promise.all([dec.exit, fed]);
     signal?.throwIfAborted();
     const ok = succeeded(decExit);
     return {
@@ -247,8 +252,48 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       bytes,
       detail: ok ? "" : `${describeExit(decExit)} (the file does not decompress completely)`,
       trailer: tail.toString("utf8").includes(PLAIN_TRAILER),
-      restoreOk: restoreExit ? succeeded(restoreExit) : true,
-      restoreDetail: restoreExit ? describeExit(restoreExit) : "",
+      restoreOk: true,
+      restoreDetail: "",
+    };
+  }
+
+  /**
+   * A custom archive is decompressed twice at once, child to child, no byte
+   * through Node (measured: Node in the middle cost 1.5 s of 2.9 on a 1.2 GB
+   * dump): into `pg_restore -f /dev/null`, which must read every data block,
+   * and into `wc -c`, which gives the dump's size. Each on its own core.
+   */
+  async function readWholeCustom(options: InspectOptions, signal?: AbortSignal) {
+    const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
+    const pipeInto = (name: string, command: string, args: string[], stdout: "ignore" | "pipe") => {
+      const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
+      const sink = startChild(name, command, args, { env: childProcessEnv(), stdio: [dec.child.stdout!, stdout, "pipe"], signal });
+      dec.child.stdout!.destroy();
+      return { dec, sink };
+    };
+    const reading = pipeInto("pg_restore", tools.pgRestore, ["--file=/dev/null"], "ignore");
+    const counting = pipeInto("wc", tools.wc, ["-c"], "pipe");
+    let out = "";
+    counting.sink.child.stdout!.setEncoding("utf8");
+    counting.sink.child.stdout!.on("data", (d: string) => (out += d));
+    const [, restoreExit, decExit, countExit] = await Promise.all([
+      reading.dec.exit,
+      reading.sink.exit,
+      counting.dec.exit,
+      counting.sink.exit,
+    ]);
+    signal?.throwIfAborted();
+    // The decompressor that feeds wc reads the whole file whatever pg_restore thinks of it (the
+    // other one dies of SIGPIPE when pg_restore gives up): its status says whether it decompresses.
+    const ok = succeeded(decExit) && succeeded(countExit);
+    const bytes = Number(out.trim());
+    return {
+      ok,
+      bytes: Number.isFinite(bytes) ? bytes : 0,
+      detail: ok ? "" : `${describeExit(succeeded(decExit) ? countExit : decExit)} (the file does not decompress completely)`,
+      trailer: false,
+      restoreOk: succeeded(restoreExit),
+      restoreDetail: describeExit(restoreExit),
     };
   }
 

@@ -11,6 +11,7 @@ export interface Tools {
   psql: string;
   zstd: string;
   gzip: string;
+  wc: string;
   pgDumpVersion: string;
   pgDumpMajor: number;
 }
@@ -21,6 +22,7 @@ const PACKAGES: Record<string, string> = {
   psql: "postgresql-client",
   zstd: "zstd",
   gzip: "gzip",
+  wc: "coreutils",
 };
 
 export class MissingToolError extends Error {
@@ -51,13 +53,21 @@ export function parsePgVersion(text: string): { version: string; major: number }
 /** Finds every tool and checks that it runs; fails with the Debian package to install. */
 export async function resolveTools(pgBinDir: string | undefined): Promise<Tools> {
   const pg = (name: string) => (pgBinDir ? path.join(pgBinDir, name) : name);
-  const tools = { pgDump: pg("pg_dump"), pgRestore: pg("pg_restore"), psql: pg("psql"), zstd: "zstd", gzip: "gzip" };
+  const tools = {
+    pgDump: pg("pg_dump"),
+    pgRestore: pg("pg_restore"),
+    psql: pg("psql"),
+    zstd: "zstd",
+    gzip: "gzip",
+    wc: "wc",
+  };
   const [dumpText] = await Promise.all([
     versionOf("pg_dump", tools.pgDump),
     versionOf("pg_restore", tools.pgRestore),
     versionOf("psql", tools.psql),
     versionOf("zstd", tools.zstd),
     versionOf("gzip", tools.gzip),
+    versionOf("wc", tools.wc),
   ]);
   const parsed = parsePgVersion(dumpText);
   if (!parsed) throw new MissingToolError(`pg_dump printed an unexpected version: ${dumpText.slice(0, 100)}`);
