@@ -45,7 +45,7 @@ export function createLibpq(target: PgTarget) {
     where,
 
     /** libpq's environment for a child process: the password never goes on a command line. */
-    env(database: string, appName = APP_NAME): NodeJS.ProcessEnv {
+    env(database: string, appName = APP_NAME, options?: string): NodeJS.ProcessEnv {
       const env = childProcessEnv();
       env.PGHOST = target.host;
       env.PGPORT = String(target.port);
@@ -55,6 +55,7 @@ export function createLibpq(target: PgTarget) {
       env.PGDATABASE = database;
       env.PGCONNECT_TIMEOUT = "10";
       env.PGAPPNAME = appName;
+      if (options) env.PGOPTIONS = options;
       return env;
     },
 
