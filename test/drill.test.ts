@@ -1,6 +1,6 @@
 import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -280,3 +280,28 @@ describe("the restore-drill job", () => {
   });
 });
 
+
+describe("deep verification of a truncated archive", () => {
+  it("a file cut short (record made to match) fails at the restore, CORRUPTED", async () => {
+    const db = uniqueName("bs_drill_cut");
+    extra.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE big (id int, body text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
+    const { backup } = await svc.client.createBackup({ database: db });
+    const file = path.join(svc.backupDir, backup!.fileName);
+    const bytes = (await readFile(file)).subarray(0, Math.floor(Number(backup!.fileSize) * 0.6));
+    await writeFile(file, bytes);
+    await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
+      backup!.id,
+      createHash("sha256").update(bytes).digest("hex"),
+      bytes.length,
+    ]);
+    const v = await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(v.verified).toBe(false);
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    const restore = v.checks.find((c) => c.name === "restore");
+    expect(restore?.passed).toBe(false);
+    expect(restore?.detail).toMatch(/the restore failed: (zstd|pg_restore)/);
+    expect(await scratchDatabases()).toEqual([]);
+  });
+});

@@ -153,7 +153,9 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
       const rows = await db
         .selectDistinctOn([t.databaseName])
         .from(t)
-        .where(and(eq(t.isDeleted, false), eq(t.status, "VERIFIED")))
+        .where(
+          and(eq(t.isDeleted, false), eq(t.status, "VERIFIED"), sql`NOT jsonb_exists(${t.metadata}, 'safetyBackupFor')`),
+        )
         .orderBy(t.databaseName, desc(t.startedAt));
       return rows.map(toRecord);
     },

@@ -4,7 +4,7 @@
  * served while a fresh one is computed in the background (so callers rarely
  * wait on the aggregate); writes made by this process clear the cache at once,
  * so this process reads its own writes. Another replica's writes show within
- * about `ttlMs`.
+ * at most twice `ttlMs`.
  */
 export function createSingleFlight(ttlMs: number) {
   interface Entry {
@@ -41,7 +41,13 @@ export function createSingleFlight(ttlMs: number) {
       if (ttlMs <= 0) return load();
       const hit = entries.get(key);
       if (!hit) return start(key, load);
-      if (hit.settled && performance.now() - hit.at >= ttlMs && !hit.refreshing) {
+      const age = performance.now() - hit.at;
+      // Too old to serve even while refreshing (after an idle spell): wait for a fresh answer.
+      if (hit.settled && age >= 2 * ttlMs) {
+        entries.delete(key);
+        return start(key, load);
+      }
+      if (hit.settled && age >= ttlMs && !hit.refreshing) {
         hit.refreshing = true;
         void start(key, load, hit).catch(() => undefined);
       }

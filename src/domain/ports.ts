@@ -54,7 +54,7 @@ export interface BackupRepository {
   newestVerifiedIds(n: number): Promise<Set<string>>;
   /** Removes a record for good. */
   remove(id: string): Promise<void>;
-  /** The newest VERIFIED, not deleted backup of every database. */
+  /** The newest VERIFIED, not deleted backup of every database (pre-restore safety backups aside). */
   newestVerifiedPerDatabase(): Promise<BackupRecord[]>;
   /**
    * For every database with backups (or just `database`): its newest

@@ -341,7 +341,7 @@ export function createRestoreEngine(opts: {
         return loadParallel(options, onProgress, signal);
       }
       let read = 0;
-      const [fileSize] = [await fileSizeOf(options.path)];
+      const fileSize = await fileSizeOf(options.path);
       await streamLoad(options, (n) => {
         read += n;
         onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });

@@ -61,6 +61,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
   const byName = new Map(jobs.map((j) => [j.name, j]));
   const handles: schedule.Job[] = [];
   const active = new Map<Promise<void>, AbortController>();
+  const inflight = new Set<Promise<FireOutcome>>();
   let stopped = false;
 
   const jobLockKey = (name: string) => `job:${name}`;
@@ -80,9 +81,21 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       .catch((err: unknown) => logger.error({ err }, "could not write audit event"));
   }
 
-  async function runClaimed(job: JobSpec, claim: JobRun): Promise<"ran" | "skipped"> {
+  async function runClaimed(job: JobSpec, claim: JobRun): Promise<FireOutcome> {
     const controller = new AbortController();
-    const lock = await locks.tryAcquire(jobLockKey(job.name));
+    let lock;
+    try {
+      lock = await locks.tryAcquire(jobLockKey(job.name));
+    } catch (err) {
+      // The claim must not stay RUNNING for a run that never started.
+      await runs.finish(claim.id, { outcome: "FAILED", error: "could not take the job's lock" }).catch(() => undefined);
+      throw err;
+    }
+    if (lock && stopped) {
+      await lock.release();
+      await runs.finish(claim.id, { outcome: "INTERRUPTED", error: "interrupted by shutdown before it started" });
+      return "stopped";
+    }
     if (!lock) {
       const others = (await runs.listRunning(job.name)).filter((r) => r.id !== claim.id);
       const why = `the previous run of ${job.name}${others[0] ? ` (slot ${others[0].slot.toISOString()})` : ""} is still running`;
@@ -121,6 +134,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       }
     })();
     active.set(work, controller);
+    if (stopped) controller.abort(STOPPED); // stop() ran between our check and here
     try {
       await work;
     } finally {
@@ -133,7 +147,18 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
    * Handles one firing of `name` for `slot`. Called by node-schedule, by
    * start-up catch-up, and directly by tests (no test waits for a real cron time).
    */
-  async function fire(name: string, slot: Date): Promise<FireOutcome> {
+  function fire(name: string, slot: Date): Promise<FireOutcome> {
+    // Every firing is tracked from its start, so that stop() waits for those still claiming.
+    const p = fireOnce(name, slot);
+    inflight.add(p);
+    void p.then(
+      () => inflight.delete(p),
+      () => inflight.delete(p),
+    );
+    return p;
+  }
+
+  async function fireOnce(name: string, slot: Date): Promise<FireOutcome> {
     const job = byName.get(name);
     if (!job) throw new Error(`unknown job ${name}`);
     if (stopped) return "stopped";
@@ -230,7 +255,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       stopped = true;
       for (const h of handles) h.cancel();
       for (const c of active.values()) c.abort(STOPPED);
-      await Promise.allSettled([...active.keys()]);
+      await Promise.allSettled([...active.keys(), ...inflight]);
     },
   };
 }
