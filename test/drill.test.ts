@@ -1,23 +1,21 @@
-import { execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import path from "node:path";
-import { createInterface } from "node:readline";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupService, BackupStatus, JobRunOutcome, VerificationLevel } from "../gen/backup/v1/backup_pb.js";
+import { BackupStatus, JobRunOutcome, VerificationLevel } from "../gen/backup/v1/backup_pb.js";
 import { previousSlot } from "../src/scheduler/cron.js";
 import {
   createDatabase,
   createFixture,
   dropDatabase,
-  mintToken,
+  callFailure,
   PG_HOST,
   PG_PORT,
   PG_USER,
   seedDatabase,
-  serviceEnv,
+  spawnService,
   sql,
   startService,
   tempDir,
@@ -52,17 +50,6 @@ async function scratchDatabases(s: TestService = svc): Promise<string[]> {
     `bsvc\\_restore\\_${s.app.restoreTag}\\_%`,
   ]);
   return rows.map((r) => r.datname);
-}
-
-async function failure(p: Promise<unknown>): Promise<ConnectError> {
-  const err = await p.then(
-    () => {
-      throw new Error("expected the call to fail");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ConnectError);
-  return err as ConnectError;
 }
 
 describe("deep verification", () => {
@@ -166,7 +153,7 @@ describe("deep verification", () => {
     const call = svc.client.verifyBackup({ id: backup!.id, deep: true }, { signal: ac.signal });
     await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
     ac.abort();
-    const err = await failure(call);
+    const err = await callFailure(call);
     expect(Code[err.code]).toBe("Canceled");
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     const { backup: after } = await svc.client.getBackup({ id: backup!.id });
@@ -184,28 +171,8 @@ describe("crash mid-drill", () => {
     await sql(big, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g");
     const control = uniqueName("bs_ctl_drillcrash");
     const dataDir = await tempDir();
-    const env = { ...process.env, ...serviceEnv(control, fx.target, dataDir), LOG_LEVEL: "info" };
-    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const { child, client } = await spawnService(control, fx.target, dataDir);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stdout! }).on("line", (line) => {
-          try {
-            const e = JSON.parse(line) as { msg?: string; url?: string };
-            if (e.msg === "backup service listening") resolve(e.url!);
-          } catch {
-            // not a log line
-          }
-        });
-        child.once("exit", (code) => reject(new Error(`exited with ${code}`)));
-      });
-      const token = await mintToken({ sub: "ops", role: "admin" });
-      const client = createClient(
-        BackupService,
-        createGrpcTransport({
-          baseUrl: url,
-          interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
-        }),
-      );
       const { backup } = await client.createBackup({ database: big });
       void client.verifyBackup({ id: backup!.id, deep: true }).catch(() => undefined);
       // The child's scratch databases carry its control database's tag.

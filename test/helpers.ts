@@ -2,12 +2,14 @@
  * Test support: throwaway databases on the local PostgreSQL, the real service
  * on an ephemeral port, and real clients (connect-es and grpc-js).
  */
+import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
+import { createInterface } from "node:readline";
 import type { DescService } from "@bufbuild/protobuf";
-import { createClient, type Client } from "@connectrpc/connect";
+import { ConnectError, createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { SignJWT } from "jose";
@@ -333,4 +335,48 @@ export function createFixture(name: string) {
       for (const d of [...services.map((s) => s.dataDir), ...dirs]) await removeDir(d);
     },
   };
+}
+
+/** Awaits a call that must fail, and returns its error (a ConnectError, or the test fails). */
+export async function callFailure(p: Promise<unknown>): Promise<ConnectError> {
+  const err = await p.then(
+    () => {
+      throw new Error("expected the call to fail");
+    },
+    (e: unknown) => e,
+  );
+  if (!(err instanceof ConnectError)) throw err;
+  return err;
+}
+
+/**
+ * Runs the service as its own process (as `npm start` runs it, from source)
+ * and waits until it listens; for tests that kill it.
+ */
+export async function spawnService(control: string, target: string, dataDir: string) {
+  const env = { ...process.env, ...serviceEnv(control, target, dataDir), LOG_LEVEL: "info" };
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
+  const logs: Record<string, unknown>[] = [];
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on("line", (line) => {
+      try {
+        const entry = JSON.parse(line) as Record<string, unknown>;
+        logs.push(entry);
+        if (entry.msg === "backup service listening") resolve(entry.url as string);
+      } catch {
+        // not a log line
+      }
+    });
+    child.once("exit", (code) => reject(new Error(`service exited with ${code} before listening`)));
+  });
+  const token = await mintToken({ sub: "ops", role: "admin" });
+  const client = createClient(
+    BackupService,
+    createGrpcTransport({
+      baseUrl: url,
+      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
+    }),
+  );
+  return { child, client, url, logs, exited };
 }

@@ -1,19 +1,15 @@
-import { spawn, type ChildProcess } from "node:child_process";
-import { createInterface } from "node:readline";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import type { ChildProcess } from "node:child_process";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupService, BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
 import {
   backupFiles,
   blockTable,
   createDatabase,
   dropDatabase,
-  mintToken,
   pgDumpPids,
   removeDir,
   seedDatabase,
-  serviceEnv,
+  spawnService,
   startService,
   tempDir,
   uniqueName,
@@ -39,35 +35,10 @@ afterAll(async () => {
   for (const d of dirs) await removeDir(d);
 });
 
-/** Runs the service as its own process (as `npm start` does) and waits until it listens. */
-async function spawnService(control: string, dataDir: string) {
-  const env = { ...process.env, ...serviceEnv(control, target, dataDir), LOG_LEVEL: "info" };
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
-  children.push(child);
-  const logs: Record<string, unknown>[] = [];
-  const url = await new Promise<string>((resolve, reject) => {
-    const lines = createInterface({ input: child.stdout! });
-    lines.on("line", (line) => {
-      try {
-        const entry = JSON.parse(line) as Record<string, unknown>;
-        logs.push(entry);
-        if (entry.msg === "backup service listening") resolve(entry.url as string);
-      } catch {
-        // not a log line
-      }
-    });
-    child.once("exit", (code) => reject(new Error(`service exited with ${code} before listening`)));
-  });
-  const token = await mintToken({ sub: "ops", role: "admin" });
-  const client = createClient(
-    BackupService,
-    createGrpcTransport({
-      baseUrl: url,
-      interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
-    }),
-  );
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
-  return { child, client, url, logs, exited };
+async function spawnTracked(control: string, dataDir: string) {
+  const svc = await spawnService(control, target, dataDir);
+  children.push(svc.child);
+  return svc;
 }
 
 /**
@@ -81,7 +52,7 @@ async function childWithRunningBackup(name: string) {
   dirs.push(dataDir);
   const lock = await blockTable(target, "customers");
   try {
-    const svc = await spawnService(control, dataDir);
+    const svc = await spawnTracked(control, dataDir);
     const { backup } = await svc.client.createBackup({ async: true });
     await waitForBlockedDump(target);
     return { svc, control, dataDir, lock, id: backup!.id };

@@ -1,7 +1,7 @@
 import { createHash } from "node:crypto";
 import { open, readdir, readFile, rm } from "node:fs/promises";
 import path from "node:path";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -10,6 +10,7 @@ import {
   type RestoreBackupResponse,
 } from "../gen/backup/v1/backup_pb.js";
 import {
+  callFailure,
   createDatabase,
   createFixture,
   dropDatabase,
@@ -76,16 +77,7 @@ async function drain(req: RestoreArgs, s: TestService = svc, signal?: AbortSigna
   return msgs;
 }
 
-async function codeOf(p: Promise<unknown>): Promise<ConnectError> {
-  const err = await p.then(
-    () => {
-      throw new Error("expected the call to fail");
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(ConnectError);
-  return err as ConnectError;
-}
+const codeOf = callFailure;
 
 /** This file's services' scratch and retired databases (other runs on the server are left alone). */
 async function scratchDatabases(): Promise<string[]> {
