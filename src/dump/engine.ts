@@ -17,7 +17,7 @@ import { DomainError, safeReason } from "../errors.js";
 import { createStopper } from "../domain/stopper.js";
 import { readToc } from "./archive.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
-import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
+import { BULK_NICE, describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
 
 export interface DumpEngineOptions {
@@ -115,6 +115,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           env: childProcessEnv(),
           stdio: [dump.child.stdout!, "pipe", "pipe"],
           signal: steps,
+          nice: BULK_NICE,
         });
         // Our copy of the pipe's read end must go, or pg_dump would block instead of
         // getting SIGPIPE if the compressor died.
@@ -266,8 +267,18 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   async function readWholeCustom(options: InspectOptions, signal?: AbortSignal) {
     const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
     const pipeInto = (name: string, command: string, args: string[], stdout: "ignore" | "pipe") => {
-      const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
-      const sink = startChild(name, command, args, { env: childProcessEnv(), stdio: [dec.child.stdout!, stdout, "pipe"], signal });
+      const dec = startChild(options.compression, cmd, argv, {
+        env: childProcessEnv(),
+        stdio: ["ignore", "pipe", "pipe"],
+        signal,
+        nice: BULK_NICE,
+      });
+      const sink = startChild(name, command, args, {
+        env: childProcessEnv(),
+        stdio: [dec.child.stdout!, stdout, "pipe"],
+        signal,
+        nice: BULK_NICE,
+      });
       dec.child.stdout!.destroy();
       return { dec, sink };
     };

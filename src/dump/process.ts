@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess, type StdioOptions } from "node:child_process";
+import os from "node:os";
 
 /** How a child process ended. */
 export interface ExitInfo {
@@ -17,6 +18,8 @@ export interface RunningChild {
 }
 
 const STDERR_TAIL = 4096;
+/** Niceness for the compressor and the verification readers (see startChild). */
+export const BULK_NICE = 10;
 const KILL_AFTER_MS = 2000;
 
 /**
@@ -28,9 +31,17 @@ export function startChild(
   name: string,
   command: string,
   args: string[],
-  options: { env: NodeJS.ProcessEnv; stdio: StdioOptions; signal?: AbortSignal },
+  options: { env: NodeJS.ProcessEnv; stdio: StdioOptions; signal?: AbortSignal; nice?: number },
 ): RunningChild {
   const child = spawn(command, args, { env: options.env, stdio: options.stdio });
+  if (options.nice && child.pid !== undefined) {
+    try {
+      // Bulk work yields the CPU to the service's own calls (and to PostgreSQL) when both want it.
+      os.setPriority(child.pid, options.nice);
+    } catch {
+      // not permitted here: run at normal priority
+    }
+  }
   let stderr = "";
   child.stderr?.setEncoding("utf8");
   child.stderr?.on("data", (chunk: string) => {
