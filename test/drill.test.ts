@@ -52,6 +52,15 @@ async function scratchDatabases(s: TestService = svc): Promise<string[]> {
   return rows.map((r) => r.datname);
 }
 
+/** Makes a tampered file pass every file check: its record gets the file's size and SHA-256. */
+async function matchRecordToFile(id: string, bytes: Buffer): Promise<void> {
+  await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
+    id,
+    createHash("sha256").update(bytes).digest("hex"),
+    bytes.length,
+  ]);
+}
+
 describe("deep verification", () => {
   it("a good backup passes: restored, tables, objects and sanity checked; the scratch database is gone", async () => {
     const rich = uniqueName("bs_drill_rich");
@@ -114,12 +123,7 @@ describe("deep verification", () => {
     await sql(db, "DELETE FROM ledger WHERE id > 90");
     const file = path.join(svc.backupDir, backup!.fileName);
     execFileSync("sh", ["-c", `pg_dump -Fc -Z0 -h ${PG_HOST} -p ${PG_PORT} -U ${PG_USER} ${db} | zstd -q -c > '${file}'`]);
-    const bytes = await readFile(file);
-    await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
-      backup!.id,
-      createHash("sha256").update(bytes).digest("hex"),
-      bytes.length,
-    ]);
+    await matchRecordToFile(backup!.id, await readFile(file));
     const shallow = await svc.client.verifyBackup({ id: backup!.id });
     expect(shallow.verified, shallow.message).toBe(true); // the file itself looks fine
 
@@ -258,11 +262,7 @@ describe("deep verification of a truncated archive", () => {
     const file = path.join(svc.backupDir, backup!.fileName);
     const bytes = (await readFile(file)).subarray(0, Math.floor(Number(backup!.fileSize) * 0.6));
     await writeFile(file, bytes);
-    await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
-      backup!.id,
-      createHash("sha256").update(bytes).digest("hex"),
-      bytes.length,
-    ]);
+    await matchRecordToFile(backup!.id, bytes);
     const v = await svc.client.verifyBackup({ id: backup!.id, deep: true });
     expect(v.verified).toBe(false);
     expect(v.status).toBe(BackupStatus.CORRUPTED);

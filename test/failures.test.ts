@@ -60,6 +60,22 @@ async function onlyBackup(svc: TestService) {
 
 let main: TestService;
 
+/**
+ * After a cancelled backup: the newest record is FAILED with `reason`, pg_dump and the
+ * compressor are gone, and no file (partial or not) is left.
+ */
+async function expectStoppedCleanly(reason: RegExp): Promise<void> {
+  const { backups } = await main.client.listBackups({ pageSize: 1 });
+  const b = await waitFor("the backup to be recorded as failed", async () => {
+    const r = await recordOf(main, backups[0]!.id);
+    return r.status === BackupStatus.FAILED ? r : null;
+  });
+  expect(b.errorMessage).toMatch(reason);
+  await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+  await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
+  expect(await backupFiles(main.backupDir)).toEqual([]);
+}
+
 beforeAll(async () => {
   await createDatabase(target);
   await seedDatabase(target, 500);
@@ -189,15 +205,7 @@ describe("cancellation", () => {
       expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
       ac.abort();
       await expectError(call, Code.Canceled);
-      const { backups } = await main.client.listBackups({ pageSize: 1 });
-      const b = await waitFor("the backup to be recorded as failed", async () => {
-        const r = await recordOf(main, backups[0]!.id);
-        return r.status === BackupStatus.FAILED ? r : null;
-      });
-      expect(b.errorMessage).toBe("cancelled by the client");
-      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
-      await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
-      expect(await backupFiles(main.backupDir)).toEqual([]);
+      await expectStoppedCleanly(/^cancelled by the client$/);
     } finally {
       await lock.release();
     }
@@ -210,15 +218,7 @@ describe("cancellation", () => {
       await waitForBlockedDump(target);
       expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
       await expectError(call, Code.DeadlineExceeded);
-      const { backups } = await main.client.listBackups({ pageSize: 1 });
-      const b = await waitFor("the backup to be recorded as failed", async () => {
-        const r = await recordOf(main, backups[0]!.id);
-        return r.status === BackupStatus.FAILED ? r : null;
-      });
-      expect(b.errorMessage).toMatch(/cancelled: the call's deadline was exceeded/);
-      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
-      await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
-      expect(await backupFiles(main.backupDir)).toEqual([]);
+      await expectStoppedCleanly(/cancelled: the call's deadline was exceeded/);
     } finally {
       await lock.release();
     }
