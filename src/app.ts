@@ -14,6 +14,7 @@ import { createAdvisoryLocks } from "./db/locks.js";
 import { MIGRATIONS_SCHEMA, SERVICE_SCHEMA } from "./db/schema.js";
 import { createBackupService } from "./domain/backup-service.js";
 import { createDownloadUseCase } from "./domain/download.js";
+import { createEventBus, type EventBus } from "./domain/events.js";
 import { createRestoreUseCase } from "./domain/restore.js";
 import { createRetentionUseCase } from "./domain/retention.js";
 import { createDumpEngine } from "./dump/engine.js";
@@ -38,6 +39,8 @@ export interface App {
   readonly service: BackupUseCases;
   readonly keys: JwtKeys;
   readonly scheduler: Scheduler;
+  /** Outcomes of backups, verifications, restores and cleanups, as they happen. */
+  readonly events: EventBus;
   /** Tag in the names of this service's scratch databases (bsvc_restore_<tag>_...). */
   readonly restoreTag: string;
   /** Settles when start-up catch-up of missed slots is done. */
@@ -78,7 +81,9 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     const backupsRepo = createBackupRepository(db);
     const locks = createAdvisoryLocks(config.control, pool, logger);
     const clock = { now: () => new Date() };
+    const events = createEventBus(logger);
     const backupService = createBackupService({
+      events,
       backups: backupsRepo,
       audit,
       locks,
@@ -116,6 +121,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       core,
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,
       namespace: restoreTag,
+      events,
       sanityQueries: await loadSanityQueries(config),
     });
     const retention = createRetentionUseCase({
@@ -126,6 +132,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       logger,
       core,
       minKeep: config.retentionMinKeep,
+      events,
     });
     const sched = config.scheduler;
     const scheduler = createScheduler(
@@ -139,7 +146,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         restoreDrillJob({
           cron: sched.restoreDrillCron,
           candidates: () => backupsRepo.newestVerifiedPerDatabase(),
-          verifyDeep: (id, signal) => backupService.verifyBackup(id, signal, restore.deepChecks),
+          verifyDeep: (id, signal) => backupService.verifyBackup(id, signal, restore.deepChecks, "drill"),
+          events,
         }),
       ],
       {
@@ -219,6 +227,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       service,
       keys,
       scheduler,
+      events,
       catchingUp,
       restoreTag,
       close() {

@@ -69,6 +69,31 @@ export interface Config {
     readonly databases: readonly string[];
     readonly replicaId: string;
   };
+  /** Prometheus metrics over HTTP/1.1; null when switched off. */
+  readonly metrics: { readonly host: string; readonly port: number } | null;
+  readonly alerts: AlertConfig;
+}
+
+export interface AlertConfig {
+  readonly webhook: { readonly url: string; readonly failuresOnly: boolean } | null;
+  readonly email: {
+    readonly smtpUrl: string;
+    readonly from: string;
+    readonly to: readonly string[];
+    readonly failuresOnly: boolean;
+  } | null;
+  /** Dead-man's switch: alert when a database's newest VERIFIED backup is older; null: off. */
+  readonly maxBackupAgeMs: number | null;
+  /** Disk alert when BACKUP_DIR has less free space than this (0: off). */
+  readonly minFreeBytes: number;
+  /** Disk alert when BACKUP_DIR has less than this percent free (0: off). */
+  readonly minFreePercent: number;
+  /** When the alert-check job (backup age, disk space) runs; null when switched off. */
+  readonly checkCron: string | null;
+  /** Delivery attempts after the first, with doubling delays from retryDelayMs. */
+  readonly retries: number;
+  readonly retryDelayMs: number;
+  readonly timeoutMs: number;
 }
 
 /** Thrown when the environment does not hold a valid configuration. */
@@ -99,6 +124,16 @@ function intSetting(def: number, min: number, max: number) {
       return n;
     });
 }
+
+function booleanSetting() {
+  return optionalString.pipe(
+    z.enum(["true", "false", "1", "0", "yes", "no"], { message: "must be true or false" }).optional(),
+  );
+}
+
+const isTrue = (v: string | undefined) => v !== undefined && ["true", "1", "yes"].includes(v);
+
+const EMAIL = /^[^\s@<>,]+@[^\s@<>,]+$/;
 
 function pgUrl(def: string) {
   return z
@@ -189,6 +224,21 @@ const envSchema = z.object({
   SCHEDULE_CATCHUP_WINDOW: optionalString,
   BACKUP_DATABASES: optionalString,
   REPLICA_ID: optionalString,
+  METRICS_HOST: optionalString,
+  METRICS_PORT: optionalString,
+  ALERT_WEBHOOK_URL: optionalString,
+  ALERT_WEBHOOK_FAILURES_ONLY: booleanSetting(),
+  SMTP_URL: optionalString,
+  ALERT_EMAIL_FROM: optionalString,
+  ALERT_EMAIL_TO: optionalString,
+  ALERT_EMAIL_FAILURES_ONLY: booleanSetting(),
+  ALERT_MAX_BACKUP_AGE: optionalString,
+  ALERT_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
+  ALERT_MIN_FREE_PERCENT: intSetting(10, 0, 99),
+  ALERT_CHECK_CRON: optionalString,
+  ALERT_RETRIES: intSetting(4, 0, 20),
+  ALERT_RETRY_DELAY_MS: intSetting(2000, 1, 3_600_000),
+  ALERT_TIMEOUT_MS: intSetting(10_000, 100, 600_000),
 });
 
 /** "6h", "90m", "30s", "2d" or plain seconds -> milliseconds; null if malformed. */
@@ -261,6 +311,56 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (databases.length === 0 || databases.some((d) => Buffer.byteLength(d) > 63)) {
     problems.push("BACKUP_DATABASES: must be a comma-separated list of database names (1 to 63 bytes each)");
   }
+  const alertCheckCron = cronSetting("ALERT_CHECK_CRON", e.ALERT_CHECK_CRON, "*/10 * * * *");
+  let metricsPort: number | null = 9464;
+  if (e.METRICS_PORT !== undefined) {
+    const v = e.METRICS_PORT.trim().toLowerCase();
+    if (v === "off") metricsPort = null;
+    else if (/^\d+$/.test(v) && Number(v) <= 65535) metricsPort = Number(v);
+    else problems.push("METRICS_PORT: must be a port from 0 to 65535, or off");
+  }
+  let maxBackupAgeMs: number | null = 26 * 3_600_000;
+  if (e.ALERT_MAX_BACKUP_AGE !== undefined) {
+    if (e.ALERT_MAX_BACKUP_AGE.trim().toLowerCase() === "off") maxBackupAgeMs = null;
+    else {
+      maxBackupAgeMs = parseDuration(e.ALERT_MAX_BACKUP_AGE);
+      if (maxBackupAgeMs === null || maxBackupAgeMs === 0) {
+        problems.push("ALERT_MAX_BACKUP_AGE: must be a duration such as 26h, 90m or 2d, or off");
+      }
+    }
+  }
+  let webhook: AlertConfig["webhook"] = null;
+  if (e.ALERT_WEBHOOK_URL !== undefined) {
+    const ok = URL.canParse(e.ALERT_WEBHOOK_URL) && /^https?:$/.test(new URL(e.ALERT_WEBHOOK_URL).protocol);
+    if (!ok) problems.push("ALERT_WEBHOOK_URL: must be an http:// or https:// URL");
+    else webhook = Object.freeze({ url: e.ALERT_WEBHOOK_URL, failuresOnly: isTrue(e.ALERT_WEBHOOK_FAILURES_ONLY) });
+  }
+  let email: AlertConfig["email"] = null;
+  const emailSettings = [e.SMTP_URL, e.ALERT_EMAIL_FROM, e.ALERT_EMAIL_TO];
+  if (emailSettings.some((v) => v !== undefined)) {
+    const to = (e.ALERT_EMAIL_TO ?? "").split(",").map((a) => a.trim()).filter((a) => a.length > 0);
+    const before = problems.length;
+    if (emailSettings.some((v) => v === undefined)) {
+      problems.push("SMTP_URL, ALERT_EMAIL_FROM, ALERT_EMAIL_TO: set all three to send alerts by email, or none");
+    } else {
+      const smtpOk = URL.canParse(e.SMTP_URL!) && /^smtps?:$/.test(new URL(e.SMTP_URL!).protocol);
+      if (!smtpOk) problems.push("SMTP_URL: must be a URL such as smtp://user:password@mail.example.com:587 or smtps://...:465");
+      if (!EMAIL.test(e.ALERT_EMAIL_FROM!.replace(/^.*<(.*)>\s*$/, "$1"))) {
+        problems.push("ALERT_EMAIL_FROM: must be an address such as backups@example.com or \"Backups <backups@example.com>\"");
+      }
+      if (to.length === 0 || to.some((a) => !EMAIL.test(a))) {
+        problems.push("ALERT_EMAIL_TO: must be a comma-separated list of addresses such as ops@example.com");
+      }
+    }
+    if (problems.length === before) {
+      email = Object.freeze({
+        smtpUrl: e.SMTP_URL!,
+        from: e.ALERT_EMAIL_FROM!,
+        to: Object.freeze(to),
+        failuresOnly: isTrue(e.ALERT_EMAIL_FAILURES_ONLY),
+      });
+    }
+  }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
 
   const dataDir = path.resolve(e.DATA_DIR ?? "data");
@@ -305,6 +405,18 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       databases: Object.freeze([...new Set(databases)]),
       replicaId: e.REPLICA_ID ?? `${os.hostname()}-${process.pid}`,
     }),
+    metrics: metricsPort === null ? null : Object.freeze({ host: e.METRICS_HOST ?? e.GRPC_HOST, port: metricsPort }),
+    alerts: Object.freeze({
+      webhook,
+      email,
+      maxBackupAgeMs,
+      minFreeBytes: e.ALERT_MIN_FREE_BYTES,
+      minFreePercent: e.ALERT_MIN_FREE_PERCENT,
+      checkCron: alertCheckCron,
+      retries: e.ALERT_RETRIES,
+      retryDelayMs: e.ALERT_RETRY_DELAY_MS,
+      timeoutMs: e.ALERT_TIMEOUT_MS,
+    }),
   });
 }
 
@@ -322,6 +434,7 @@ export function childProcessEnv(): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (k.startsWith("PG") || k.startsWith("JWT_") || k.endsWith("DATABASE_URL")) continue;
+    if (k.startsWith("SMTP_") || k.startsWith("ALERT_")) continue;
     env[k] = v;
   }
   return env;

@@ -134,6 +134,8 @@ export function serviceEnv(control: string, target: string, dataDir: string, ext
     WEEKLY_CLEANUP_CRON: "off",
     RESTORE_DRILL_CRON: "off",
     SCHEDULE_CATCHUP_WINDOW: "0",
+    ALERT_CHECK_CRON: "off",
+    METRICS_PORT: "0",
     ...extra,
   };
 }

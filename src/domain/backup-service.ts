@@ -33,6 +33,7 @@ import type {
   Lock,
   LockManager,
 } from "./ports.js";
+import { NO_EVENTS, type EventBus, type VerificationOrigin } from "./events.js";
 import { createStopper } from "./stopper.js";
 
 export interface BackupServiceDeps {
@@ -43,6 +44,8 @@ export interface BackupServiceDeps {
   store: BlobStore;
   clock: Clock;
   logger: Logger;
+  /** Where outcomes are announced (alerts, metrics). */
+  events?: EventBus;
   options: {
     /** Database backed up when a request names none. */
     defaultDatabase: string;
@@ -124,6 +127,7 @@ const SHUTDOWN = new DomainError("unavailable", "interrupted by shutdown");
  */
 export function createBackupService(deps: BackupServiceDeps) {
   const { backups, audit, locks, engine, store, clock, logger, options } = deps;
+  const events = deps.events ?? NO_EVENTS;
   const shutdownController = new AbortController();
   const running = new Set<Promise<unknown>>();
 
@@ -285,13 +289,22 @@ export function createBackupService(deps: BackupServiceDeps) {
         { backupId: record.id, database: record.databaseName, reason: failure.message, cause: failure.cause },
         "backup failed",
       );
+      events.emit({
+        type: "backup.failed",
+        backupId: record.id,
+        database: record.databaseName,
+        reason: failure.message,
+        cancelled: failure.kind === "cancelled",
+        unverified: false,
+        durationMs: Math.round(performance.now() - started),
+      });
       throw withBackupId(failure, record.id);
     }
     // The dump is complete and durable; from here on the question is only whether it is good.
     // A client that stops waiting does not stop the verification: only shutdown does.
     let verification: VerificationResult;
     try {
-      verification = await verifyRecord(current, shutdownController.signal);
+      verification = await verifyRecord(current, shutdownController.signal, undefined, "backup");
     } catch (err) {
       const interrupted = shutdownController.signal.aborted;
       const why = interrupted
@@ -299,13 +312,26 @@ export function createBackupService(deps: BackupServiceDeps) {
         : `verification could not run: ${err instanceof DomainError ? err.message : safeReason(err)}`;
       if (!interrupted) logger.error({ err, backupId: record.id }, "verification could not run");
       await backups.update(record.id, { errorMessage: why }).catch(() => undefined);
+      if (!interrupted) {
+        events.emit({
+          type: "backup.failed",
+          backupId: record.id,
+          database: record.databaseName,
+          reason: why,
+          cancelled: false,
+          unverified: true,
+          durationMs: Math.round(performance.now() - started),
+        });
+      }
       throw withBackupId(interrupted ? SHUTDOWN : new DomainError("dump_failed", why), record.id);
     }
     logger.info(
       { backupId: record.id, database: record.databaseName, status: verification.status, bytes: current.fileSize },
       "backup finished",
     );
-    if (!verification.verified) {
+    if (verification.verified) {
+      events.emit({ type: "backup.succeeded", backup: verification.record, durationMs: Math.round(performance.now() - started) });
+    } else {
       throw withBackupId(
         new DomainError("corrupted", `backup ${record.id} failed verification: ${verification.message}`),
         record.id,
@@ -361,11 +387,26 @@ export function createBackupService(deps: BackupServiceDeps) {
    * `deep`, a backup whose file passes is also restored into a scratch
    * database and checked there. A cancelled verification changes nothing.
    */
-  async function verifyRecord(record: BackupRecord, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
+  async function verifyRecord(
+    record: BackupRecord,
+    signal: AbortSignal | undefined,
+    deep: DeepChecks | undefined,
+    origin: VerificationOrigin,
+  ): Promise<VerificationResult> {
     const lock = await locks.tryAcquireShared(fileLockKey(record.id));
     if (!lock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to verify`);
     try {
-      return await verifyHeld(record, signal, deep);
+      const result = await verifyHeld(record, signal, deep);
+      events.emit({
+        type: "verification.finished",
+        backup: result.record,
+        level: result.level,
+        origin,
+        verified: result.verified,
+        message: result.message,
+        durationMs: result.durationMs,
+      });
+      return result;
     } finally {
       await lock.release();
     }
@@ -564,7 +605,12 @@ export function createBackupService(deps: BackupServiceDeps) {
       return { items, total, page, pages: pageCount(total, pageSize) };
     },
 
-    async verifyBackup(id: string, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
+    async verifyBackup(
+      id: string,
+      signal?: AbortSignal,
+      deep?: DeepChecks,
+      origin: VerificationOrigin = "request",
+    ): Promise<VerificationResult> {
       const record = await backups.findById(validateId(id));
       if (!record) throw notFound(`backup ${id} not found`);
       if (record.isDeleted) {
@@ -576,7 +622,7 @@ export function createBackupService(deps: BackupServiceDeps) {
       if (record.status === "FAILED") {
         throw new DomainError("failed_precondition", `backup ${id} failed and has no file to verify`);
       }
-      return verifyRecord(record, signal, deep);
+      return verifyRecord(record, signal, deep, origin);
     },
 
     async getStats(database?: string) {
@@ -648,7 +694,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           const lock = await locks.tryAcquire(runKey(record.id));
           if (!lock) continue; // its own run is still going
           try {
-            const r = await verifyRecord(record, shutdownController.signal);
+            const r = await verifyRecord(record, shutdownController.signal, undefined, "backup");
             logger.info({ backupId: record.id, status: r.status }, "verified a backup left unverified by an earlier stop");
           } finally {
             await lock.release();

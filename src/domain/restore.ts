@@ -12,6 +12,7 @@ import type {
   RestoreEngine,
   RestoreRunRepository,
 } from "./ports.js";
+import { NO_EVENTS, type EventBus } from "./events.js";
 import { createThrottle, streamWork } from "./progress.js";
 import { createStopper } from "./stopper.js";
 
@@ -73,6 +74,8 @@ export interface RestoreDeps {
   namespace: string;
   /** Sanity queries per database name ("*": every database); each must return true. */
   sanityQueries: Record<string, string[]>;
+  /** Where outcomes are announced (alerts, metrics). */
+  events?: EventBus;
 }
 
 function restoreRunKey(id: string): string {
@@ -102,6 +105,7 @@ const SPAN: Record<Exclude<RestorePhase, "DONE">, [number, number]> = {
 /** Restores backups atomically: into a scratch database first, then swapped in by name. */
 export function createRestoreUseCase(deps: RestoreDeps) {
   const { backups, runs, locks, store, restorer, logger, core } = deps;
+  const events = deps.events ?? NO_EVENTS;
   const scratchPrefix = `${SCRATCH_PREFIX}${deps.namespace}_`;
   const retiredPrefix = `${RETIRED_PREFIX}${deps.namespace}_`;
 
@@ -328,9 +332,12 @@ export function createRestoreUseCase(deps: RestoreDeps) {
       let scratch: string | null = null;
       let runId: string | null = null;
       let blocked: { database: string; restore: { release(): Promise<void> } } | null = null;
+      // Known once the request passed its checks: from then on, an outcome is announced.
+      let checked: { record: BackupRecord; target: string } | null = null;
       try {
         send({}, true);
         const { record, target } = await checkRecord(input);
+        checked = { record, target };
         signal.throwIfAborted();
 
         held.push(await core.lockDatabase(target));
@@ -481,6 +488,15 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             ? "no safety backup was taken (skip_safety_backup); this restore cannot be undone by the service"
             : `"${target}" held nothing before; to undo, drop it`;
         await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
+        events.emit({
+          type: "restore.finished",
+          backupId: record.id,
+          sourceDatabase: record.databaseName,
+          targetDatabase: target,
+          safetyBackupId,
+          durationMs: elapsed(),
+          actor: input.actor.sub,
+        });
         logger.info(
           { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, actor: input.actor.sub },
           "restore finished",
@@ -502,6 +518,18 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           true,
         );
       } catch (err) {
+        if (checked !== null) {
+          const cancelled = signal.aborted && !(err instanceof DomainError && err.kind !== "cancelled");
+          events.emit({
+            type: "restore.failed",
+            backupId: checked.record.id,
+            targetDatabase: checked.target,
+            reason: err instanceof DomainError ? err.message : signal.aborted ? "cancelled" : "internal error (details are in the service log)",
+            cancelled,
+            durationMs: elapsed(),
+            actor: input.actor.sub,
+          });
+        }
         if (runId !== null) {
           const message = err instanceof DomainError ? err.message : signal.aborted ? "cancelled" : "internal error";
           await runs

@@ -2,6 +2,7 @@ import type { Logger } from "../logger.js";
 import { DomainError, notFound } from "../errors.js";
 import { fileLockKey, type BackupRecord } from "./backup.js";
 import type { BackupService } from "./backup-service.js";
+import { NO_EVENTS, type EventBus } from "./events.js";
 import type { BackupRepository, BlobStore, Clock, LockManager } from "./ports.js";
 
 export interface RetentionDeps {
@@ -13,6 +14,8 @@ export interface RetentionDeps {
   core: BackupService["core"];
   /** The newest this many VERIFIED backups of each database are never removed by cleanup. */
   minKeep: number;
+  /** Where outcomes are announced (alerts, metrics). */
+  events?: EventBus;
 }
 
 export interface CleanupResult {
@@ -23,7 +26,7 @@ export interface CleanupResult {
 }
 
 /** Deleting backups, by hand or by their expiry, without ever losing the last good ones. */
-export function createRetentionUseCase({ backups, store, locks, clock, logger, core, minKeep }: RetentionDeps) {
+export function createRetentionUseCase({ backups, store, locks, clock, logger, core, minKeep, events = NO_EVENTS }: RetentionDeps) {
   /** Removes a backup's file while nothing reads it; returns the bytes freed, or null if it is busy. */
   async function removeFile(record: BackupRecord): Promise<number | null> {
     const lock = await locks.tryAcquire(fileLockKey(record.id));
@@ -54,6 +57,7 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         if (record.isDeleted) return { record, fileRemoved: false, freedBytes: 0 };
         const updated = await backups.update(backupId, { isDeleted: true, deletedAt: clock.now() });
         logger.info({ backupId }, "backup soft-deleted");
+        events.emit({ type: "backup.deleted", backupId, database: record.databaseName, freedBytes: 0, hard: false });
         return { record: updated, fileRemoved: false, freedBytes: 0 };
       }
       const freed = await removeFile(record);
@@ -65,6 +69,7 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
       }
       await backups.remove(backupId);
       logger.info({ backupId, freedBytes: freed }, "backup deleted with its file");
+      events.emit({ type: "backup.deleted", backupId, database: record.databaseName, freedBytes: freed, hard: true });
       return { record, fileRemoved: true, freedBytes: freed };
     },
 
@@ -111,6 +116,7 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
           freedBytes += freed;
         }
         logger.info({ removed: removed.length, kept: kept.length, freedBytes }, "cleanup finished");
+        events.emit({ type: "cleanup.finished", removed, freedBytes, dryRun });
         return { removed, kept, freedBytes, dryRun };
       } finally {
         await lock.release();

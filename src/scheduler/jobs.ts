@@ -1,5 +1,6 @@
 import type { Actor, BackupRecord } from "../domain/backup.js";
 import type { VerificationResult } from "../domain/backup-service.js";
+import type { EventBus } from "../domain/events.js";
 import { DomainError } from "../errors.js";
 import type { BackupUseCases } from "../rpc/backup-handlers.js";
 import type { JobSpec } from "./scheduler.js";
@@ -76,6 +77,8 @@ export function restoreDrillJob(opts: {
   cron: string | null;
   candidates(): Promise<BackupRecord[]>;
   verifyDeep(id: string, signal: AbortSignal): Promise<VerificationResult>;
+  /** A drill that could not run is announced here; a failed verification announces itself. */
+  events?: EventBus;
 }): JobSpec {
   return {
     name: "restore-drill",
@@ -93,6 +96,7 @@ export function restoreDrillJob(opts: {
           if (signal.aborted) throw signal.reason ?? err;
           const message = err instanceof DomainError ? err.message : "internal error (details are in the service log)";
           drilled.push({ database: record.databaseName, backupId: record.id, verified: false, message });
+          opts.events?.emit({ type: "drill.failed", backupId: record.id, database: record.databaseName, reason: message });
         }
       }
       const failed = drilled.filter((d) => !d.verified);
