@@ -1,10 +1,15 @@
 import { createHash } from "node:crypto";
+import os from "node:os";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { BackupService, file_backup_v1_backup } from "../gen/backup/v1/backup_pb.js";
 import { file_health_v1_health } from "../gen/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
+import { alertCheckJob } from "./alerts/checks.js";
+import { emailChannel, webhookChannel, type Channel } from "./alerts/channels.js";
+import { notificationFor } from "./alerts/notification.js";
+import { createNotifier, type Notifier } from "./alerts/notifier.js";
 import { loadJwtKeys, type JwtKeys } from "./auth/keys.js";
 import { describeTarget, type Config, type PgTarget } from "./config.js";
 import { createAuditRepository } from "./db/audit-repository.js";
@@ -29,6 +34,7 @@ import { registerReflection } from "./rpc/reflection.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
 import { loadSanityQueries } from "./sanity.js";
+import { createIncidentRepository } from "./db/incident-repository.js";
 import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
 import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
@@ -41,6 +47,8 @@ export interface App {
   readonly scheduler: Scheduler;
   /** Outcomes of backups, verifications, restores and cleanups, as they happen. */
   readonly events: EventBus;
+  /** Alert delivery (webhook, email); `idle()` settles when queued alerts are out. */
+  readonly alerts: Notifier;
   /** Tag in the names of this service's scratch databases (bsvc_restore_<tag>_...). */
   readonly restoreTag: string;
   /** Settles when start-up catch-up of missed slots is done. */
@@ -135,6 +143,11 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       events,
     });
     const sched = config.scheduler;
+    const alerts = createAlerts(config, logger);
+    events.subscribe((event) => {
+      const n = notificationFor(event, clock.now());
+      if (n) alerts.notify(n);
+    });
     const scheduler = createScheduler(
       [
         dailyBackupJob(backupService, {
@@ -148,6 +161,20 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           candidates: () => backupsRepo.newestVerifiedPerDatabase(),
           verifyDeep: (id, signal) => backupService.verifyBackup(id, signal, restore.deepChecks, "drill"),
           events,
+        }),
+        alertCheckJob({
+          // Without a channel there is nobody to tell: the checks stay off.
+          cron: alerts.channels.length > 0 ? config.alerts.checkCron : null,
+          databases: sched.databases,
+          maxBackupAgeMs: config.alerts.maxBackupAgeMs,
+          minFreeBytes: config.alerts.minFreeBytes,
+          minFreePercent: config.alerts.minFreePercent,
+          newestVerifiedCompletion: (dbs) => backupsRepo.newestVerifiedCompletion(dbs),
+          store,
+          diskLocation: `${os.hostname()}:${config.backupDir}`,
+          incidents: createIncidentRepository(db),
+          notifier: alerts,
+          clock,
         }),
       ],
       {
@@ -228,6 +255,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       keys,
       scheduler,
       events,
+      alerts,
       catchingUp,
       restoreTag,
       close() {
@@ -236,6 +264,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           const serverClosed = server.close(config.shutdownGraceMs);
           await scheduler.stop();
           await backupService.shutdown();
+          // Outcomes of the work just stopped still go out, within the grace period.
+          await alerts.close(Math.min(config.shutdownGraceMs, 5000));
           await serverClosed;
           await pool.end();
           logger.info("backup service stopped");
@@ -247,4 +277,23 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     await pool.end().catch(() => undefined);
     throw err;
   }
+}
+
+function createAlerts(config: Config, logger: Logger): Notifier {
+  const { alerts } = config;
+  const instance = config.scheduler.replicaId;
+  const channels: Channel[] = [];
+  if (alerts.webhook) {
+    channels.push(webhookChannel({ ...alerts.webhook, instance, timeoutMs: alerts.timeoutMs }));
+  }
+  if (alerts.email) {
+    channels.push(emailChannel({ ...alerts.email, instance, timeoutMs: alerts.timeoutMs }));
+  }
+  const notifier = createNotifier({ channels, retries: alerts.retries, retryDelayMs: alerts.retryDelayMs, logger });
+  if (channels.length === 0) {
+    logger.warn("no alert channel configured (ALERT_WEBHOOK_URL, SMTP_URL): failures are only logged");
+  } else {
+    logger.info({ channels: notifier.channels }, "alerts go to these channels");
+  }
+  return notifier;
 }

@@ -311,7 +311,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (databases.length === 0 || databases.some((d) => Buffer.byteLength(d) > 63)) {
     problems.push("BACKUP_DATABASES: must be a comma-separated list of database names (1 to 63 bytes each)");
   }
-  const alertCheckCron = cronSetting("ALERT_CHECK_CRON", e.ALERT_CHECK_CRON, "*/10 * * * *");
+  const alertCheckCron = cronSetting("ALERT_CHECK_CRON", e.ALERT_CHECK_CRON, "*/15 * * * *");
   let metricsPort: number | null = 9464;
   if (e.METRICS_PORT !== undefined) {
     const v = e.METRICS_PORT.trim().toLowerCase();

@@ -164,3 +164,24 @@ export const restoreRuns = serviceSchema.table(
   },
   (t) => [index("idx_restore_runs_outcome").on(t.outcome)],
 );
+
+/**
+ * Conditions the alert checks watch (a database without a recent verified
+ * backup, a filling disk). One open row per condition: whichever replica
+ * opens it sends the alert, so an incident is announced once, not at every
+ * check, and its resolution once too.
+ */
+export const alertIncidents = serviceSchema.table(
+  "alert_incidents",
+  {
+    id: bigint("id", { mode: "number" }).primaryKey().generatedAlwaysAsIdentity(),
+    key: text("key").notNull(),
+    // When a check first saw the condition.
+    openedAt: ts("opened_at").notNull().defaultNow(),
+    // When its alert went out (null: not yet due, e.g. a database not yet backed up within the age limit).
+    notifiedAt: ts("notified_at"),
+    resolvedAt: ts("resolved_at"),
+    message: text("message").notNull(),
+  },
+  (t) => [uniqueIndex("uq_alert_incidents_open_key").on(t.key).where(sql`${t.resolvedAt} IS NULL`)],
+);

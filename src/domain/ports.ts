@@ -56,6 +56,8 @@ export interface BackupRepository {
   remove(id: string): Promise<void>;
   /** The newest VERIFIED, not deleted backup of every database (pre-restore safety backups aside). */
   newestVerifiedPerDatabase(): Promise<BackupRecord[]>;
+  /** When the newest VERIFIED, not deleted backup of each of `databases` completed (absent: none). */
+  newestVerifiedCompletion(databases: readonly string[]): Promise<Map<string, Date>>;
   /**
    * For every database with backups (or just `database`): its newest
    * restore-verified backup, if any.
@@ -116,6 +118,8 @@ export interface BlobStore {
   discardPartial(name: string): Promise<void>;
   remove(name: string): Promise<void>;
   freeBytes(): Promise<number>;
+  /** Space on the file system that holds the backups (free: what an unprivileged writer may use). */
+  diskSpace(): Promise<{ freeBytes: number; totalBytes: number }>;
   /** Names (without `.partial`) of the partial files present. */
   listPartials(): Promise<string[]>;
   /** The file's bytes from `offset` on, in chunks of at most 1 MiB. */
@@ -315,4 +319,24 @@ export interface RestoreRunRepository {
     >,
   ): Promise<void>;
   listRunning(): Promise<RestoreRun[]>;
+}
+
+export interface Incident {
+  id: number;
+  key: string;
+  openedAt: Date;
+  notifiedAt: Date | null;
+  resolvedAt: Date | null;
+  message: string;
+}
+
+/** Conditions the alert checks watch, shared by every replica: each announced once. */
+export interface IncidentRepository {
+  /** The open incident of `key`, opened now with `message` if there is none. */
+  open(key: string, message: string): Promise<Incident>;
+  /** Marks the incident notified; false when another check already did (so only one alert goes out). */
+  claimNotification(id: number, message: string): Promise<boolean>;
+  /** Closes the open incident of `key`; returns it, or null when none was open. */
+  resolve(key: string): Promise<Incident | null>;
+  listOpen(): Promise<Incident[]>;
 }

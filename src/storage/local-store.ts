@@ -78,6 +78,11 @@ export async function createLocalStore(dir: string): Promise<BlobStore> {
       return s.bavail * s.bsize;
     },
 
+    async diskSpace() {
+      const s = await statfs(dir);
+      return { freeBytes: s.bavail * s.bsize, totalBytes: s.blocks * s.bsize };
+    },
+
     read(name, offset, signal) {
       // Reads stop at once when the signal aborts (a cancelled download).
       return createReadStream(full(name), { start: offset, highWaterMark: READ_CHUNK, signal });

@@ -1,0 +1,157 @@
+import type { BlobStore, Clock, IncidentRepository } from "../domain/ports.js";
+import type { JobSpec } from "../scheduler/scheduler.js";
+import { formatAge, formatBytes, type Notification } from "./notification.js";
+import type { Notifier } from "./notifier.js";
+
+export interface AlertCheckOptions {
+  cron: string | null;
+  /** The databases that must have a recent VERIFIED backup (the daily backup's). */
+  databases: readonly string[];
+  /** null: the dead-man's switch is off. */
+  maxBackupAgeMs: number | null;
+  minFreeBytes: number;
+  minFreePercent: number;
+  newestVerifiedCompletion(databases: readonly string[]): Promise<Map<string, Date>>;
+  store: Pick<BlobStore, "diskSpace">;
+  /** Names the backup disk in its incident key: replicas that share it share the incident. */
+  diskLocation: string;
+  incidents: IncidentRepository;
+  notifier: Notifier;
+  clock: Clock;
+}
+
+export const backupAgeIncident = (database: string) => `backup-age:${database}`;
+
+/**
+ * alert-check: the dead-man's switch (a database whose newest VERIFIED backup
+ * is older than the limit, or that has none) and free space in BACKUP_DIR.
+ * Each condition is an incident: announced once when it starts, once when it
+ * ends, and not at every check in between, whichever replica runs the check.
+ */
+export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
+  const { incidents, notifier, clock } = opts;
+  const diskIncident = `disk-space:${opts.diskLocation}`;
+
+  /** Opens the incident (if new) and announces it once, when it is due. */
+  async function raise(
+    key: string,
+    n: Notification,
+    isDue: (openedAt: Date) => boolean = () => true,
+  ): Promise<"alerted" | "open" | "pending"> {
+    const incident = await incidents.open(key, n.title);
+    if (incident.notifiedAt !== null) return "open";
+    if (!isDue(incident.openedAt)) return "pending";
+    if (!(await incidents.claimNotification(incident.id, n.title))) return "open";
+    notifier.notify(n);
+    return "alerted";
+  }
+
+  async function clear(key: string, n: Omit<Notification, "severity" | "body"> & { body: (openedAt: Date) => string }) {
+    const resolved = await incidents.resolve(key);
+    if (resolved?.notifiedAt) {
+      notifier.notify({ ...n, severity: "resolved", body: n.body(resolved.openedAt) });
+      return true;
+    }
+    return false;
+  }
+
+  async function checkBackupAge(now: Date, maxAgeMs: number) {
+    const newest = await opts.newestVerifiedCompletion(opts.databases);
+    const overdue: { database: string; newest: string | null; state: string }[] = [];
+    for (const database of opts.databases) {
+      const key = backupAgeIncident(database);
+      const last = newest.get(database) ?? null;
+      const age = last ? now.getTime() - last.getTime() : null;
+      if (age !== null && age <= maxAgeMs) {
+        await clear(key, {
+          kind: "backup_overdue",
+          title: `"${database}" has a verified backup again`,
+          body: (openedAt) =>
+            `The newest VERIFIED backup of "${database}" completed ${last!.toISOString()} (${formatAge(age)} ago); ` +
+            `the alert raised for it (first seen ${openedAt.toISOString()}) is resolved.`,
+          database,
+          at: now,
+        });
+        continue;
+      }
+      const limit = formatAge(maxAgeMs);
+      // A database never backed up is given the same time from when a check first saw it.
+      const isDue = (openedAt: Date) => last !== null || now.getTime() - openedAt.getTime() > maxAgeMs;
+      const state = await raise(key, {
+        kind: "backup_overdue",
+        severity: "failure",
+        title: last
+          ? `No verified backup of "${database}" for ${formatAge(age!)}`
+          : `No verified backup of "${database}" at all`,
+        body:
+          (last
+            ? `The newest VERIFIED backup of "${database}" completed ${last.toISOString()}, ${formatAge(age!)} ago (limit ${limit}, ALERT_MAX_BACKUP_AGE).`
+            : `There is no VERIFIED backup of "${database}", and there has been none for more than ${limit} (ALERT_MAX_BACKUP_AGE).`) +
+          "\nCheck the daily-backup job (backupctl jobs) and recent failures (backupctl list --status failed); " +
+          "take one now with: backupctl create --database " + database,
+        database,
+        at: now,
+      }, isDue);
+      overdue.push({ database, newest: last?.toISOString() ?? null, state });
+    }
+    return overdue;
+  }
+
+  async function checkDisk(now: Date) {
+    const { freeBytes, totalBytes } = await opts.store.diskSpace();
+    const percent = totalBytes > 0 ? (freeBytes / totalBytes) * 100 : 100;
+    const low =
+      (opts.minFreeBytes > 0 && freeBytes < opts.minFreeBytes) || (opts.minFreePercent > 0 && percent < opts.minFreePercent);
+    const disk = { freeBytes, totalBytes, freePercent: Math.round(percent * 10) / 10, low, state: "ok" };
+    const limits = [
+      opts.minFreeBytes > 0 ? `ALERT_MIN_FREE_BYTES ${formatBytes(opts.minFreeBytes)}` : null,
+      opts.minFreePercent > 0 ? `ALERT_MIN_FREE_PERCENT ${opts.minFreePercent}%` : null,
+    ]
+      .filter(Boolean)
+      .join(", ");
+    if (low) {
+      disk.state = await raise(diskIncident, {
+        kind: "disk_low",
+        severity: "failure",
+        title: `Backup disk is low on space: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
+        body:
+          `The backup directory's file system has ${formatBytes(freeBytes)} free of ${formatBytes(totalBytes)} ` +
+          `(${disk.freePercent}%), below the limit (${limits}).\n` +
+          "Backups refuse to start when they would not fit. Free space: backupctl cleanup --dry-run shows what retention " +
+          "would remove; backupctl delete --hard <id> removes a backup and its file; or move BACKUP_DIR to a larger disk.",
+        at: now,
+      });
+    } else {
+      await clear(diskIncident, {
+        kind: "disk_low",
+        title: `Backup disk has enough space again: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
+        body: (openedAt) => `Free space is back above the limit (${limits}); the alert raised ${openedAt.toISOString()} is resolved.`,
+        at: now,
+      });
+    }
+    return disk;
+  }
+
+  return {
+    name: "alert-check",
+    cron: opts.cron,
+    setting: "ALERT_CHECK_CRON",
+    async run({ signal }) {
+      const now = clock.now();
+      const overdue = opts.maxBackupAgeMs === null ? [] : await checkBackupAge(now, opts.maxBackupAgeMs);
+      signal.throwIfAborted();
+      const watchesDisk = opts.minFreeBytes > 0 || opts.minFreePercent > 0;
+      const disk = watchesDisk ? await checkDisk(now) : null;
+      const problems = [
+        ...overdue.filter((o) => o.state !== "pending").map((o) => `no recent verified backup of "${o.database}"`),
+        ...(disk?.low ? ["backup disk low on space"] : []),
+      ];
+      return {
+        // The job did its work; what it found is in the details (and the alerts).
+        outcome: "SUCCEEDED",
+        error: problems.length > 0 ? problems.join("; ") : null,
+        details: { overdue, disk },
+      };
+    },
+  };
+}

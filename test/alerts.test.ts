@@ -1,0 +1,433 @@
+/**
+ * Alerts against real receivers: an HTTP server standing in for a chat
+ * webhook, and a real SMTP server (smtp-server) for email.
+ */
+import { createServer, type Server } from "node:http";
+import { open } from "node:fs/promises";
+import path from "node:path";
+import type { AddressInfo } from "node:net";
+import { SMTPServer } from "smtp-server";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { ConfigError, loadConfig } from "../src/config.js";
+import {
+  callFailure,
+  createDatabase,
+  createFixture,
+  dropDatabase,
+  seedDatabase,
+  serviceEnv,
+  sql,
+  startService,
+  uniqueName,
+  waitFor,
+  type TestService,
+} from "./helpers.js";
+
+interface Hook {
+  kind: string;
+  severity: string;
+  title: string;
+  text: string;
+  database: string | null;
+  backupId: string | null;
+}
+interface Mail {
+  from: string;
+  to: string[];
+  subject: string;
+  body: string;
+}
+
+/** A webhook receiver; `failNext` makes the next requests answer 503. */
+async function startWebhook() {
+  const received: Hook[] = [];
+  let attempts = 0;
+  let failNext = 0;
+  const server: Server = createServer((req, res) => {
+    let data = "";
+    req.on("data", (c: Buffer) => (data += c.toString()));
+    req.on("end", () => {
+      attempts++;
+      if (failNext > 0) {
+        failNext--;
+        res.writeHead(503).end("try later");
+        return;
+      }
+      received.push(JSON.parse(data) as Hook);
+      res.writeHead(200).end("ok");
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/backup`,
+    received,
+    attempts: () => attempts,
+    failNext(n: number) {
+      failNext = n;
+    },
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
+
+/** Undoes the transfer encodings a plain-text alert may come in (quoted-printable, folded headers). */
+function decodeMail(raw: string): { subject: string; body: string } {
+  const [head, ...rest] = raw.split(/\r?\n\r?\n/);
+  const headers = head!.replace(/\r?\n[ \t]+/g, " ");
+  // RFC 2047 encoded words (=?UTF-8?Q?...?=), as nodemailer writes subjects with quotes in them.
+  const subject = (/^Subject: (.*)$/m.exec(headers)?.[1] ?? "")
+    .replace(/\?=\s+=\?/g, "?==?")
+    .replace(/=\?UTF-8\?Q\?(.*?)\?=/gi, (_, q: string) =>
+      Buffer.from(q.replace(/_/g, " ").replace(/=([0-9A-F]{2})/gi, (_m, h: string) => String.fromCharCode(parseInt(h, 16))), "latin1").toString("utf8"),
+    );
+  let body = rest.join("\n\n");
+  if (/Content-Transfer-Encoding: quoted-printable/i.test(headers)) {
+    body = body.replace(/=\r?\n/g, "").replace(/=([0-9A-F]{2})/g, (_, h: string) => String.fromCharCode(parseInt(h, 16)));
+  }
+  return { subject, body };
+}
+
+async function startSmtp() {
+  const received: Mail[] = [];
+  const server = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ["STARTTLS"],
+    logger: false,
+    onData(stream, session, callback) {
+      let raw = "";
+      stream.on("data", (c: Buffer) => (raw += c.toString()));
+      stream.on("end", () => {
+        received.push({
+          from: session.envelope.mailFrom ? session.envelope.mailFrom.address : "",
+          to: session.envelope.rcptTo.map((r) => r.address),
+          ...decodeMail(raw),
+        });
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.server.address() as AddressInfo).port;
+  return { url: `smtp://127.0.0.1:${port}`, received, close: () => new Promise<void>((r) => server.close(() => r())) };
+}
+
+const fx = createFixture("alerts");
+const extraDbs: string[] = [];
+let hook: Awaited<ReturnType<typeof startWebhook>>;
+let smtp: Awaited<ReturnType<typeof startSmtp>>;
+let svc: TestService;
+
+function channels(extra: Record<string, string> = {}): Record<string, string> {
+  return {
+    ALERT_WEBHOOK_URL: hook.url,
+    SMTP_URL: smtp.url,
+    ALERT_EMAIL_FROM: "Backups <backups@example.com>",
+    ALERT_EMAIL_TO: "ops@example.com, dba@example.com",
+    ALERT_RETRY_DELAY_MS: "50",
+    ...extra,
+  };
+}
+
+/** Waits for alerts to be delivered, then returns those of `kind` that arrived since `from`. */
+async function hooksOf(kind: string, from = 0, s: TestService = svc): Promise<Hook[]> {
+  await s.app.alerts.idle();
+  return hook.received.slice(from).filter((h) => h.kind === kind);
+}
+
+async function tamper(s: TestService, fileName: string): Promise<void> {
+  const f = await open(path.join(s.backupDir, fileName), "r+");
+  try {
+    const { size } = await f.stat();
+    await f.write(Buffer.alloc(64, 0x5a), 0, 64, Math.floor(size / 2));
+  } finally {
+    await f.close();
+  }
+}
+
+beforeAll(async () => {
+  [hook, smtp] = await Promise.all([startWebhook(), startSmtp()]);
+  await createDatabase(fx.target);
+  await seedDatabase(fx.target, 200);
+  svc = await fx.service(channels());
+});
+
+afterAll(async () => {
+  await fx.cleanup();
+  for (const d of extraDbs) await dropDatabase(d);
+  await Promise.all([hook.close(), smtp.close()]);
+});
+
+describe("alerts on outcomes", () => {
+  it("a failed backup alerts by webhook (Slack-compatible text) and by email; nothing else is sent", async () => {
+    const from = hook.received.length;
+    const mails = smtp.received.length;
+    const missing = uniqueName("bs_alert_missing");
+    const err = await callFailure(svc.client.createBackup({ database: missing }));
+    const [alert] = await hooksOf("backup_failed", from);
+    expect(alert, "webhook alert").toBeDefined();
+    expect(alert!.severity).toBe("failure");
+    expect(alert!.database).toBe(missing);
+    expect(alert!.text).toMatch(/^\*\[FAILURE\] Backup of ".*" failed\*/);
+    expect(alert!.text).toContain(missing);
+    expect(alert!.text).toContain(alert!.backupId!);
+    // The reason the caller got is the reason the alert gives.
+    expect(err.rawMessage.length).toBeGreaterThan(0);
+    expect(alert!.text).toContain(err.rawMessage.split(": ").at(-1)!.slice(0, 30));
+    expect(hook.received.length - from).toBe(1);
+
+    await waitFor("the email", async () => smtp.received.length > mails);
+    const mail = smtp.received.at(-1)!;
+    expect(mail.from).toBe("backups@example.com");
+    expect(mail.to.sort()).toEqual(["dba@example.com", "ops@example.com"]);
+    expect(mail.subject).toBe(`[pg-backup FAILURE] Backup of "${missing}" failed`);
+    expect(mail.body).toContain(`Backup ${alert!.backupId} of database "${missing}" failed`);
+  });
+
+  it("a successful backup sends nothing; a backup that fails verification (CORRUPTED) alerts", async () => {
+    const from = hook.received.length;
+    const { backup } = await svc.client.createBackup({});
+    await svc.app.alerts.idle();
+    expect(hook.received.length, "a verified backup is not news").toBe(from);
+
+    await tamper(svc, backup!.fileName);
+    const v = await svc.client.verifyBackup({ id: backup!.id });
+    expect(v.status).toBe(BackupStatus.CORRUPTED);
+    const [alert] = await hooksOf("verification_failed", from);
+    expect(alert!.title).toBe(`Backup of "${fx.target}" failed verification (CORRUPTED)`);
+    expect(alert!.backupId).toBe(backup!.id);
+    expect(alert!.text).toContain("checksum");
+  });
+
+  it("restores alert when they finish or fail; a failures-only channel gets only the failure", async () => {
+    const s = await startService(svc.control, fx.target, channels({ ALERT_WEBHOOK_FAILURES_ONLY: "true" }), svc.dataDir);
+    try {
+      const from = hook.received.length;
+      const mails = smtp.received.length;
+      const { backup } = await s.client.createBackup({});
+      const into = uniqueName("bs_alert_restored");
+      extraDbs.push(into);
+      for await (const _ of s.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: into })) {
+        // progress
+      }
+      // Into a database that holds data, without drop_existing: refused, nothing changed.
+      await callFailure(
+        (async () => {
+          for await (const _ of s.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: into })) {
+            // progress
+          }
+        })(),
+      );
+      await s.app.alerts.idle();
+      expect(await hooksOf("restore_finished", from, s), "info does not go to a failures-only webhook").toEqual([]);
+      const [failed] = await hooksOf("restore_failed", from, s);
+      expect(failed!.title).toBe(`Restore into "${into}" failed`);
+      expect(failed!.text).toContain("already holds");
+      expect(failed!.text).toContain("left as it was");
+
+      await waitFor("both emails", async () => smtp.received.length >= mails + 2);
+      const subjects = smtp.received.slice(mails).map((m) => m.subject);
+      expect(subjects).toContain(`[pg-backup INFO] Restore into "${into}" finished`);
+      expect(subjects).toContain(`[pg-backup FAILURE] Restore into "${into}" failed`);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("a cleanup that removes backups says how many and how much space it freed; a dry run says nothing", async () => {
+    const s = await startService(svc.control, fx.target, channels({ RETENTION_MIN_KEEP: "1" }), svc.dataDir);
+    try {
+      const old = (await s.client.createBackup({ label: "to expire" })).backup!;
+      await s.client.createBackup({ label: "newest" });
+      await sql(svc.control, "UPDATE backup_service.backup_history SET expires_at = now() - interval '1 day' WHERE id = $1", [
+        old.id,
+      ]);
+      const from = hook.received.length;
+      await s.client.cleanupExpiredBackups({ dryRun: true });
+      expect(await hooksOf("cleanup_removed", from, s)).toEqual([]);
+      const r = await s.client.cleanupExpiredBackups({});
+      expect(r.removed.map((b) => b.id)).toContain(old.id);
+      const [alert] = await hooksOf("cleanup_removed", from, s);
+      expect(alert!.severity).toBe("info");
+      expect(alert!.title).toMatch(new RegExp(`^Cleanup removed ${r.removed.length} expired backups?, freeing `));
+      expect(alert!.text).toContain(old.id);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("a restore drill that finds a backup does not restore alerts once, as a drill failure", async () => {
+    const db = uniqueName("bs_alert_drill");
+    extraDbs.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 50)");
+    const cron = "0 4 * * 0";
+    const s = await startService(svc.control, fx.target, channels({ RESTORE_DRILL_CRON: cron }), svc.dataDir);
+    try {
+      const { backup } = await s.client.createBackup({ database: db });
+      // Other databases' newest backups are drilled too; only this one is damaged.
+      for (const other of (await s.client.listBackups({ pageSize: 100, status: BackupStatus.VERIFIED })).backups) {
+        if (other.databaseName !== db) await s.client.deleteBackup({ id: other.id });
+      }
+      await tamper(s, backup!.fileName);
+      const from = hook.received.length;
+      expect(await s.app.scheduler.fire("restore-drill", new Date())).toBe("ran");
+      await s.app.alerts.idle();
+      const sent = hook.received.slice(from);
+      expect(sent.map((h) => h.kind)).toEqual(["drill_failed"]);
+      expect(sent[0]!.title).toBe(`Restore drill failed: backup of "${db}" does not restore correctly`);
+      expect(sent[0]!.backupId).toBe(backup!.id);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe("the dead-man's switch and disk space", () => {
+  it("alerts once per incident, across replicas, and once when it is resolved", async () => {
+    const db = uniqueName("bs_alert_dms");
+    extraDbs.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    const env = channels({
+      ALERT_CHECK_CRON: "* * * * *",
+      ALERT_MAX_BACKUP_AGE: "1500ms",
+      ALERT_MIN_FREE_PERCENT: "0",
+      BACKUP_DATABASES: db,
+    });
+    const one = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-1" }, svc.dataDir);
+    const two = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-2" }, svc.dataDir);
+    try {
+      const from = hook.received.length;
+      const overdue = async () => {
+        await two.app.alerts.idle();
+        return hooksOf("backup_overdue", from, one);
+      };
+      // First sight of a database never backed up: it gets the same time as any other.
+      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      expect(await overdue()).toEqual([]);
+      await new Promise((r) => setTimeout(r, 1600));
+      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      expect(await two.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      let sent = await overdue();
+      expect(sent.map((h) => [h.severity, h.title])).toEqual([["failure", `No verified backup of "${db}" at all`]]);
+
+      await one.client.createBackup({ database: db });
+      await two.app.scheduler.fire("alert-check", new Date());
+      await one.app.scheduler.fire("alert-check", new Date());
+      sent = await overdue();
+      expect(sent.map((h) => h.severity)).toEqual(["failure", "resolved"]);
+      expect(sent[1]!.title).toBe(`"${db}" has a verified backup again`);
+
+      // The backup ages past the limit: a new incident, announced once.
+      await new Promise((r) => setTimeout(r, 1600));
+      await two.app.scheduler.fire("alert-check", new Date());
+      await one.app.scheduler.fire("alert-check", new Date());
+      sent = await overdue();
+      expect(sent.map((h) => h.severity)).toEqual(["failure", "resolved", "failure"]);
+      expect(sent[2]!.title).toMatch(new RegExp(`^No verified backup of "${db}" for \\d+m$`));
+    } finally {
+      await one.close();
+      await two.close();
+    }
+  });
+
+  it("a low backup disk alerts once, and once more when space is back", async () => {
+    const base = channels({ ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "off" });
+    const low = await startService(svc.control, fx.target, { ...base, ALERT_MIN_FREE_BYTES: String(Number.MAX_SAFE_INTEGER) }, svc.dataDir);
+    let ok: TestService | undefined;
+    try {
+      const from = hook.received.length;
+      await low.app.scheduler.fire("alert-check", new Date());
+      await low.app.scheduler.fire("alert-check", new Date());
+      const [alert, ...more] = await hooksOf("disk_low", from, low);
+      expect(more).toEqual([]);
+      expect(alert!.severity).toBe("failure");
+      expect(alert!.title).toMatch(/^Backup disk is low on space: .* free \([\d.]+%\)$/);
+      expect(alert!.text).toContain("ALERT_MIN_FREE_BYTES");
+      await low.close();
+
+      ok = await startService(svc.control, fx.target, { ...base, ALERT_MIN_FREE_BYTES: "1", ALERT_MIN_FREE_PERCENT: "0" }, svc.dataDir);
+      await ok.app.scheduler.fire("alert-check", new Date());
+      const resolved = await hooksOf("disk_low", from, ok);
+      expect(resolved.map((h) => h.severity)).toEqual(["failure", "resolved"]);
+    } finally {
+      await low.close();
+      await ok?.close();
+    }
+  });
+});
+
+describe("delivery", () => {
+  it("a webhook that fails is retried with backoff until it takes the alert", async () => {
+    const s = await startService(svc.control, fx.target, channels({ ALERT_RETRIES: "3", SMTP_URL: "", ALERT_EMAIL_FROM: "", ALERT_EMAIL_TO: "" }), svc.dataDir);
+    try {
+      const from = hook.received.length;
+      const attempts = hook.attempts();
+      hook.failNext(2);
+      await callFailure(s.client.createBackup({ database: uniqueName("bs_alert_retry") }));
+      const sent = await hooksOf("backup_failed", from, s);
+      expect(sent).toHaveLength(1);
+      expect(hook.attempts() - attempts).toBe(3);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it("channels that cannot be reached never block or fail the backup, and give up after their retries", async () => {
+    const closed = await startWebhook();
+    await closed.close(); // a port nobody listens on
+    const s = await startService(
+      svc.control,
+      fx.target,
+      {
+        ALERT_WEBHOOK_URL: closed.url,
+        SMTP_URL: "smtp://127.0.0.1:1",
+        ALERT_EMAIL_FROM: "backups@example.com",
+        ALERT_EMAIL_TO: "ops@example.com",
+        ALERT_RETRIES: "2",
+        ALERT_RETRY_DELAY_MS: "20",
+      },
+      svc.dataDir,
+    );
+    try {
+      const started = Date.now();
+      await callFailure(s.client.createBackup({ database: uniqueName("bs_alert_nowhere") }));
+      const { backup } = await s.client.createBackup({});
+      expect(backup!.status).toBe(BackupStatus.VERIFIED);
+      await s.app.alerts.idle(); // every delivery has given up
+      expect(Date.now() - started).toBeLessThan(20_000);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe("alert settings", () => {
+  const env = (extra: Record<string, string>) => serviceEnv("c", "t", "/tmp/x", extra);
+  it.each([
+    [{ ALERT_WEBHOOK_URL: "ftp://example.com/x" }, "ALERT_WEBHOOK_URL: must be an http:// or https:// URL"],
+    [{ SMTP_URL: "smtp://mail.example.com" }, "SMTP_URL, ALERT_EMAIL_FROM, ALERT_EMAIL_TO: set all three"],
+    [
+      { SMTP_URL: "http://mail", ALERT_EMAIL_FROM: "a@b.c", ALERT_EMAIL_TO: "d@e.f" },
+      "SMTP_URL: must be a URL such as smtp://",
+    ],
+    [{ SMTP_URL: "smtp://m", ALERT_EMAIL_FROM: "a@b.c", ALERT_EMAIL_TO: "ops" }, "ALERT_EMAIL_TO: must be a comma-separated list"],
+    [{ ALERT_MAX_BACKUP_AGE: "soon" }, "ALERT_MAX_BACKUP_AGE: must be a duration"],
+    [{ ALERT_MIN_FREE_PERCENT: "150" }, "ALERT_MIN_FREE_PERCENT: must be a whole number from 0 to 99"],
+    [{ ALERT_CHECK_CRON: "every day" }, "ALERT_CHECK_CRON:"],
+  ])("%o is refused with a message naming the setting", (extra, message) => {
+    expect(() => loadConfig(env(extra))).toThrow(ConfigError);
+    expect(() => loadConfig(env(extra))).toThrow(message);
+  });
+
+  it("defaults: a 26h dead-man's switch, 10% free disk, checks every 15 minutes", () => {
+    const { ALERT_CHECK_CRON: _c, ...rest } = env({});
+    const c = loadConfig(rest);
+    expect(c.alerts.maxBackupAgeMs).toBe(26 * 3_600_000);
+    expect(c.alerts.minFreePercent).toBe(10);
+    expect(c.alerts.checkCron).toBe("*/15 * * * *");
+    expect(c.alerts.webhook).toBeNull();
+    expect(c.alerts.email).toBeNull();
+  });
+});
