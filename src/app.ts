@@ -33,6 +33,11 @@ import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
 import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
 import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
+import { createBackupFreshnessQuery } from "./db/backup-freshness.js";
+import { createServiceMetrics } from "./metrics/metrics.js";
+import { startMetricsServer } from "./metrics/server.js";
+import { createMetricsInterceptor } from "./rpc/metrics-interceptor.js";
+import { diskSpace } from "./storage/disk-space.js";
 
 export interface App {
   readonly server: RunningServer;
@@ -45,6 +50,8 @@ export interface App {
   readonly restoreTag: string;
   /** Settles when start-up catch-up of missed slots is done. */
   readonly catchingUp: Promise<unknown>;
+  /** Where Prometheus scrapes this app (http://host:port/metrics); null when METRICS_PORT=off. */
+  readonly metricsUrl: string | null;
   /** Graceful stop: refuse new work, cancel running work, close everything. */
   close(): Promise<void>;
 }
@@ -162,6 +169,17 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         logger,
       },
     );
+    // Before any work starts (recovery verifies pending backups): every outcome is counted.
+    const metrics = config.metrics
+      ? createServiceMetrics({
+          events,
+          freshness: createBackupFreshnessQuery(db),
+          diskSpace: () => diskSpace(config.backupDir),
+          jobs: () => scheduler.status(),
+          logger,
+        })
+      : null;
+
     const service: BackupUseCases = {
       ...backupService,
       verifyBackup: (id, signal, deep) => backupService.verifyBackup(id, signal, deep ? restore.deepChecks : undefined),
@@ -199,6 +217,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           // downloads, see STACK-NOTES), and the other responses are small.
           compressMinBytes: Number.MAX_SAFE_INTEGER,
           interceptors: [
+            // First, so that denied calls are counted too.
+            ...(metrics ? [createMetricsInterceptor(metrics.observeRpc)] : []),
             createAuthInterceptor(keys, config.jwt, audit, logger),
             createAuditInterceptor(audit, logger),
             createErrorInterceptor(logger),
@@ -216,6 +236,14 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       { url: server.url, target: describeTarget(config.target), control: describeTarget(config.control), backupDir: config.backupDir },
       "backup service listening",
     );
+    const metricsServer =
+      metrics && config.metrics
+        ? await startMetricsServer({ ...config.metrics, registry: metrics.registry, logger }).catch(async (err: unknown) => {
+            await server.close(0);
+            throw err;
+          })
+        : null;
+    if (metricsServer) logger.info({ url: metricsServer.url }, "metrics listening");
 
     scheduler.start();
     // Catch-up runs in the background: the service answers calls meanwhile.
@@ -230,13 +258,17 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       events,
       catchingUp,
       restoreTag,
+      metricsUrl: metricsServer?.url ?? null,
       close() {
         closing ??= (async () => {
           health.setServing(false);
           const serverClosed = server.close(config.shutdownGraceMs);
+          const metricsClosed = metricsServer?.close();
           await scheduler.stop();
           await backupService.shutdown();
           await serverClosed;
+          await metricsClosed;
+          metrics?.close();
           await pool.end();
           logger.info("backup service stopped");
         })();
