@@ -151,6 +151,8 @@ async function startService(): Promise<Service> {
     WEEKLY_CLEANUP_CRON: "off",
     RESTORE_DRILL_CRON: "off",
     SCHEDULE_CATCHUP_WINDOW: "0",
+    // A free port: the default 9464 may be taken by a service running on the same machine.
+    METRICS_PORT: "0",
   };
   // The built service, as `npm start` runs it (npm run bench builds it first).
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];

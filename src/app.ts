@@ -39,6 +39,10 @@ import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
 import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
 import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
+import { createBackupFreshnessQuery } from "./db/backup-freshness.js";
+import { createServiceMetrics } from "./metrics/metrics.js";
+import { startMetricsServer } from "./metrics/server.js";
+import { createMetricsInterceptor } from "./rpc/metrics-interceptor.js";
 
 export interface App {
   readonly server: RunningServer;
@@ -53,6 +57,8 @@ export interface App {
   readonly restoreTag: string;
   /** Settles when start-up catch-up of missed slots is done. */
   readonly catchingUp: Promise<unknown>;
+  /** Where Prometheus scrapes this app (http://host:port/metrics); null when METRICS_PORT=off. */
+  readonly metricsUrl: string | null;
   /** Graceful stop: refuse new work, cancel running work, close everything. */
   close(): Promise<void>;
 }
@@ -143,6 +149,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       events,
     });
     const sched = config.scheduler;
+    const freshness = createBackupFreshnessQuery(db);
     const alerts = createAlerts(config, logger);
     events.subscribe((event) => {
       const n = notificationFor(event, clock.now());
@@ -169,7 +176,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           maxBackupAgeMs: config.alerts.maxBackupAgeMs,
           minFreeBytes: config.alerts.minFreeBytes,
           minFreePercent: config.alerts.minFreePercent,
-          newestVerifiedCompletion: (dbs) => backupsRepo.newestVerifiedCompletion(dbs),
+          newestVerifiedCompletion: async (dbs) =>
+            new Map((await freshness()).filter((f) => dbs.includes(f.database)).map((f) => [f.database, f.lastSuccessAt])),
           store,
           diskLocation: `${os.hostname()}:${config.backupDir}`,
           incidents: createIncidentRepository(db),
@@ -189,6 +197,17 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         logger,
       },
     );
+    // Before any work starts (recovery verifies pending backups): every outcome is counted.
+    const metrics = config.metrics
+      ? createServiceMetrics({
+          events,
+          freshness,
+          diskSpace: () => store.diskSpace(),
+          jobs: () => scheduler.status(),
+          logger,
+        })
+      : null;
+
     const service: BackupUseCases = {
       ...backupService,
       verifyBackup: (id, signal, deep) => backupService.verifyBackup(id, signal, deep ? restore.deepChecks : undefined),
@@ -226,6 +245,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           // downloads, see STACK-NOTES), and the other responses are small.
           compressMinBytes: Number.MAX_SAFE_INTEGER,
           interceptors: [
+            // First, so that denied calls are counted too.
+            ...(metrics ? [createMetricsInterceptor(metrics.observeRpc)] : []),
             createAuthInterceptor(keys, config.jwt, audit, logger),
             createAuditInterceptor(audit, logger),
             createErrorInterceptor(logger),
@@ -243,6 +264,14 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       { url: server.url, target: describeTarget(config.target), control: describeTarget(config.control), backupDir: config.backupDir },
       "backup service listening",
     );
+    const metricsServer =
+      metrics && config.metrics
+        ? await startMetricsServer({ ...config.metrics, registry: metrics.registry, logger }).catch(async (err: unknown) => {
+            await server.close(0);
+            throw err;
+          })
+        : null;
+    if (metricsServer) logger.info({ url: metricsServer.url }, "metrics listening");
 
     scheduler.start();
     // Catch-up runs in the background: the service answers calls meanwhile.
@@ -258,15 +287,19 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       alerts,
       catchingUp,
       restoreTag,
+      metricsUrl: metricsServer?.url ?? null,
       close() {
         closing ??= (async () => {
           health.setServing(false);
           const serverClosed = server.close(config.shutdownGraceMs);
+          const metricsClosed = metricsServer?.close();
           await scheduler.stop();
           await backupService.shutdown();
           // Outcomes of the work just stopped still go out, within the grace period.
           await alerts.close(Math.min(config.shutdownGraceMs, 5000));
           await serverClosed;
+          await metricsClosed;
+          metrics?.close();
           await pool.end();
           logger.info("backup service stopped");
         })();

@@ -168,18 +168,6 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
       await write(db.delete(t).where(eq(t.id, id)));
     },
 
-    async newestVerifiedCompletion(databases) {
-      const out = new Map<string, Date>();
-      if (databases.length === 0) return out;
-      const rows = await db
-        .select({ database: t.databaseName, at: sql<Date>`max(${t.completedAt})`.mapWith(t.completedAt) })
-        .from(t)
-        .where(and(eq(t.isDeleted, false), eq(t.status, "VERIFIED"), inArray(t.databaseName, [...databases])))
-        .groupBy(t.databaseName);
-      for (const r of rows) if (r.at) out.set(r.database, r.at);
-      return out;
-    },
-
     async latestSuccessful(database) {
       const [row] = await db
         .select()

@@ -91,6 +91,14 @@ export const backupHistory = serviceSchema.table(
       t.id.desc().nullsFirst(),
     ),
     index("idx_backup_history_started_id").on(t.startedAt.desc().nullsFirst(), t.id.desc().nullsFirst()),
+    // Each metrics scrape reads every database's newest VERIFIED and newest restore-verified
+    // backup: with these, one index probe per database, however long the history.
+    index("idx_backup_history_verified_completed")
+      .on(t.databaseName, t.completedAt.desc().nullsFirst())
+      .where(sql`${t.status} = 'VERIFIED' AND NOT ${t.isDeleted}`),
+    index("idx_backup_history_restore_verified")
+      .on(t.databaseName, t.restoreVerifiedAt.desc().nullsFirst())
+      .where(sql`${t.status} = 'VERIFIED' AND NOT ${t.isDeleted} AND ${t.restoreVerifiedAt} IS NOT NULL`),
     // One file, one record: two backups whose names would collide cannot both claim it.
     uniqueIndex("uq_backup_history_file_name").on(t.fileName),
   ],

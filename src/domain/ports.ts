@@ -56,8 +56,6 @@ export interface BackupRepository {
   remove(id: string): Promise<void>;
   /** The newest VERIFIED, not deleted backup of every database (pre-restore safety backups aside). */
   newestVerifiedPerDatabase(): Promise<BackupRecord[]>;
-  /** When the newest VERIFIED, not deleted backup of each of `databases` completed (absent: none). */
-  newestVerifiedCompletion(databases: readonly string[]): Promise<Map<string, Date>>;
   /**
    * For every database with backups (or just `database`): its newest
    * restore-verified backup, if any.
