@@ -15,8 +15,8 @@ const toRecord = (row: typeof t.$inferSelect): BackupRecord => row;
  *   0 turns the cache off.
  */
 export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository {
-  // Totals and statistics scan the whole history; under many concurrent callers they are
-  // computed once and shared (the page of rows itself is always read fresh).
+  // Totals, statistics and pages: under many concurrent callers each is computed once
+  // and shared for up to `cacheMs` (another replica's writes show within twice that).
   const cache = createSingleFlight(cacheMs);
   const write = <T>(p: Promise<T>): Promise<T> => p.finally(() => cache.clear());
   function whereOf(filter: BackupFilter): SQL | undefined {
@@ -98,11 +98,17 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
 
     async list(filter, offset, limit): Promise<Page<BackupRecord>> {
       const where = whereOf(filter);
-      const [rows, total] = await Promise.all([
-        db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset),
-        cache.get(`count:${JSON.stringify(filter)}`, async () => (await db.select({ n: count() }).from(t).where(where))[0]?.n ?? 0),
+      // Pages are shared like the totals: a dashboard's many callers polling the same pages
+      // cost one query per page and second, and the same record objects (mappers reuse their
+      // wire form). This process still reads its own writes at once.
+      const key = JSON.stringify(filter);
+      const [items, total] = await Promise.all([
+        cache.get(`page:${key}:${offset}:${limit}`, async () =>
+          (await db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset)).map(toRecord),
+        ),
+        cache.get(`count:${key}`, async () => (await db.select({ n: count() }).from(t).where(where))[0]?.n ?? 0),
       ]);
-      return { items: rows.map(toRecord), total };
+      return { items, total };
     },
 
     stats(database): Promise<BackupStats> {

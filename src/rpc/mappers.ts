@@ -65,7 +65,20 @@ export function statusToProto(s: DomainStatus): BackupStatus {
 
 const ts = (d: Date | null) => (d ? timestampFromDate(d) : undefined);
 
+// Records served from the repository's shared cache are the same objects call after call:
+// their wire form is built once. (Records are never mutated; updates make new ones.)
+const protoOf = new WeakMap<BackupRecord, Backup>();
+
 export function backupToProto(r: BackupRecord): Backup {
+  let m = protoOf.get(r);
+  if (!m) {
+    m = buildBackup(r);
+    protoOf.set(r, m);
+  }
+  return m;
+}
+
+function buildBackup(r: BackupRecord): Backup {
   return create(BackupSchema, {
     id: r.id,
     backupType: TYPE_TO_PROTO[r.backupType],
