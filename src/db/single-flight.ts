@@ -1,14 +1,15 @@
 /**
  * A tiny read cache for expensive aggregate queries. Callers asking for the
- * same key at once share one query. An answer older than `ttlMs` is still
- * served while a fresh one is computed in the background (so callers rarely
- * wait on the aggregate); writes made by this process clear the cache at once,
- * so this process reads its own writes. Another replica's writes show within
- * at most twice `ttlMs`.
+ * same key at once share one query. An answer older than its time to live
+ * is still served while a fresh one is computed in the background (so callers
+ * rarely wait on the aggregate); writes made by this process clear the cache
+ * at once, so this process reads its own writes. Another replica's writes
+ * show within at most twice the time to live.
  */
-export function createSingleFlight(ttlMs: number) {
+export function createSingleFlight(defaultTtlMs: number) {
   interface Entry {
     at: number;
+    ttl: number;
     value: Promise<unknown>;
     settled: boolean;
     refreshing: boolean;
@@ -16,10 +17,12 @@ export function createSingleFlight(ttlMs: number) {
   const entries = new Map<string, Entry>();
   let generation = 0;
 
-  function start<T>(key: string, load: () => Promise<T>, previous?: Entry): Promise<T> {
+  function start<T>(key: string, ttl: number, load: () => Promise<T>, previous?: Entry): Promise<T> {
     const gen = generation;
     const value = load();
-    const entry: Entry = { at: performance.now(), value, settled: false, refreshing: false };
+    // Answers computed together (a dashboard's first poll) must not all go stale, and
+    // refresh, in the same instant: each lives between 0.75 and 1.25 of its time to live.
+    const entry: Entry = { at: performance.now(), ttl: ttl * (0.75 + Math.random() * 0.5), value, settled: false, refreshing: false };
     if (!previous) entries.set(key, entry);
     value.then(
       () => {
@@ -37,19 +40,20 @@ export function createSingleFlight(ttlMs: number) {
   }
 
   return {
-    get<T>(key: string, load: () => Promise<T>): Promise<T> {
-      if (ttlMs <= 0) return load();
+    /** `ttlMs`: how long this key's answer may be reused (default: the cache's). */
+    get<T>(key: string, load: () => Promise<T>, ttlMs = defaultTtlMs): Promise<T> {
+      if (ttlMs <= 0 || defaultTtlMs <= 0) return load();
       const hit = entries.get(key);
-      if (!hit) return start(key, load);
+      if (!hit) return start(key, ttlMs, load);
       const age = performance.now() - hit.at;
       // Too old to serve even while refreshing (after an idle spell): wait for a fresh answer.
-      if (hit.settled && age >= 2 * ttlMs) {
+      if (hit.settled && age >= 2 * hit.ttl) {
         entries.delete(key);
-        return start(key, load);
+        return start(key, ttlMs, load);
       }
-      if (hit.settled && age >= ttlMs && !hit.refreshing) {
+      if (hit.settled && age >= hit.ttl && !hit.refreshing) {
         hit.refreshing = true;
-        void start(key, load, hit).catch(() => undefined);
+        void start(key, ttlMs, load, hit).catch(() => undefined);
       }
       return hit.value as Promise<T>;
     },
