@@ -107,7 +107,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           "pg_dump",
           tools.pgDump,
           [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
-          { env: libpq.env(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps },
+          { env: libpq.env(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps, nice: BULK_NICE },
         );
         const [compressCmd, compressArgv] = compressArgs(options.compression);
         // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
