@@ -9,12 +9,14 @@
  * Needs the local PostgreSQL (as for the tests) and pgbench (postgresql-contrib on Debian,
  * installed with the server). The benchmark database is built once and reused.
  */
+import { appendFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
+import { monitorEventLoopDelay } from "node:perf_hooks";
 import { parseArgs } from "node:util";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -132,6 +134,8 @@ async function buildDatabase(): Promise<void> {
 interface Service {
   child: ChildProcess;
   url: string;
+  /** The service's Prometheus endpoint: server-side latency and event-loop lag. */
+  metricsUrl: Promise<string>;
   client: Client<typeof BackupService>;
   token: string;
   dataDir: string;
@@ -156,12 +160,19 @@ async function startService(): Promise<Service> {
   };
   // The built service, as `npm start` runs it (npm run bench builds it first).
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
-  const child = spawn(process.execPath, [...profile, "dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  // BENCH_NODE_FLAGS="--trace-gc" and the like go to the service's node.
+  const flags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
+  const child = spawn(process.execPath, [...profile, ...flags, "dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  let gotMetricsUrl: (u: string) => void = () => undefined;
+  const metricsUrl = new Promise<string>((r) => (gotMetricsUrl = r));
   const url = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on("line", (line) => {
+      // BENCH_SERVICE_STDOUT=file keeps everything the service prints (e.g. with NODE_OPTIONS=--trace-gc).
+      if (process.env.BENCH_SERVICE_STDOUT) appendFileSync(process.env.BENCH_SERVICE_STDOUT, `${line}\n`);
       try {
         const e = JSON.parse(line) as { msg?: string; url?: string; level?: number };
         if (e.msg === "backup service listening") resolve(e.url!);
+        else if (e.msg === "metrics listening") gotMetricsUrl(e.url!);
         else if ((e.level ?? 0) >= 50) process.stderr.write(`service: ${line}\n`);
       } catch {
         // not a log line
@@ -178,10 +189,39 @@ async function startService(): Promise<Service> {
     BackupService,
     createGrpcTransport({
       baseUrl: url,
+      nodeOptions: process.env.BENCH_WINDOW ? { settings: { initialWindowSize: Number(process.env.BENCH_WINDOW) } } : undefined,
       interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
     }),
   );
-  return { child, url, client, token, dataDir };
+  return { child, url, metricsUrl, client, token, dataDir };
+}
+
+/** Parses the Prometheus text format into series -> value. */
+async function scrape(svc: Service): Promise<Map<string, number>> {
+  const text = await (await fetch(await svc.metricsUrl)).text();
+  const out = new Map<string, number>();
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#") || line.trim() === "") continue;
+    const i = line.lastIndexOf(" ");
+    out.set(line.slice(0, i), Number(line.slice(i + 1)));
+  }
+  return out;
+}
+
+/**
+ * What the service itself saw between two scrapes, for one method: the share of
+ * calls it finished within 10 and 25 ms (from its histogram), and its event-loop lag.
+ */
+function serverView(before: Map<string, number>, after: Map<string, number>, method: string) {
+  const bucket = (m: Map<string, number>, le: string) => {
+    for (const [k, v] of m) {
+      if (k.startsWith("pgbackup_rpc_duration_seconds_bucket{") && k.includes(`le="${le}"`) && k.includes(`method="${method}"`) && k.includes('code="OK"')) return v;
+    }
+    return 0;
+  };
+  const n = bucket(after, "+Inf") - bucket(before, "+Inf");
+  const within = (le: string) => (n === 0 ? null : Math.round(((bucket(after, le) - bucket(before, le)) / n) * 1000) / 10);
+  return { calls: n, pctWithin10ms: within("0.01"), pctWithin25ms: within("0.025") };
 }
 
 /** Samples the service's resident memory while `fn` runs; returns fn's result and the peak in MB. */
@@ -411,6 +451,8 @@ async function latency(svc: Service) {
   let errors = 0;
   let running = true;
   let measuring = false;
+  let measureStart = 0;
+  const slowTimes: number[] = [];
   const loop = async (n: number) => {
     let i = n;
     while (running) {
@@ -423,6 +465,7 @@ async function latency(svc: Service) {
           await svc.client.getStats({});
           if (measuring) lat.stats.push(performance.now() - t0);
         }
+        if (measuring && performance.now() - t0 > 100) slowTimes.push(Math.round((t0 - measureStart) / 100) / 10);
       } catch {
         if (measuring) errors++;
       }
@@ -433,14 +476,41 @@ async function latency(svc: Service) {
   const callersDone = Promise.all(Array.from({ length: callers }, (_, n) => loop(n)));
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
   await new Promise((r) => setTimeout(r, 2000));
+  const before = await scrape(svc); // also restarts the service's event-loop lag sampling
+  // The callers' own process shares the two cores: what it costs and how late its own loop
+  // runs is reported beside the latencies it measures.
+  const clientLag = monitorEventLoopDelay({ resolution: 10 });
+  clientLag.enable();
+  const clientCpu = process.cpuUsage();
   measuring = true;
   const started = performance.now();
+  measureStart = started;
   await (process.env.BENCH_NO_BACKUP
     ? new Promise((r) => setTimeout(r, 8000))
     : svc.client.createBackup({ label: "during latency" }));
   running = false;
   const seconds = (performance.now() - started) / 1000;
   await callersDone;
+  clientLag.disable();
+  const cpu = process.cpuUsage(clientCpu);
+  const client = {
+    cpuPercentOfOneCore: Math.round(((cpu.user + cpu.system) / 1e6 / seconds) * 100),
+    eventLoopLagMs: {
+      p50: Math.round(clientLag.percentile(50) / 1e5) / 10,
+      p99: Math.round(clientLag.percentile(99) / 1e5) / 10,
+      max: Math.round(clientLag.max / 1e5) / 10,
+    },
+  };
+  const after = await scrape(svc);
+  const server = {
+    listBackups: serverView(before, after, "ListBackups"),
+    getStats: serverView(before, after, "GetStats"),
+    eventLoopLagMs: {
+      p50: Math.round((after.get("nodejs_eventloop_lag_p50_seconds") ?? NaN) * 10000) / 10,
+      p99: Math.round((after.get("nodejs_eventloop_lag_p99_seconds") ?? NaN) * 10000) / 10,
+      max: Math.round((after.get("nodejs_eventloop_lag_max_seconds") ?? NaN) * 10000) / 10,
+    },
+  };
   return {
     callers,
     thinkMs,
@@ -448,9 +518,12 @@ async function latency(svc: Service) {
     seconds,
     calls: lat.list.length + lat.stats.length,
     callsPerSecond: (lat.list.length + lat.stats.length) / seconds,
+    server,
+    client,
     errors,
-    listBackups: { p50: pct(lat.list, 50), p99: pct(lat.list, 99) },
-    getStats: { p50: pct(lat.stats, 50), p99: pct(lat.stats, 99) },
+    listBackups: { p50: pct(lat.list, 50), p90: pct(lat.list, 90), p99: pct(lat.list, 99), over100ms: lat.list.filter((v) => v > 100).length },
+    getStats: { p50: pct(lat.stats, 50), p90: pct(lat.stats, 90), p99: pct(lat.stats, 99), over100ms: lat.stats.filter((v) => v > 100).length },
+    slowCallsAtSecond: process.env.BENCH_SLOW_TIMES ? slowTimes : undefined,
   };
 }
 
