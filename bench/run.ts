@@ -189,7 +189,6 @@ async function startService(): Promise<Service> {
     BackupService,
     createGrpcTransport({
       baseUrl: url,
-      nodeOptions: process.env.BENCH_WINDOW ? { settings: { initialWindowSize: Number(process.env.BENCH_WINDOW) } } : undefined,
       interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
     }),
   );
