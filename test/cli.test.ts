@@ -404,12 +404,14 @@ describe("backupctl", () => {
     });
     let stderr = "";
     const exited = new Promise<number | null>((resolve) => child.once("close", resolve));
-    await new Promise<void>((resolve) =>
+    const loading = await new Promise<boolean>((resolve) => {
       child.stderr.on("data", (d) => {
         stderr += d;
-        if (stderr.includes("restore: RESTORING")) resolve();
-      }),
-    );
+        if (stderr.includes("restore: RESTORING")) resolve(true);
+      });
+      child.once("close", () => resolve(false));
+    });
+    expect(loading, stderr).toBe(true);
     child.kill("SIGINT");
     expect(await exited).toBe(130);
     expect(stderr).toMatch(/^backupctl: interrupted: restore cancelled; .*the target is left as it was$/m);

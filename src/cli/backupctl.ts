@@ -158,8 +158,9 @@ function buildProgram(): Command {
     .showSuggestionAfterError()
     .addHelpText(
       "after",
-      "\nExit codes: 0 ok; 1 the operation failed or found a problem; 2 usage; 3 service unreachable or unavailable;\n" +
-        "4 authentication or permission; 5 not found; 6 refused in the current state (busy, precondition); 130 interrupted.",
+      "\nExit codes: 0 ok; 1 the operation failed or found a problem; 2 usage;\n" +
+        "3 service unreachable or unavailable; 4 authentication or permission;\n" +
+        "5 not found; 6 refused in the current state (busy, precondition); 130 interrupted.",
     );
   oneLineErrors(program);
 

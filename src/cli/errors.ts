@@ -77,6 +77,8 @@ const UNTRUSTED_CERTIFICATE = /^(CERT_|UNABLE_TO_|DEPTH_ZERO_|SELF_SIGNED_|HOSTN
  * from the service): what happened and a hint, else undefined.
  */
 function connectionFailure(err: ConnectError, url: string | undefined): { what: string; hint: string } | undefined {
+  // h2c spoken to a TLS port ends in a reset connection or a reset stream, whichever comes first.
+  const tls = url?.startsWith("http:") ? "; if the service serves TLS, use an https:// URL" : "";
   const seen = new Set<unknown>();
   for (let e: unknown = err.cause; e instanceof Error && !seen.has(e); e = (e as { cause?: unknown }).cause) {
     seen.add(e);
@@ -87,11 +89,11 @@ function connectionFailure(err: ConnectError, url: string | undefined): { what: 
     const text = typeof what === "string" && what ? what : e.message;
     if (UNTRUSTED_CERTIFICATE.test(code)) return { what: text, hint: "pass --ca with the CA certificate the service's certificate is signed by" };
     if (code === "ERR_SSL_WRONG_VERSION_NUMBER") return { what: text, hint: "the service does not serve TLS there: use an http:// URL" };
+    if (/^(ECONNRESET|EPIPE|ERR_HTTP2_)/.test(code)) return { what: text, hint: `check --url or BACKUP_SERVICE_URL${tls}` };
     return { what: text, hint: "check --url or BACKUP_SERVICE_URL" };
   }
-  // HTTP/2 itself broke off (connect-node's words for a reset stream), e.g. h2c spoken to a TLS port.
+  // HTTP/2 itself broke off (connect-node's words for a reset stream).
   if (err.rawMessage.startsWith("http/2 stream closed with error code")) {
-    const tls = url?.startsWith("http:") ? "; if the service serves TLS, use an https:// URL" : "";
     return { what: err.rawMessage, hint: `check --url or BACKUP_SERVICE_URL${tls}` };
   }
   return undefined;
