@@ -85,6 +85,10 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       try {
         // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
         await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
+        // The row counts overlap pg_dump, which takes longer anyway: on one core, not with
+        // parallel workers that took every core for the first second of a backup (the calls
+        // answered meanwhile waited; measured under the latency bench).
+        await client.query("SET max_parallel_workers_per_gather = 0");
         await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
         const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
