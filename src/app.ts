@@ -22,7 +22,7 @@ import { createDownloadUseCase } from "./domain/download.js";
 import { createEventBus, type EventBus } from "./domain/events.js";
 import { createRestoreUseCase } from "./domain/restore.js";
 import { createRetentionUseCase } from "./domain/retention.js";
-import { createThreadedDumpEngine } from "./dump/threaded-engine.js";
+import { createDumpEngine } from "./dump/engine.js";
 import { createRestoreEngine } from "./dump/restore-engine.js";
 import { resolveTools } from "./dump/tools.js";
 import type { Logger } from "./logger.js";
@@ -96,21 +96,20 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     const locks = createAdvisoryLocks(config.control, pool, logger);
     const clock = { now: () => new Date() };
     const events = createEventBus(logger);
-    const dumpEngine = createThreadedDumpEngine({
-      target: config.target,
-      tools,
-      compressionLevel: config.compressionLevel,
-      compressionThreads: config.compressionThreads,
-      control: sameServer(config.control, config.target)
-        ? { database: config.control.database, schemas: [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] }
-        : null,
-    });
     const backupService = createBackupService({
       events,
       backups: backupsRepo,
       audit,
       locks,
-      engine: dumpEngine,
+      engine: createDumpEngine({
+        target: config.target,
+        tools,
+        compressionLevel: config.compressionLevel,
+        compressionThreads: config.compressionThreads,
+        control: sameServer(config.control, config.target)
+          ? { database: config.control.database, schemas: [SERVICE_SCHEMA, MIGRATIONS_SCHEMA] }
+          : null,
+      }),
       store,
       clock,
       logger,
@@ -296,7 +295,6 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           const metricsClosed = metricsServer?.close();
           await scheduler.stop();
           await backupService.shutdown();
-          await dumpEngine.close();
           // Outcomes of the work just stopped still go out, within the grace period.
           await alerts.close(Math.min(config.shutdownGraceMs, 5000));
           await serverClosed;
