@@ -179,7 +179,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           newestVerifiedCompletion: async (dbs) =>
             new Map((await freshness()).filter((f) => dbs.includes(f.database)).map((f) => [f.database, f.lastSuccessAt])),
           store,
-          diskLocation: `${os.hostname()}:${config.backupDir}`,
+          diskLocation: config.alerts.diskName ?? `${os.hostname()}:${config.backupDir}`,
           incidents: createIncidentRepository(db),
           notifier: alerts,
           clock,

@@ -88,6 +88,8 @@ export interface AlertConfig {
   readonly minFreeBytes: number;
   /** Disk alert when BACKUP_DIR has less than this percent free (0: off). */
   readonly minFreePercent: number;
+  /** Names the backup disk in its incident; unset: `<hostname>:<BACKUP_DIR>`. */
+  readonly diskName: string | undefined;
   /** When the alert-check job (backup age, disk space) runs; null when switched off. */
   readonly checkCron: string | null;
   /** Delivery attempts after the first, with doubling delays from retryDelayMs. */
@@ -236,6 +238,7 @@ const envSchema = z.object({
   ALERT_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
   ALERT_MIN_FREE_PERCENT: intSetting(10, 0, 99),
   ALERT_CHECK_CRON: optionalString,
+  ALERT_DISK_NAME: optionalString,
   ALERT_RETRIES: intSetting(4, 0, 20),
   ALERT_RETRY_DELAY_MS: intSetting(2000, 1, 3_600_000),
   ALERT_TIMEOUT_MS: intSetting(10_000, 100, 600_000),
@@ -412,6 +415,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxBackupAgeMs,
       minFreeBytes: e.ALERT_MIN_FREE_BYTES,
       minFreePercent: e.ALERT_MIN_FREE_PERCENT,
+      diskName: e.ALERT_DISK_NAME,
       checkCron: alertCheckCron,
       retries: e.ALERT_RETRIES,
       retryDelayMs: e.ALERT_RETRY_DELAY_MS,

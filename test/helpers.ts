@@ -355,8 +355,8 @@ export async function callFailure(p: Promise<unknown>): Promise<ConnectError> {
  * Runs the service as its own process (as `npm start` runs it, from source)
  * and waits until it listens; for tests that kill it.
  */
-export async function spawnService(control: string, target: string, dataDir: string) {
-  const env = { ...process.env, ...serviceEnv(control, target, dataDir), LOG_LEVEL: "info" };
+export async function spawnService(control: string, target: string, dataDir: string, extra: Record<string, string> = {}) {
+  const env = { ...process.env, ...serviceEnv(control, target, dataDir, extra), LOG_LEVEL: "info" };
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
   const logs: Record<string, unknown>[] = [];
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));

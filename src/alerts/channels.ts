@@ -19,7 +19,16 @@ export interface Channel {
  * fields are for receivers that route or filter.
  */
 export function webhookChannel(opts: { url: string; failuresOnly: boolean; instance: string; timeoutMs: number }): Channel {
-  const host = new URL(opts.url).host;
+  // Credentials in the URL (https://user:password@host/...) go in an Authorization header:
+  // fetch refuses such URLs, and its error would quote the password.
+  const url = new URL(opts.url);
+  const auth = url.username || url.password
+    ? `Basic ${Buffer.from(`${decodeURIComponent(url.username)}:${decodeURIComponent(url.password)}`).toString("base64")}`
+    : null;
+  url.username = "";
+  url.password = "";
+  const target = url.href;
+  const host = url.host;
   return {
     name: `webhook ${host}`,
     failuresOnly: opts.failuresOnly,
@@ -41,9 +50,13 @@ export function webhookChannel(opts: { url: string; failuresOnly: boolean; insta
         opts.timeoutMs,
       );
       try {
-        const res = await fetch(opts.url, {
+        const res = await fetch(target, {
           method: "POST",
-          headers: { "content-type": "application/json", "user-agent": "pg-backup-service" },
+          headers: {
+            "content-type": "application/json",
+            "user-agent": "pg-backup-service",
+            ...(auth ? { authorization: auth } : {}),
+          },
           body,
           signal: stopper.signal,
           redirect: "error",
@@ -52,7 +65,8 @@ export function webhookChannel(opts: { url: string; failuresOnly: boolean; insta
         await res.arrayBuffer().catch(() => undefined);
         if (!res.ok) throw new Error(`the webhook answered HTTP ${res.status}`);
       } catch (err) {
-        throw stopper.signal.aborted ? stopper.signal.reason : err;
+        if (stopper.signal.aborted) throw stopper.signal.reason;
+        throw webhookError(err);
       } finally {
         clearTimeout(timer);
         stopper.dispose();
@@ -60,6 +74,17 @@ export function webhookChannel(opts: { url: string; failuresOnly: boolean; insta
     },
     close() {},
   };
+}
+
+/**
+ * The webhook's failure in words that never quote the URL (which may carry a token
+ * in its path): the HTTP status, or the network error's code.
+ */
+function webhookError(err: unknown): Error {
+  const e = err as { message?: string; cause?: { code?: string; message?: string } };
+  if (typeof e?.message === "string" && e.message.startsWith("the webhook answered HTTP")) return err as Error;
+  const code = e?.cause?.code ?? (err as { name?: string })?.name ?? "error";
+  return new Error(`the webhook request failed (${code})`);
 }
 
 /** Email over SMTP (nodemailer): smtp:// with STARTTLS when offered, smtps:// for TLS from the start. */
@@ -84,6 +109,7 @@ export function emailChannel(opts: {
     async send(n, signal) {
       signal.throwIfAborted();
       const mark = n.severity === "failure" ? "FAILURE" : n.severity === "resolved" ? "RESOLVED" : "INFO";
+      // Shutdown does not wait for a stuck SMTP server: an abort drops the connection at once.
       await transport.sendMail({
         from: opts.from,
         to: [...opts.to],
@@ -92,6 +118,7 @@ export function emailChannel(opts: {
           (n.database ? `\ndatabase: ${n.database}` : "") +
           (n.backupId ? `\nbackup: ${n.backupId}` : ""),
         headers: { "X-PgBackup-Kind": n.kind, "X-PgBackup-Severity": n.severity },
+        signal,
       });
     },
     close() {

@@ -37,12 +37,14 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     key: string,
     n: Notification,
     isDue: (openedAt: Date) => boolean = () => true,
-  ): Promise<"alerted" | "open" | "pending"> {
+  ): Promise<"alerted" | "open" | "pending" | "undelivered"> {
     const incident = await incidents.open(key, n.title);
     if (incident.notifiedAt !== null) return "open";
     if (!isDue(incident.openedAt)) return "pending";
-    if (!(await incidents.claimNotification(incident.id, n.title))) return "open";
-    notifier.notify(n);
+    // Marked only once a channel took it: if none did, the next check sends it again. (Checks
+    // never overlap: the job runs under its lock, so two replicas cannot both send it.)
+    if (!(await notifier.deliver(n))) return "undelivered";
+    await incidents.markNotified(incident.id, n.title);
     return "alerted";
   }
 

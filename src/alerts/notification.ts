@@ -14,6 +14,7 @@ export type AlertKind =
   | "restore_finished"
   | "restore_failed"
   | "restore_cancelled"
+  | "restore_refused"
   | "cleanup_removed"
   | "drill_failed"
   | "backup_overdue"
@@ -116,21 +117,23 @@ export function notificationFor(event: ServiceEvent, now: Date): Notification | 
         backupId: event.backupId,
         at: now,
       };
-    case "restore.failed":
+    case "restore.failed": {
+      // A refusal (the target is busy or holds data, no room...) changed nothing and the
+      // caller was told: worth knowing, not worth paging anyone.
+      const quiet = event.cancelled || event.refused;
+      const what = event.cancelled ? "was cancelled" : event.refused ? `was refused: ${event.reason}` : `failed: ${event.reason}`;
       return {
-        kind: event.cancelled ? "restore_cancelled" : "restore_failed",
-        severity: event.cancelled ? "info" : "failure",
-        title: event.cancelled
-          ? `Restore into "${event.targetDatabase}" was cancelled`
-          : `Restore into "${event.targetDatabase}" failed`,
+        kind: event.cancelled ? "restore_cancelled" : event.refused ? "restore_refused" : "restore_failed",
+        severity: quiet ? "info" : "failure",
+        title: `Restore into "${event.targetDatabase}" ${event.cancelled ? "was cancelled" : event.refused ? "was refused" : "failed"}`,
         body:
-          `Restore of backup ${event.backupId} into "${event.targetDatabase}" (by ${event.actor}) ` +
-          `${event.cancelled ? "was cancelled" : `failed: ${event.reason}`}\n` +
+          `Restore of backup ${event.backupId} into "${event.targetDatabase}" (by ${event.actor}) ${what}\n` +
           `The database "${event.targetDatabase}" was left as it was before the restore.`,
         database: event.targetDatabase ?? undefined,
         backupId: event.backupId,
         at: now,
       };
+    }
     case "cleanup.finished": {
       if (event.dryRun || event.removed.length === 0) return null;
       const listed = event.removed

@@ -22,13 +22,11 @@ export function createIncidentRepository(db: Db): IncidentRepository {
       return open ?? this.open(key, message);
     },
 
-    async claimNotification(id, message) {
-      const rows = await db
+    async markNotified(id, message) {
+      await db
         .update(t)
         .set({ notifiedAt: new Date(), message })
-        .where(and(eq(t.id, id), isNull(t.notifiedAt), isNull(t.resolvedAt)))
-        .returning({ id: t.id });
-      return rows.length === 1;
+        .where(and(eq(t.id, id), isNull(t.notifiedAt)));
     },
 
     async resolve(key) {

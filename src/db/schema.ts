@@ -175,9 +175,9 @@ export const restoreRuns = serviceSchema.table(
 
 /**
  * Conditions the alert checks watch (a database without a recent verified
- * backup, a filling disk). One open row per condition: whichever replica
- * opens it sends the alert, so an incident is announced once, not at every
- * check, and its resolution once too.
+ * backup, a filling disk). One open row per condition, shared by the
+ * replicas: its alert goes out once (again at the next check only if no
+ * channel took it), not at every check, and its resolution once too.
  */
 export const alertIncidents = serviceSchema.table(
   "alert_incidents",

@@ -42,6 +42,8 @@ export type ServiceEvent =
     }
   | {
       type: "restore.failed";
+      /** Refused by its checks before anything was loaded (target busy, not empty, no room...). */
+      refused: boolean;
       backupId: string;
       targetDatabase: string | null;
       reason: string;

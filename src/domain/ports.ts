@@ -332,8 +332,8 @@ export interface Incident {
 export interface IncidentRepository {
   /** The open incident of `key`, opened now with `message` if there is none. */
   open(key: string, message: string): Promise<Incident>;
-  /** Marks the incident notified; false when another check already did (so only one alert goes out). */
-  claimNotification(id: number, message: string): Promise<boolean>;
+  /** Records that the incident's alert went out. */
+  markNotified(id: number, message: string): Promise<void>;
   /** Closes the open incident of `key`; returns it, or null when none was open. */
   resolve(key: string): Promise<Incident | null>;
   listOpen(): Promise<Incident[]>;

@@ -334,6 +334,9 @@ export function createRestoreUseCase(deps: RestoreDeps) {
       let blocked: { database: string; restore: { release(): Promise<void> } } | null = null;
       // Known once the request passed its checks: from then on, an outcome is announced.
       let checked: { record: BackupRecord; target: string } | null = null;
+      // Refused before loading (nothing was attempted), failed while loading, or swapped in.
+      let loading = false;
+      let swapped = false;
       try {
         send({}, true);
         const { record, target } = await checkRecord(input);
@@ -420,6 +423,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         );
 
         // The live database keeps serving while the backup loads into a scratch database.
+        loading = true;
         send({ phase: "RESTORING", within: 0, bytesDone: 0, bytesTotal: total, message: `loading ${record.fileName}` });
         const loaded = await loadScratch(record, state.exists ? target : null, signal, (p) => {
           send({ bytesDone: p.bytesRead, within: p.fraction * 0.9 });
@@ -487,7 +491,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           : replacing
             ? "no safety backup was taken (skip_safety_backup); this restore cannot be undone by the service"
             : `"${target}" held nothing before; to undo, drop it`;
-        await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
+        // The restore happened, whatever befalls the bookkeeping below.
+        swapped = true;
         events.emit({
           type: "restore.finished",
           backupId: record.id,
@@ -497,6 +502,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           durationMs: elapsed(),
           actor: input.actor.sub,
         });
+        await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
         logger.info(
           { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, actor: input.actor.sub },
           "restore finished",
@@ -518,10 +524,11 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           true,
         );
       } catch (err) {
-        if (checked !== null) {
+        if (checked !== null && !swapped) {
           const cancelled = signal.aborted && !(err instanceof DomainError && err.kind !== "cancelled");
           events.emit({
             type: "restore.failed",
+            refused: !loading && !cancelled,
             backupId: checked.record.id,
             targetDatabase: checked.target,
             reason: err instanceof DomainError ? err.message : signal.aborted ? "cancelled" : "internal error (details are in the service log)",

@@ -99,24 +99,28 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         }
         const removed: BackupRecord[] = [];
         let freedBytes = 0;
-        for (const r of candidates) {
-          const freed = r.status === "FAILED" ? 0 : await removeFile(r);
-          if (freed === null) {
-            logger.warn({ backupId: r.id }, "expired backup is in use; cleanup will retry next time");
-            continue;
+        try {
+          for (const r of candidates) {
+            const freed = r.status === "FAILED" ? 0 : await removeFile(r);
+            if (freed === null) {
+              logger.warn({ backupId: r.id }, "expired backup is in use; cleanup will retry next time");
+              continue;
+            }
+            const now = clock.now();
+            removed.push(
+              await backups.update(r.id, {
+                isDeleted: true,
+                deletedAt: r.deletedAt ?? now,
+                metadata: { ...r.metadata, fileRemovedAt: now.toISOString() },
+              }),
+            );
+            freedBytes += freed;
           }
-          const now = clock.now();
-          removed.push(
-            await backups.update(r.id, {
-              isDeleted: true,
-              deletedAt: r.deletedAt ?? now,
-              metadata: { ...r.metadata, fileRemovedAt: now.toISOString() },
-            }),
-          );
-          freedBytes += freed;
+        } finally {
+          // Also when a later step failed: what was removed is gone, and is announced.
+          events.emit({ type: "cleanup.finished", removed, freedBytes, dryRun });
         }
         logger.info({ removed: removed.length, kept: kept.length, freedBytes }, "cleanup finished");
-        events.emit({ type: "cleanup.finished", removed, freedBytes, dryRun });
         return { removed, kept, freedBytes, dryRun };
       } finally {
         await lock.release();

@@ -102,7 +102,7 @@ export function createServiceMetrics(sources: MetricsSources): ServiceMetrics {
   });
   const restores = new Counter({
     name: "pgbackup_restores_total",
-    help: "Restores run by this process, by outcome: succeeded, failed, cancelled.",
+    help: "Restores run by this process, by outcome: succeeded, failed, refused (by its checks, nothing loaded), cancelled.",
     labelNames: ["outcome"] as const,
     registers,
   });
@@ -132,7 +132,7 @@ export function createServiceMetrics(sources: MetricsSources): ServiceMetrics {
     registers,
   });
   // Known label values start at zero, so that rate() and alerts see the first increment.
-  for (const outcome of ["succeeded", "failed", "cancelled"]) restores.inc({ outcome }, 0);
+  for (const outcome of ["succeeded", "failed", "refused", "cancelled"]) restores.inc({ outcome }, 0);
   for (const source of ["cleanup", "delete"]) {
     freedBytes.inc({ source }, 0);
     removedBackups.inc({ source }, 0);
@@ -260,7 +260,9 @@ export function createServiceMetrics(sources: MetricsSources): ServiceMetrics {
         if (e.backup.fileSize !== null) backupSize.observe({ database: e.backup.databaseName }, e.backup.fileSize);
         break;
       case "backup.failed":
-        backups.inc({ database: e.database, outcome: e.cancelled ? "cancelled" : "failed" });
+        // A dump whose verification could not run stays COMPLETED and is verified at the next
+        // start: that verification decides its outcome, so it is not counted twice.
+        if (!e.unverified) backups.inc({ database: e.database, outcome: e.cancelled ? "cancelled" : "failed" });
         break;
       case "verification.finished": {
         const database = e.backup.databaseName;
@@ -277,7 +279,7 @@ export function createServiceMetrics(sources: MetricsSources): ServiceMetrics {
         restores.inc({ outcome: "succeeded" });
         break;
       case "restore.failed":
-        restores.inc({ outcome: e.cancelled ? "cancelled" : "failed" });
+        restores.inc({ outcome: e.cancelled ? "cancelled" : e.refused ? "refused" : "failed" });
         break;
       case "cleanup.finished":
         if (e.dryRun) break;
