@@ -28,7 +28,11 @@ function callSignal(ctx: HandlerContext): AbortSignal {
   const ac = new AbortController();
   const onAbort = () => {
     const reason: unknown = ctx.signal.reason;
-    const deadline = reason instanceof ConnectError && reason.code === Code.DeadlineExceeded;
+    // A client's own deadline timer may fire, and reset the stream, a moment before ours:
+    // a cancel within that moment of the deadline is the deadline.
+    const left = ctx.timeoutMs();
+    const deadline =
+      (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (left !== undefined && left <= 250);
     ac.abort(
       deadline
         ? new DomainError("deadline_exceeded", "cancelled: the call's deadline was exceeded")
