@@ -15,6 +15,7 @@ import {
   dropDatabase,
   seedDatabase,
   sql,
+  startService,
   uniqueName,
   waitFor,
   type TestService,
@@ -159,6 +160,52 @@ describe("ListBackups, GetStats and ListAuditEvents", () => {
     const forOther = await svc.client.getStats({ database: "some_other_db" });
     expect(Number(forOther.totalBackups)).toBe(0);
     expect(forOther.latestBackup).toBeUndefined();
+  });
+
+  it("totals kept by the trigger equal a count of the history, through inserts, updates and deletes", async () => {
+    const other = uniqueName("bs_backup_totals");
+    await createDatabase(other);
+    try {
+      await sql(other, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+      await svc.client.createBackup({ database: uniqueName("bs_backup_missing") }).catch(() => undefined);
+      const kept = (await svc.client.createBackup({ database: other })).backup!;
+      const soft = (await svc.client.createBackup({ database: other })).backup!;
+      const hard = (await svc.client.createBackup({ database: other })).backup!;
+      await svc.client.deleteBackup({ id: soft.id });
+      await svc.client.deleteBackup({ id: hard.id, hardDelete: true });
+      // Changed behind the service's back, too: the trigger sees every change.
+      await sql(svc.control, "UPDATE backup_service.backup_history SET status = 'CORRUPTED', compression_ratio = 50 WHERE id = $1", [kept.id]);
+      await sql(svc.control, "INSERT INTO backup_service.backup_history (backup_type, file_name, status, triggered_by, retention_days, expires_at, database_name, archive_format, compression, file_size, compression_ratio) VALUES ('MANUAL', $1, 'VERIFIED', 'x', 1, now(), $2, 'custom', 'zstd', 1000, 80)", [uniqueName("raw"), other]);
+
+      const [truth] = await sql<Record<string, string | null>>(
+        svc.control,
+        `SELECT count(*) AS total,
+                count(*) FILTER (WHERE status IN ('COMPLETED', 'VERIFIED')) AS successful,
+                count(*) FILTER (WHERE status IN ('FAILED', 'CORRUPTED')) AS failed,
+                coalesce(sum(file_size) FILTER (WHERE status IN ('COMPLETED', 'VERIFIED')), 0) AS size,
+                round(avg(compression_ratio) FILTER (WHERE status IN ('COMPLETED', 'VERIFIED'))::numeric, 2) AS ratio
+           FROM backup_service.backup_history WHERE NOT is_deleted`,
+      );
+      const byDb = await sql<{ database_name: string; total: string }>(
+        svc.control,
+        `SELECT h.database_name, count(*) AS total FROM backup_service.backup_history h WHERE NOT is_deleted GROUP BY 1
+         EXCEPT SELECT database_name, total FROM backup_service.backup_stats WHERE total > 0`,
+      );
+      expect(byDb, "every database's total matches").toEqual([]);
+      // A second service on the same records: nothing cached.
+      const fresh = await startService(svc.control, target, {}, svc.dataDir);
+      const stats = await fresh.client.getStats({});
+      expect(stats.totalBackups).toBe(BigInt(truth!.total!));
+      expect(stats.successfulBackups).toBe(BigInt(truth!.successful!));
+      expect(stats.failedBackups).toBe(BigInt(truth!.failed!));
+      expect(stats.totalSizeBytes).toBe(BigInt(truth!.size!));
+      expect(stats.averageCompression).toBeCloseTo(Number(truth!.ratio), 2);
+      const listed = await fresh.client.listBackups({ pageSize: 1 });
+      expect(BigInt(listed.total)).toBe(BigInt(truth!.total!));
+      await fresh.close();
+    } finally {
+      await dropDatabase(other);
+    }
   });
 
   it("audits state-changing calls with the actor and outcome", async () => {

@@ -1,23 +1,25 @@
 import { and, asc, count, desc, eq, inArray, lte, or, sql, type SQL } from "drizzle-orm";
 import type { BackupRecord } from "../domain/backup.js";
-import { FAILED_STATUSES, SUCCESSFUL_STATUSES } from "../domain/backup.js";
+import { SUCCESSFUL_STATUSES } from "../domain/backup.js";
 import type { BackupFilter, BackupRepository, BackupStats, Page } from "../domain/ports.js";
 import { notFound } from "../errors.js";
 import type { Db } from "./client.js";
-import { backupHistory as t } from "./schema.js";
+import { backupHistory as t, backupStats as s } from "./schema.js";
 import { createSingleFlight } from "./single-flight.js";
 
 // The table's columns are named after the record's fields, so a row is a record.
 const toRecord = (row: typeof t.$inferSelect): BackupRecord => row;
 
 /**
- * @param cacheMs how long counts and statistics may be reused (see single-flight.ts);
+ * @param cacheMs how long pages, totals and statistics may be reused (counts of filtered listings:
+ *   five times that; see single-flight.ts);
  *   0 turns the cache off.
  */
 export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository {
-  // Whole-history aggregates (totals, statistics) cost tens of ms of database CPU at
-  // 100,000 rows: they are recomputed at most every few seconds (own writes still clear them).
-  const aggregateMs = cacheMs * 5;
+  // Totals of filtered listings count rows (tens of ms of database CPU at 100,000 rows):
+  // they are recomputed at most every few seconds (own writes still clear them).
+  const countMs = cacheMs * 5;
+  const summarized = (f: BackupFilter) => !f.includeDeleted && !f.status && !f.backupType;
   // Totals, statistics and pages: under many concurrent callers each is computed once
   // and shared for up to `cacheMs` (another replica's writes show within twice that).
   const cache = createSingleFlight(cacheMs);
@@ -31,32 +33,44 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
     return conds.length > 0 ? and(...conds) : undefined;
   }
 
+  /** Totals from the trigger-kept backup_stats (migration 0009): a row per database, not a scan. */
   async function computeStats(database: string | undefined): Promise<BackupStats> {
     const base = database === undefined ? eq(t.isDeleted, false) : and(eq(t.isDeleted, false), eq(t.databaseName, database));
     const ok = inArray(t.status, [...SUCCESSFUL_STATUSES]);
-    const bad = inArray(t.status, [...FAILED_STATUSES]);
     const [[agg], [latest]] = await Promise.all([
       db
         .select({
-          total: count(),
-          successful: sql<number>`count(*) filter (where ${ok})`.mapWith(Number),
-          failed: sql<number>`count(*) filter (where ${bad})`.mapWith(Number),
-          totalSize: sql<number>`coalesce(sum(${t.fileSize}) filter (where ${ok}), 0)`.mapWith(Number),
-          avgCompression: sql<number | null>`avg(${t.compressionRatio}) filter (where ${ok})`,
+          total: sql<number>`coalesce(sum(${s.total}), 0)`.mapWith(Number),
+          successful: sql<number>`coalesce(sum(${s.successful}), 0)`.mapWith(Number),
+          failed: sql<number>`coalesce(sum(${s.failed}), 0)`.mapWith(Number),
+          totalSize: sql<number>`coalesce(sum(${s.totalSize}), 0)`.mapWith(Number),
+          ratioSum: sql<number>`coalesce(sum(${s.ratioSum}), 0)`.mapWith(Number),
+          ratioCount: sql<number>`coalesce(sum(${s.ratioCount}), 0)`.mapWith(Number),
         })
-        .from(t)
-        .where(base),
+        .from(s)
+        .where(database === undefined ? undefined : eq(s.databaseName, database)),
       db.select().from(t).where(and(base, ok)).orderBy(desc(t.startedAt)).limit(1),
     ]);
-    const avg = agg?.avgCompression;
     return {
       total: agg?.total ?? 0,
       successful: agg?.successful ?? 0,
       failed: agg?.failed ?? 0,
       latest: latest ? toRecord(latest) : null,
       totalSizeBytes: agg?.totalSize ?? 0,
-      averageCompression: avg === null || avg === undefined ? null : Math.round(Number(avg) * 100) / 100,
+      averageCompression: agg && agg.ratioCount > 0 ? Math.round((agg.ratioSum / agg.ratioCount) * 100) / 100 : null,
     };
+  }
+
+  /** How many rows a listing's filter matches: from backup_stats when it can say, else counted. */
+  async function countMatching(filter: BackupFilter, where: SQL | undefined): Promise<number> {
+    if (summarized(filter)) {
+      const [row] = await db
+        .select({ n: sql<number>`coalesce(sum(${s.total}), 0)`.mapWith(Number) })
+        .from(s)
+        .where(filter.database === undefined ? undefined : eq(s.databaseName, filter.database));
+      return row?.n ?? 0;
+    }
+    return (await db.select({ n: count() }).from(t).where(where))[0]?.n ?? 0;
   }
 
   /**
@@ -125,13 +139,13 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
         cache.get(`page:${key}:${offset}:${limit}`, async () =>
           (await db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset)).map(toRecord),
         ),
-        cache.get(`count:${key}`, async () => (await db.select({ n: count() }).from(t).where(where))[0]?.n ?? 0, aggregateMs),
+        cache.get(`count:${key}`, () => countMatching(filter, where), summarized(filter) ? cacheMs : countMs),
       ]);
       return { items, total };
     },
 
     stats(database): Promise<BackupStats> {
-      return cache.get(`stats:${database ?? "*"}`, () => computeStats(database), aggregateMs);
+      return cache.get(`stats:${database ?? "*"}`, () => computeStats(database));
     },
 
     async findInProgress(database) {
@@ -186,7 +200,7 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
     },
 
     restoreVerification(database) {
-      return cache.get(`rv:${database ?? "*"}`, () => computeRestoreVerification(database), aggregateMs);
+      return cache.get(`rv:${database ?? "*"}`, () => computeRestoreVerification(database));
     },
 
     async remove(id) {
