@@ -172,6 +172,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         alertCheckJob({
           // Without a channel there is nobody to tell: the checks stay off.
           cron: alerts.channels.length > 0 ? config.alerts.checkCron : null,
+          offReason: alerts.channels.length > 0 ? undefined : "no alert channel is configured: set ALERT_WEBHOOK_URL or SMTP_URL",
           databases: sched.databases,
           maxBackupAgeMs: config.alerts.maxBackupAgeMs,
           minFreeBytes: config.alerts.minFreeBytes,

@@ -5,6 +5,8 @@ import type { Notifier } from "./notifier.js";
 
 export interface AlertCheckOptions {
   cron: string | null;
+  /** Why the checks are off, when they are off for want of a channel. */
+  offReason?: string;
   /** The databases that must have a recent VERIFIED backup (the daily backup's). */
   databases: readonly string[];
   /** null: the dead-man's switch is off. */
@@ -138,6 +140,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     name: "alert-check",
     cron: opts.cron,
     setting: "ALERT_CHECK_CRON",
+    offReason: opts.offReason,
     async run({ signal }) {
       const now = clock.now();
       const overdue = opts.maxBackupAgeMs === null ? [] : await checkBackupAge(now, opts.maxBackupAgeMs);

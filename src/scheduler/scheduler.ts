@@ -18,6 +18,8 @@ export interface JobSpec {
   cron: string | null;
   /** The setting that holds its cron expression, for log messages. */
   setting: string;
+  /** Why it is off when its cron is null for a reason other than its setting. */
+  offReason?: string;
   run(ctx: { slot: Date; signal: AbortSignal }): Promise<JobResult>;
 }
 
@@ -222,7 +224,7 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
       }
       for (const job of jobs) {
         if (job.cron === null) {
-          logger.info(`${job.name} is off (${job.setting}=off)`);
+          logger.info(`${job.name} is off (${job.offReason ?? `${job.setting}=off`})`);
           continue;
         }
         const handle = schedule.scheduleJob(job.name, { rule: job.cron, tz }, (fireDate: Date) => {
