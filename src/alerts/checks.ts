@@ -1,6 +1,7 @@
 import type { BlobStore, Clock, IncidentRepository } from "../domain/ports.js";
 import type { JobSpec } from "../scheduler/scheduler.js";
-import { formatAge, formatBytes, type Notification } from "./notification.js";
+import { formatBytes } from "../format.js";
+import { formatAge, type Notification } from "./notification.js";
 import type { Notifier } from "./notifier.js";
 
 export interface AlertCheckOptions {

@@ -1,4 +1,5 @@
 import type { ServiceEvent } from "../domain/events.js";
+import { formatBytes } from "../format.js";
 
 /**
  * failure: something needs a person (a backup or restore failed, a database
@@ -30,17 +31,6 @@ export interface Notification {
   database?: string;
   backupId?: string;
   at: Date;
-}
-
-export function formatBytes(n: number): string {
-  const units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-  let v = n;
-  let i = 0;
-  while (v >= 1024 && i < units.length - 1) {
-    v /= 1024;
-    i++;
-  }
-  return i === 0 ? `${n} bytes` : `${v.toFixed(1)} ${units[i]}`;
 }
 
 export function formatAge(ms: number): string {

@@ -5,19 +5,7 @@
 import type { DescEnum } from "@bufbuild/protobuf";
 import { timestampDate, type Duration, type Timestamp } from "@bufbuild/protobuf/wkt";
 
-const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-
-/** 0 B, 512 B, 12.3 MiB, 1.02 GiB. */
-export function formatBytes(n: bigint | number): string {
-  let v = Number(n);
-  let u = 0;
-  while (Math.abs(v) >= 1024 && u < UNITS.length - 1) {
-    v /= 1024;
-    u++;
-  }
-  if (u === 0) return `${v} B`;
-  return `${v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2)} ${UNITS[u]}`;
-}
+export { formatBytes } from "../format.js";
 
 /** 1,234,567 */
 export function formatCount(n: bigint | number): string {
