@@ -214,9 +214,7 @@ const envSchema = z.object({
       .optional(),
   ),
   SHUTDOWN_GRACE_MS: intSetting(10_000, 0, 600_000),
-  SCHEDULER_ENABLED: optionalString.pipe(
-    z.enum(["true", "false", "1", "0", "yes", "no"], { message: "must be true or false" }).optional(),
-  ),
+  SCHEDULER_ENABLED: booleanSetting(),
   SCHEDULE_TZ: optionalString,
   DAILY_BACKUP_CRON: optionalString,
   WEEKLY_CLEANUP_CRON: optionalString,
@@ -399,7 +397,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     sanity: Object.freeze({ json: e.VERIFY_SANITY_SQL, file: e.VERIFY_SANITY_SQL_FILE }),
     scheduler: Object.freeze({
-      enabled: !["false", "0", "no"].includes(e.SCHEDULER_ENABLED ?? "true"),
+      enabled: isTrue(e.SCHEDULER_ENABLED ?? "true"),
       timeZone: tz,
       dailyBackupCron,
       weeklyCleanupCron,
