@@ -87,8 +87,9 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
         // The row counts overlap pg_dump, which takes longer anyway: on one core, not with
         // parallel workers that took every core for the first second of a backup (the calls
-        // answered meanwhile waited; measured under the latency bench).
-        await client.query("SET max_parallel_workers_per_gather = 0");
+        // answered meanwhile waited; measured under the latency bench). A count gains nothing
+        // from JIT, which cost up to 0.1 s of compiling per big table.
+        await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off");
         await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
         const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
         const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
@@ -263,15 +264,17 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   }
 
   /**
-   * A custom archive is decompressed twice at once, child to child, no byte
-   * through Node (measured: Node in the middle cost 1.5 s of 2.9 on a 1.2 GB
-   * dump): into `pg_restore -f /dev/null`, which must read every data block,
-   * and into `wc -c`, which gives the dump's size. Each on its own core.
+   * A custom archive is decompressed child to child, no byte through Node
+   * (measured: Node in the middle cost 1.5 s of 2.9 on a 1.2 GB dump), into
+   * `pg_restore -f /dev/null`, which must read every data block. zstd -v
+   * reports how many bytes it wrote, which is the dump's size; for gzip (or a
+   * zstd that does not say), a second decompression into `wc -c` counts them,
+   * on the other core.
    */
   async function readWholeCustom(options: InspectOptions, signal?: AbortSignal) {
     const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
-    const pipeInto = (name: string, command: string, args: string[], stdout: "ignore" | "pipe") => {
-      const dec = startChild(options.compression, cmd, argv, {
+    const pipeInto = (name: string, command: string, args: string[], stdout: "ignore" | "pipe", decArgs = argv) => {
+      const dec = startChild(options.compression, cmd, decArgs, {
         env: childProcessEnv(),
         stdio: ["ignore", "pipe", "pipe"],
         signal,
@@ -286,26 +289,34 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       dec.child.stdout!.destroy();
       return { dec, sink };
     };
-    const reading = pipeInto("pg_restore", tools.pgRestore, ["--file=/dev/null"], "ignore");
-    const counting = pipeInto("wc", tools.wc, ["-c"], "pipe");
-    let out = "";
-    counting.sink.child.stdout!.setEncoding("utf8");
-    counting.sink.child.stdout!.on("data", (d: string) => (out += d));
-    const [, restoreExit, decExit, countExit] = await Promise.all([
-      reading.dec.exit,
-      reading.sink.exit,
-      counting.dec.exit,
-      counting.sink.exit,
-    ]);
+    const countWithWc = async () => {
+      const counting = pipeInto("wc", tools.wc, ["-c"], "pipe");
+      let out = "";
+      counting.sink.child.stdout!.setEncoding("utf8");
+      counting.sink.child.stdout!.on("data", (d: string) => (out += d));
+      const [decExit, countExit] = await Promise.all([counting.dec.exit, counting.sink.exit]);
+      const bytes = Number(out.trim());
+      return { decExit, countExit, bytes: succeeded(countExit) && Number.isFinite(bytes) ? bytes : null };
+    };
+    const zstd = options.compression === "zstd";
+    // "-v" in place of "-q": at the end zstd prints "<name> : <bytes> bytes" on stderr.
+    const reading = pipeInto("pg_restore", tools.pgRestore, ["--file=/dev/null"], "ignore", zstd ? argv.map((a) => (a === "-q" ? "-v" : a)) : argv);
+    const wc = zstd ? null : countWithWc();
+    const [restoreExit, decExit] = await Promise.all([reading.sink.exit, reading.dec.exit]);
     signal?.throwIfAborted();
-    // The decompressor that feeds wc reads the whole file whatever pg_restore thinks of it (the
-    // other one dies of SIGPIPE when pg_restore gives up): its status says whether it decompresses.
-    const ok = succeeded(decExit) && succeeded(countExit);
-    const bytes = Number(out.trim());
+    let bytes = zstd && succeeded(decExit) ? zstdReportedBytes(decExit.stderr) : null;
+    // If pg_restore gave up early, the decompressor died of SIGPIPE and says nothing about the
+    // rest of the file: a reading of its own decides whether the file decompresses.
+    const counted = wc ?? (bytes === null || !succeeded(restoreExit) ? countWithWc() : null);
+    const count = counted ? await counted : null;
+    signal?.throwIfAborted();
+    const decompressed = count ? count.decExit : decExit;
+    const ok = succeeded(decompressed) && (count === null || succeeded(count.countExit));
+    bytes = count ? count.bytes : bytes;
     return {
       ok,
-      bytes: Number.isFinite(bytes) ? bytes : 0,
-      detail: ok ? "" : `${describeExit(succeeded(decExit) ? countExit : decExit)} (the file does not decompress completely)`,
+      bytes: bytes ?? 0,
+      detail: ok ? "" : `${describeExit(!succeeded(decompressed) ? decompressed : count!.countExit)} (the file does not decompress completely)`,
       trailer: false,
       restoreOk: succeeded(restoreExit),
       restoreDetail: describeExit(restoreExit),
@@ -334,6 +345,13 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
     }
     return { ok: true, detail: "", tables };
   }
+}
+
+/** The size zstd -v reports after decompressing ("<name> : 1204315615 bytes"), or null. */
+export function zstdReportedBytes(stderr: string): number | null {
+  const last = stderr.split("\n").map((l) => l.trim()).filter((l) => l.length > 0).at(-1) ?? "";
+  const m = / : (\d+) bytes$/.exec(last);
+  return m ? Number(m[1]) : null;
 }
 
 function dumpFailure(e: ExitInfo): DomainError {
