@@ -9,7 +9,7 @@
  * Needs the local PostgreSQL (as for the tests) and pgbench (postgresql-contrib on Debian,
  * installed with the server). The benchmark database is built once and reused.
  */
-import { appendFileSync } from "node:fs";
+import { appendFileSync, writeFileSync } from "node:fs";
 import { spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
@@ -452,19 +452,25 @@ async function latency(svc: Service) {
   let measuring = false;
   let measureStart = 0;
   const slowTimes: number[] = [];
+  const samples: string[] = [];
   const loop = async (n: number) => {
     let i = n;
     while (running) {
       const t0 = performance.now();
       try {
-        if (i++ % 2 === 0) {
-          await svc.client.listBackups({ page: 1 + (i % 20), pageSize: 50 });
-          if (measuring) lat.list.push(performance.now() - t0);
-        } else {
-          await svc.client.getStats({});
-          if (measuring) lat.stats.push(performance.now() - t0);
+        const list = i++ % 2 === 0;
+        if (list) await svc.client.listBackups({ page: 1 + (i % 20), pageSize: 50 });
+        else await svc.client.getStats({});
+        const ms = performance.now() - t0;
+        if (measuring) {
+          (list ? lat.list : lat.stats).push(ms);
+          if (ms > 100) slowTimes.push(Math.round((t0 - measureStart) / 100) / 10);
+          // BENCH_SAMPLES=file: every call as "<start, ms since the epoch> <latency ms> <method>",
+          // to line up with other processes' logs.
+          if (process.env.BENCH_SAMPLES) {
+            samples.push(`${(performance.timeOrigin + t0).toFixed(0)} ${ms.toFixed(1)} ${list ? "ListBackups" : "GetStats"}`);
+          }
         }
-        if (measuring && performance.now() - t0 > 100) slowTimes.push(Math.round((t0 - measureStart) / 100) / 10);
       } catch {
         if (measuring) errors++;
       }
@@ -474,8 +480,11 @@ async function latency(svc: Service) {
   };
   const callersDone = Promise.all(Array.from({ length: callers }, (_, n) => loop(n)));
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
-  await new Promise((r) => setTimeout(r, 2000));
+  await new Promise((r) => setTimeout(r, 1700));
   const before = await scrape(svc); // also restarts the service's event-loop lag sampling
+  // Reading the scrape blocks this process (the callers' own) for a moment: calls caught in
+  // flight then would time the bench, not the service, so measuring starts a little later.
+  await new Promise((r) => setTimeout(r, 300));
   // The callers' own process shares the two cores: what it costs and how late its own loop
   // runs is reported beside the latencies it measures.
   const clientLag = monitorEventLoopDelay({ resolution: 10 });
@@ -490,6 +499,7 @@ async function latency(svc: Service) {
   running = false;
   const seconds = (performance.now() - started) / 1000;
   await callersDone;
+  if (process.env.BENCH_SAMPLES) writeFileSync(process.env.BENCH_SAMPLES, samples.join("\n"));
   clientLag.disable();
   const cpu = process.cpuUsage(clientCpu);
   const client = {
