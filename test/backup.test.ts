@@ -1,5 +1,6 @@
-import { execFileSync } from "node:child_process";
-import { statSync } from "node:fs";
+import { execFileSync, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -20,6 +21,7 @@ import {
   waitFor,
   type TestService,
 } from "./helpers.js";
+import { zstdReportedBytes } from "../src/dump/engine.js";
 
 const fx = createFixture("backup");
 const target = fx.target;
@@ -108,6 +110,21 @@ describe("CreateBackup (custom format, zstd)", () => {
       return busy ? null : backup;
     });
     expect(done.status).toBe(BackupStatus.VERIFIED);
+  });
+
+  it("reads the dump's size from zstd -v, for backup file names of any length", async () => {
+    // Verification decompresses once and takes the size from zstd; were that not read, a
+    // second decompression would count the bytes (right, but twice the work).
+    const dir = await fx.tempDir();
+    const raw = Buffer.concat([randomBytes(50_000), Buffer.alloc(200_000, "row\n")]);
+    for (const name of ["a.zst", `${"shop_backup_20261126T070753764Z_".repeat(3)}.dump.zst`]) {
+      const file = path.join(dir, name);
+      writeFileSync(file, execFileSync("zstd", ["-q", "-c"], { input: raw }));
+      const run = spawnSync("zstd", ["-dc", "-v", "--", file], { encoding: "buffer" });
+      expect(run.status).toBe(0);
+      expect(zstdReportedBytes(run.stderr.toString("utf8"))).toBe(raw.length);
+    }
+    expect(zstdReportedBytes("zstd: error: truncated\n")).toBeNull();
   });
 
   it("VerifyBackup re-checks a good backup and reports every check", async () => {

@@ -347,10 +347,13 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   }
 }
 
-/** The size zstd -v reports after decompressing ("<name> : 1204315615 bytes"), or null. */
+/**
+ * The size zstd -v reports after decompressing, or null: "<name> : 1204315615 bytes", with no
+ * space before the colon once the name is longer than zstd's column.
+ */
 export function zstdReportedBytes(stderr: string): number | null {
   const last = stderr.split("\n").map((l) => l.trim()).filter((l) => l.length > 0).at(-1) ?? "";
-  const m = / : (\d+) bytes$/.exec(last);
+  const m = /: *(\d+) bytes$/.exec(last);
   return m ? Number(m[1]) : null;
 }
 
