@@ -292,7 +292,8 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       try {
         const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
         const env = await readFile(`/proc/${entry}/environ`, "utf8");
-        if (cmd.includes("pg_restore") && cmd.includes("--exit-on-error") && env.includes(`PGDATABASE=bsvc_restore_${svc.app.restoreTag}_`)) {
+        // The loader: the process connected to the scratch database (psql, fed by pg_restore).
+        if (/psql|pg_restore/.test(cmd) && env.includes(`PGDATABASE=bsvc_restore_${svc.app.restoreTag}_`)) {
           pids.push(Number(entry));
         }
       } catch {
@@ -312,12 +313,12 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       seen.push(next.value);
       if (next.value.phase === RestorePhase.RESTORING) break;
     }
-    // pg_restore is running (with -j, after the archive was decompressed to a temporary file).
-    await waitFor("pg_restore to run", async () => (await restorePids()).length > 0);
+    // The loader is running (with -j, pg_restore itself, after the archive was decompressed to a temporary file).
+    await waitFor("the loader to run", async () => (await restorePids()).length > 0);
     return { iterator, seen };
   }
 
-  it("pg_restore killed halfway: the call fails, the target is unchanged, no scratch database is left", async () => {
+  it("the loader killed halfway: the call fails, the target is unchanged, no scratch database is left", async () => {
     const { iterator, seen } = await restoreUntilLoading();
     const pids = await restorePids();
     expect(pids.length).toBeGreaterThan(0); // the leader, and with -j its workers
@@ -328,7 +329,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       })(),
     );
     expect(Code[err.code], err.rawMessage).toBe("Internal");
-    expect(err.rawMessage).toMatch(/pg_restore was killed by SIGKILL/);
+    expect(err.rawMessage).toMatch(/(psql|pg_restore) was killed by SIGKILL/);
     expect(seen.filter((m) => m.phase === RestorePhase.RESTORING).length).toBeGreaterThan(0);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
@@ -358,7 +359,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     const { iterator } = await restoreUntilLoading(ac.signal);
     ac.abort();
     await iterator.return?.();
-    await waitFor("pg_restore to stop", async () => (await restorePids()).length === 0);
+    await waitFor("the loader to stop", async () => (await restorePids()).length === 0);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
     expect(await oidOf(big)).toBe(bigOid);
