@@ -402,6 +402,30 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect(await scratchDatabases()).toEqual([]);
   });
 
+  it("a load that fails on an SQL error names psql's error, and leaves nothing behind", async () => {
+    // A table owned by a role that is gone by the time of the restore: psql stops at the
+    // ALTER ... OWNER TO (ON_ERROR_STOP), and pg_restore, writing the script into it, dies of
+    // SIGPIPE; the error must be psql's, which says what to fix.
+    const role = uniqueName("bs_gone_owner");
+    const src = newDbName("bs_owner_src");
+    await sql("postgres", `CREATE ROLE ${role}`);
+    await createDatabase(src);
+    await sql(src, `CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 200000); ALTER TABLE t OWNER TO ${role}`);
+    const { backup } = await svc.client.createBackup({ database: src });
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    await dropDatabase(src);
+    await sql("postgres", `DROP ROLE ${role}`);
+
+    const target = newDbName();
+    const err = await codeOf(drain({ id: backup!.id, targetDatabase: target }));
+    expect(Code[err.code], err.rawMessage).toBe("Internal");
+    expect(err.rawMessage).toMatch(new RegExp(`psql exited with code 3: .*role "${role}" does not exist`));
+    expect(err.rawMessage).not.toMatch(/SIGPIPE/);
+    const [{ n }] = await sql<{ n: string }>("postgres", "SELECT count(*) AS n FROM pg_database WHERE datname = $1", [target]);
+    expect(Number(n)).toBe(0);
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+  });
+
   it("a backup whose data no longer matches its recorded counts is refused at FINALIZING", async () => {
     const { backup } = await svc.client.createBackup({ database: big });
     // Tamper with the record so that the archive no longer matches it.

@@ -210,11 +210,13 @@ export function createRestoreEngine(opts: {
     // Whichever process gives up first is the cause, and ends the others rather than leave
     // them blocked on a full pipe; psql must not finish a script pg_restore could not finish
     // writing. (The others then die of SIGTERM or SIGPIPE, or fail on a cut-off input.)
-    let firstFailure: ExitInfo | null = null;
+    // Two may die at once (psql stops on an error, pg_restore's next write gets SIGPIPE): one
+    // that died of SIGPIPE or of our SIGTERM is a consequence, reported only if nothing else failed.
+    const failures: ExitInfo[] = [];
     for (const p of [dec, script, psql]) {
       void p?.exit.then((e) => {
         if (succeeded(e)) return;
-        firstFailure ??= e;
+        failures.push(e);
         dec.stop();
         script?.stop();
         psql.stop();
@@ -223,7 +225,8 @@ export function createRestoreEngine(opts: {
     await Promise.all([dec.exit, script?.exit, psql.exit]);
     const readError = await reading;
     signal.throwIfAborted();
-    if (firstFailure) throw new DomainError("dump_failed", describeExit(firstFailure));
+    const cause = failures.find((e) => e.signal !== "SIGPIPE" && e.signal !== "SIGTERM") ?? failures[0];
+    if (cause) throw new DomainError("dump_failed", describeExit(cause));
     if (readError) {
       throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
     }
