@@ -210,8 +210,9 @@ export function createRestoreEngine(opts: {
     // Whichever process gives up first is the cause, and ends the others rather than leave
     // them blocked on a full pipe; psql must not finish a script pg_restore could not finish
     // writing. (The others then die of SIGTERM or SIGPIPE, or fail on a cut-off input.)
-    // Two may die at once (psql stops on an error, pg_restore's next write gets SIGPIPE): one
-    // that died of SIGPIPE or of our SIGTERM is a consequence, reported only if nothing else failed.
+    // Two may die at once: when psql stops, pg_restore's next write fails (SIGPIPE, or
+    // ECONNRESET: Node's stdio pipes are socket pairs). A process that could not write, or that
+    // we stopped (SIGTERM), is a consequence, reported only if nothing else failed.
     const failures: ExitInfo[] = [];
     for (const p of [dec, script, psql]) {
       void p?.exit.then((e) => {
@@ -225,7 +226,9 @@ export function createRestoreEngine(opts: {
     await Promise.all([dec.exit, script?.exit, psql.exit]);
     const readError = await reading;
     signal.throwIfAborted();
-    const cause = failures.find((e) => e.signal !== "SIGPIPE" && e.signal !== "SIGTERM") ?? failures[0];
+    const consequence = (e: ExitInfo) =>
+      e.signal === "SIGPIPE" || e.signal === "SIGTERM" || /could not write|broken pipe|connection reset|write error/i.test(e.stderr);
+    const cause = failures.find((e) => !consequence(e)) ?? failures[0];
     if (cause) throw new DomainError("dump_failed", describeExit(cause));
     if (readError) {
       throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
