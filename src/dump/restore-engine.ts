@@ -207,12 +207,11 @@ export function createRestoreEngine(opts: {
     dec.child.stdout!.destroy();
     script?.child.stdout!.destroy();
     const reading = feedFile(options.path, dec.child.stdin!, onBytes, signal);
-    // Whichever process gives up first is the cause, and ends the others rather than leave
-    // them blocked on a full pipe; psql must not finish a script pg_restore could not finish
-    // writing. (The others then die of SIGTERM or SIGPIPE, or fail on a cut-off input.)
-    // Two may die at once: when psql stops, pg_restore's next write fails (SIGPIPE, or
-    // ECONNRESET: Node's stdio pipes are socket pairs). A process that could not write, or that
-    // we stopped (SIGTERM), is a consequence, reported only if nothing else failed.
+    // A process that gives up ends the others rather than leave them blocked on a full pipe,
+    // and psql must not finish a script pg_restore could not finish writing. Which failure to
+    // report: several may end at once (when psql stops, pg_restore's next write fails with
+    // SIGPIPE, or ECONNRESET: Node's stdio pipes are socket pairs), so one that could not
+    // write, or that we stopped (SIGTERM), is a consequence, reported only if nothing else failed.
     const failures: ExitInfo[] = [];
     for (const p of [dec, script, psql]) {
       void p?.exit.then((e) => {
