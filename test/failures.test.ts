@@ -1,5 +1,5 @@
 import { execFileSync } from "node:child_process";
-import { chmod, open, symlink, truncate, writeFile } from "node:fs/promises";
+import { chmod, open, readFile, symlink, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -156,6 +156,18 @@ describe("when pg_dump cannot do its job", () => {
     expect(Number(stats.successfulBackups)).toBe(0);
     expect(Number(stats.failedBackups)).toBe(1);
     expect(stats.latestBackup).toBeUndefined();
+  });
+
+  it("pg_dump yields the CPU: it runs under SCHED_IDLE at niceness 10, and the backup is VERIFIED", async () => {
+    // Field 19 of /proc/<pid>/stat is the niceness, field 41 the policy (5: SCHED_IDLE). The
+    // policy is set before pg_dump starts, the niceness just after (hence the pause).
+    const seen = path.join(await fx.tempDir(), "sched");
+    const bin = await fakeBinDir(`sleep 0.2\ncut -d' ' -f19,41 /proc/$$/stat > '${seen}'\nexec "$REAL_PG_DUMP" "$@"`);
+    const s = await service({ PG_BIN_DIR: bin });
+    const { backup } = await s.client.createBackup({});
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    const [nice, policy] = (await readFile(seen, "utf8")).trim().split(" ");
+    expect({ nice, policy }).toEqual({ nice: "10", policy: "5" });
   });
 
   it("a truncated dump that pg_dump calls a success is never VERIFIED", async () => {

@@ -112,7 +112,13 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           "pg_dump",
           tools.pgDump,
           [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
-          { env: libpq.env(options.database), stdio: ["ignore", "pipe", "pipe"], signal: steps, nice: BULK_NICE },
+          {
+            env: libpq.env(options.database),
+            stdio: ["ignore", "pipe", "pipe"],
+            signal: steps,
+            nice: BULK_NICE,
+            idleScheduler: tools.idleScheduler,
+          },
         );
         const [compressCmd, compressArgv] = compressArgs(options.compression);
         // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
@@ -121,6 +127,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           stdio: [dump.child.stdout!, "pipe", "pipe"],
           signal: steps,
           nice: BULK_NICE,
+          idleScheduler: tools.idleScheduler,
         });
         // Our copy of the pipe's read end must go, or pg_dump would block instead of
         // getting SIGPIPE if the compressor died.
@@ -279,12 +286,14 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         stdio: ["ignore", "pipe", "pipe"],
         signal,
         nice: BULK_NICE,
+        idleScheduler: tools.idleScheduler,
       });
       const sink = startChild(name, command, args, {
         env: childProcessEnv(),
         stdio: [dec.child.stdout!, stdout, "pipe"],
         signal,
         nice: BULK_NICE,
+        idleScheduler: tools.idleScheduler,
       });
       dec.child.stdout!.destroy();
       return { dec, sink };

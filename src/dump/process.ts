@@ -31,9 +31,18 @@ export function startChild(
   name: string,
   command: string,
   args: string[],
-  options: { env: NodeJS.ProcessEnv; stdio: StdioOptions; signal?: AbortSignal; nice?: number },
+  options: {
+    env: NodeJS.ProcessEnv;
+    stdio: StdioOptions;
+    signal?: AbortSignal;
+    nice?: number;
+    /** `chrt`, to run the command under SCHED_IDLE (it execs the command: same pid). */
+    idleScheduler?: string | null;
+  },
 ): RunningChild {
-  const child = spawn(command, args, { env: options.env, stdio: options.stdio });
+  const child = options.idleScheduler
+    ? spawn(options.idleScheduler, ["--idle", "0", command, ...args], { env: options.env, stdio: options.stdio })
+    : spawn(command, args, { env: options.env, stdio: options.stdio });
   if (options.nice && child.pid !== undefined) {
     try {
       // Bulk work yields the CPU to the service's own calls (and to PostgreSQL) when both want it.

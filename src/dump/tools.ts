@@ -12,6 +12,12 @@ export interface Tools {
   zstd: string;
   gzip: string;
   wc: string;
+  /**
+   * `chrt`, when it can run a command under SCHED_IDLE here: the bulk children
+   * (pg_dump, the compressor, the verification readers) then get the CPU only
+   * when nothing else wants it. null: they run at niceness 10 only.
+   */
+  idleScheduler: string | null;
   pgDumpVersion: string;
   pgDumpMajor: number;
 }
@@ -71,7 +77,17 @@ export async function resolveTools(pgBinDir: string | undefined): Promise<Tools>
   ]);
   const parsed = parsePgVersion(dumpText);
   if (!parsed) throw new MissingToolError(`pg_dump printed an unexpected version: ${dumpText.slice(0, 100)}`);
-  return { ...tools, pgDumpVersion: parsed.version, pgDumpMajor: parsed.major };
+  return { ...tools, idleScheduler: await idleScheduler(), pgDumpVersion: parsed.version, pgDumpMajor: parsed.major };
+}
+
+/** "chrt" if `chrt --idle 0 <command>` works on this machine (util-linux; Linux only), else null. */
+async function idleScheduler(): Promise<string | null> {
+  try {
+    await run("chrt", ["--idle", "0", "true"], { timeout: 10_000 });
+    return "chrt";
+  } catch {
+    return null;
+  }
 }
 
 /** The command that decompresses `path` (or stdin when no path) to stdout. */
