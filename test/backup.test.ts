@@ -129,11 +129,18 @@ describe("CreateBackup (custom format, zstd)", () => {
 
   it("VerifyBackup re-checks a good backup and reports every check", async () => {
     const { backup } = await svc.client.createBackup({});
+    // The backup's own verification used the reading-back done while the file was written
+    // (its SHA-256 ties the file to those bytes); VerifyBackup reads the file whole.
+    type Checks = { verification: { checks: { name: string; detail: string }[] } };
+    const atBackup = (backup!.metadata as unknown as Checks).verification.checks;
+    expect(atBackup.find((c) => c.name === "decompress")?.detail).toMatch(/^decompresses to \d+ bytes \(read back whole as it was written\)$/);
+    expect(atBackup.find((c) => c.name === "checksum")?.detail).toBe(`sha256 ${backup!.checksum}`);
     const v = await svc.client.verifyBackup({ id: backup!.id });
     expect(v.verified).toBe(true);
     expect(v.status).toBe(BackupStatus.VERIFIED);
     expect(v.checks.map((c) => c.name)).toEqual(["file_exists", "file_size", "checksum", "decompress", "archive"]);
     expect(v.checks.every((c) => c.passed)).toBe(true);
+    expect(v.checks.find((c) => c.name === "decompress")?.detail).toBe(`decompresses to ${backup!.dumpSize} bytes`);
   });
 });
 

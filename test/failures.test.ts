@@ -278,13 +278,14 @@ describe("cancellation", () => {
 
 describe("verification interrupted by shutdown", () => {
   it("leaves the backup COMPLETED, saying so, and the next start verifies it", async () => {
-    // A pg_restore that takes its time reading the archive: shutdown lands mid-verification.
+    // A pg_restore that takes its time listing the archive's table of contents, which only the
+    // verification after the dump does: shutdown lands mid-verification.
     const bin = await fakeBinDir('exec "$REAL_PG_DUMP" "$@"');
     const realRestore = execFileSync("sh", ["-c", "command -v pg_restore"], { encoding: "utf8" }).trim();
     await execFileSync("rm", [path.join(bin, "pg_restore")]);
     await writeFile(
       path.join(bin, "pg_restore"),
-      `#!/bin/sh\ncase "$*" in *--file=/dev/null*) exec sleep 30;; esac\nexec '${realRestore}' "$@"\n`,
+      `#!/bin/sh\ncase "$*" in *--list*) exec sleep 30;; esac\nexec '${realRestore}' "$@"\n`,
     );
     await chmod(path.join(bin, "pg_restore"), 0o755);
     const slow = await service({ PG_BIN_DIR: bin });

@@ -30,6 +30,7 @@ import type {
   BlobStore,
   Clock,
   DumpEngine,
+  DumpResult,
   Lock,
   LockManager,
 } from "./ports.js";
@@ -243,6 +244,7 @@ export function createBackupService(deps: BackupServiceDeps) {
   async function dumpAndVerify(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
     const started = performance.now();
     let current = record;
+    let readBack: DumpResult["readBack"] = null;
     try {
       const info = await preflight(record, signal);
       current = await backups.update(record.id, {
@@ -260,6 +262,7 @@ export function createBackupService(deps: BackupServiceDeps) {
         signal,
       );
       signal.throwIfAborted();
+      readBack = result.readBack;
       await store.commit(record.fileName);
       const counts = Object.values(result.tableRowCounts);
       current = await backups.update(record.id, {
@@ -304,7 +307,9 @@ export function createBackupService(deps: BackupServiceDeps) {
     // A client that stops waiting does not stop the verification: only shutdown does.
     let verification: VerificationResult;
     try {
-      verification = await verifyRecord(current, shutdownController.signal, undefined, "backup");
+      // The dump read its bytes back as it wrote them; the verification then checks that the
+      // file still holds exactly those bytes (SHA-256) rather than reading it whole again.
+      verification = await verifyRecord(current, shutdownController.signal, undefined, "backup", readBack);
     } catch (err) {
       const interrupted = shutdownController.signal.aborted;
       const why = interrupted
@@ -340,7 +345,7 @@ export function createBackupService(deps: BackupServiceDeps) {
     return verification.record;
   }
 
-  async function runChecks(record: BackupRecord, signal?: AbortSignal, full = true) {
+  async function runChecks(record: BackupRecord, signal?: AbortSignal, full = true, readBack: DumpResult["readBack"] = null) {
     const checks: VerificationCheck[] = [];
     let dumpSize: number | null = null;
     const stat = await store.stat(record.fileName);
@@ -367,6 +372,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           compression: record.compression,
           expectedTables: Object.keys(record.tableRowCounts ?? {}),
           full,
+          readBack,
         },
         signal,
       ),
@@ -392,11 +398,12 @@ export function createBackupService(deps: BackupServiceDeps) {
     signal: AbortSignal | undefined,
     deep: DeepChecks | undefined,
     origin: VerificationOrigin,
+    readBack: DumpResult["readBack"] = null,
   ): Promise<VerificationResult> {
     const lock = await locks.tryAcquireShared(fileLockKey(record.id));
     if (!lock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to verify`);
     try {
-      const result = await verifyHeld(record, signal, deep);
+      const result = await verifyHeld(record, signal, deep, readBack);
       events.emit({
         type: "verification.finished",
         backup: result.record,
@@ -412,10 +419,15 @@ export function createBackupService(deps: BackupServiceDeps) {
     }
   }
 
-  async function verifyHeld(record: BackupRecord, signal?: AbortSignal, deep?: DeepChecks): Promise<VerificationResult> {
+  async function verifyHeld(
+    record: BackupRecord,
+    signal?: AbortSignal,
+    deep?: DeepChecks,
+    readBack: DumpResult["readBack"] = null,
+  ): Promise<VerificationResult> {
     const started = performance.now();
     // A deep verification's restore reads every byte of the archive: the file checks need not.
-    const { checks, dumpSize } = await runChecks(record, signal, deep === undefined);
+    const { checks, dumpSize } = await runChecks(record, signal, deep === undefined, readBack);
     let mismatches: TableMismatch[] = [];
     const level: VerificationLevel = deep ? "restore" : "checksum";
     if (deep && checks.every((c) => c.passed)) {

@@ -144,6 +144,13 @@ export interface DumpResult {
   checksum: string;
   tableRowCounts: TableRowCounts;
   durationMs: number;
+  /**
+   * Set when the compressed bytes, as they were written, were also decompressed
+   * and read whole by pg_restore without fault: the dump's size. Those bytes are
+   * the ones `checksum` covers, so a file whose SHA-256 matches needs no second
+   * reading. null: the verification reads the file.
+   */
+  readBack: { dumpSize: number } | null;
 }
 
 export interface InspectOptions {
@@ -157,6 +164,8 @@ export interface InspectOptions {
    * which reads and checks every byte anyway); only the table of contents.
    */
   full?: boolean;
+  /** The dump's read-back (see DumpResult.readBack), used instead of reading the file whole again. */
+  readBack?: { dumpSize: number } | null;
 }
 
 export interface CheckOutcome {
