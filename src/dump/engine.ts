@@ -42,6 +42,40 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   const { where } = libpq;
   const connect = libpq.connect;
 
+  /** For the bulk children: they get the CPU after the service's calls and PostgreSQL. */
+  const bulk = { nice: BULK_NICE, idleScheduler: tools.idleScheduler };
+  /** pg_restore reading a whole custom archive, printing nothing: fails if it is cut short or malformed. */
+  const toNull = { name: "pg_restore", command: tools.pgRestore, args: ["--file=/dev/null"], stdout: "ignore" as const };
+
+  /**
+   * A decompressor (fed from `input`: a file path's argv, or "pipe" for stdin)
+   * straight into a reader, child to child. Our end of the pipe between them
+   * is closed, so that the decompressor gets SIGPIPE if the reader stops early.
+   */
+  function decompressInto(
+    kind: CompressionKind,
+    path: string | undefined,
+    reader: { name: string; command: string; args: string[]; stdout: "ignore" | "pipe" },
+    signal: AbortSignal | undefined,
+    verbose = false,
+  ) {
+    const [cmd, argv] = decompressCommand(tools, kind, path, verbose);
+    const dec = startChild(kind, cmd, argv, {
+      env: childProcessEnv(),
+      stdio: [path === undefined ? "pipe" : "ignore", "pipe", "pipe"],
+      signal,
+      ...bulk,
+    });
+    const sink = startChild(reader.name, reader.command, reader.args, {
+      env: childProcessEnv(),
+      stdio: [dec.child.stdout!, reader.stdout, "pipe"],
+      signal,
+      ...bulk,
+    });
+    dec.child.stdout!.destroy();
+    return { dec, sink };
+  }
+
   function compressArgs(kind: CompressionKind): [string, string[]] {
     return kind === "zstd"
       ? [tools.zstd, [`-${opts.compressionLevel}`, `-T${opts.compressionThreads}`, "-q", "-c"]]
@@ -116,8 +150,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
             env: libpq.env(options.database),
             stdio: ["ignore", "pipe", "pipe"],
             signal: steps,
-            nice: BULK_NICE,
-            idleScheduler: tools.idleScheduler,
+            ...bulk,
           },
         );
         const [compressCmd, compressArgv] = compressArgs(options.compression);
@@ -126,8 +159,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           env: childProcessEnv(),
           stdio: [dump.child.stdout!, "pipe", "pipe"],
           signal: steps,
-          nice: BULK_NICE,
-          idleScheduler: tools.idleScheduler,
+          ...bulk,
         });
         // Our copy of the pipe's read end must go, or pg_dump would block instead of
         // getting SIGPIPE if the compressor died.
@@ -263,7 +295,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   async function readWhole(options: InspectOptions, signal?: AbortSignal) {
     if (options.format === "custom") return readWholeCustom(options, signal);
     const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
-    const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal });
+    const dec = startChild(options.compression, cmd, argv, { env: childProcessEnv(), stdio: ["ignore", "pipe", "pipe"], signal, ...bulk });
     let bytes = 0;
     let tail = Buffer.alloc(0);
     const fed = feed(dec.child.stdout!, null, (chunk) => {
@@ -292,27 +324,9 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
    * on the other core.
    */
   async function readWholeCustom(options: InspectOptions, signal?: AbortSignal) {
-    const [cmd, argv] = decompressCommand(tools, options.compression, options.path);
-    const pipeInto = (name: string, command: string, args: string[], stdout: "ignore" | "pipe", decArgs = argv) => {
-      const dec = startChild(options.compression, cmd, decArgs, {
-        env: childProcessEnv(),
-        stdio: ["ignore", "pipe", "pipe"],
-        signal,
-        nice: BULK_NICE,
-        idleScheduler: tools.idleScheduler,
-      });
-      const sink = startChild(name, command, args, {
-        env: childProcessEnv(),
-        stdio: [dec.child.stdout!, stdout, "pipe"],
-        signal,
-        nice: BULK_NICE,
-        idleScheduler: tools.idleScheduler,
-      });
-      dec.child.stdout!.destroy();
-      return { dec, sink };
-    };
+    const toWc = { name: "wc", command: tools.wc, args: ["-c"], stdout: "pipe" as const };
     const countWithWc = async () => {
-      const counting = pipeInto("wc", tools.wc, ["-c"], "pipe");
+      const counting = decompressInto(options.compression, options.path, toWc, signal);
       let out = "";
       counting.sink.child.stdout!.setEncoding("utf8");
       counting.sink.child.stdout!.on("data", (d: string) => (out += d));
@@ -321,8 +335,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       return { decExit, countExit, bytes: succeeded(countExit) && Number.isFinite(bytes) ? bytes : null };
     };
     const zstd = options.compression === "zstd";
-    // "-v" in place of "-q": at the end zstd prints "<name> : <bytes> bytes" on stderr.
-    const reading = pipeInto("pg_restore", tools.pgRestore, ["--file=/dev/null"], "ignore", zstd ? argv.map((a) => (a === "-q" ? "-v" : a)) : argv);
+    const reading = decompressInto(options.compression, options.path, toNull, signal, zstd);
     const wc = zstd ? null : countWithWc();
     const [restoreExit, decExit] = await Promise.all([reading.sink.exit, reading.dec.exit]);
     signal?.throwIfAborted();
@@ -352,14 +365,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
    * pipe) leaves the question to the verification, which reads the file.
    */
   function startReadBack(signal: AbortSignal) {
-    const bulk = { signal, nice: BULK_NICE, idleScheduler: tools.idleScheduler };
-    const dec = startChild("zstd", tools.zstd, ["-dc", "-v"], { env: childProcessEnv(), stdio: ["pipe", "pipe", "pipe"], ...bulk });
-    const reader = startChild("pg_restore", tools.pgRestore, ["--file=/dev/null"], {
-      env: childProcessEnv(),
-      stdio: [dec.child.stdout!, "ignore", "pipe"],
-      ...bulk,
-    });
-    dec.child.stdout!.destroy();
+    const { dec, sink: reader } = decompressInto("zstd", undefined, toNull, signal, true);
     const stdin = dec.child.stdin!;
     let broken = false;
     stdin.on("error", () => {

@@ -90,8 +90,12 @@ async function idleScheduler(): Promise<string | null> {
   }
 }
 
-/** The command that decompresses `path` (or stdin when no path) to stdout. */
-export function decompressCommand(tools: Tools, kind: "zstd" | "gzip", path?: string): [string, string[]] {
+/**
+ * The command that decompresses `path` (or stdin when no path) to stdout. With
+ * `verbose`, zstd ends by printing "<name> : <bytes> bytes" on stderr (see
+ * zstdReportedBytes); gzip prints nothing either way.
+ */
+export function decompressCommand(tools: Tools, kind: "zstd" | "gzip", path?: string, verbose = false): [string, string[]] {
   const file = path === undefined ? [] : ["--", path];
-  return kind === "zstd" ? [tools.zstd, ["-dc", "-q", ...file]] : [tools.gzip, ["-dc", ...file]];
+  return kind === "zstd" ? [tools.zstd, ["-dc", verbose ? "-v" : "-q", ...file]] : [tools.gzip, ["-dc", ...file]];
 }
