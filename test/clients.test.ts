@@ -1,5 +1,7 @@
 import { execFile } from "node:child_process";
 import { readFile } from "node:fs/promises";
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import { createClient } from "@connectrpc/connect";
@@ -13,6 +15,7 @@ import {
   type GetStatsResponse,
   type ListBackupsResponse,
 } from "../gen/backup/v1/backup_pb.js";
+import { FLOW_CONTROL_WINDOW } from "../src/client/grpc-js.js";
 import {
   createDatabase,
   createFixture,
@@ -75,6 +78,38 @@ describe("@grpc/grpc-js client", () => {
     } finally {
       client.close();
     }
+  });
+});
+
+describe("@grpc/grpc-js client from src/client/grpc-js.ts", () => {
+  // grpc-js opens a 64 KiB window, which holds a download to the pace of round trips.
+  it("opens a 4 MiB flow-control window, per stream and per connection, unless told otherwise", async () => {
+    const seen = async (options?: grpc.ChannelOptions) => {
+      const server = http2.createServer();
+      let session: http2.Http2Session | undefined;
+      server.on("stream", (stream) => {
+        session = stream.session;
+        stream.respond({ ":status": 200, "content-type": "application/grpc", "grpc-status": "12" }, { endStream: true });
+      });
+      await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+      const client = grpcJsClient(`http://127.0.0.1:${(server.address() as AddressInfo).port}`, BackupService, options);
+      try {
+        const err = await grpcJsUnary(client, "getStats", {}, new grpc.Metadata()).catch((e: grpc.ServiceError) => e);
+        expect((err as grpc.ServiceError).code).toBe(grpc.status.UNIMPLEMENTED);
+        // The connection's window grows by a WINDOW_UPDATE that may trail the call.
+        await expect.poll(() => session!.state.remoteWindowSize).toBeGreaterThan(1 << 20);
+        return { stream: session!.remoteSettings.initialWindowSize, connection: session!.state.remoteWindowSize };
+      } finally {
+        client.close();
+        server.close();
+      }
+    };
+    const ours = await seen();
+    expect(ours.stream).toBe(FLOW_CONTROL_WINDOW);
+    expect(ours.connection).toBeGreaterThanOrEqual(FLOW_CONTROL_WINDOW - 65535);
+    expect(FLOW_CONTROL_WINDOW).toBe(4 << 20);
+    const smaller = await seen({ "grpc-node.flow_control_window": 2 << 20 });
+    expect(smaller.stream).toBe(2 << 20);
   });
 });
 

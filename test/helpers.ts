@@ -283,8 +283,8 @@ export async function waitForBlockedDump(database: string): Promise<void> {
 }
 
 /** A generic @grpc/grpc-js client built from the protobuf-es service descriptor. */
-export function grpcJsClient(url: string, service: DescService = BackupService) {
-  return createGrpcJsClient(url, service) as grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
+export function grpcJsClient(url: string, service: DescService = BackupService, options?: grpc.ChannelOptions) {
+  return createGrpcJsClient(url, service, undefined, options) as grpc.Client & Record<string, (...args: unknown[]) => grpc.ClientUnaryCall>;
 }
 
 /** Calls a unary method on a grpc-js client as a promise. */

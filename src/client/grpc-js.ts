@@ -8,6 +8,15 @@ import * as grpc from "@grpc/grpc-js";
 
 export type GrpcJsClient = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
+/**
+ * The HTTP/2 flow-control window this client opens, per stream and per connection,
+ * unless `options` set another ("grpc-node.flow_control_window"). grpc-js opens
+ * 64 KiB: a server may send that much before it must wait for the client to
+ * acknowledge it, and a DownloadBackup then goes at the pace of those round trips.
+ * The window bounds what may be in flight unread, not what the client keeps.
+ */
+export const FLOW_CONTROL_WINDOW = 4 << 20;
+
 export function createGrpcJsClient(
   address: string,
   service: DescService,
@@ -28,5 +37,8 @@ export function createGrpcJsClient(
     };
   }
   const Ctor = grpc.makeGenericClientConstructor(definition as grpc.ServiceDefinition, service.typeName);
-  return new Ctor(address.replace(/^https?:\/\//, ""), credentials, options) as GrpcJsClient;
+  return new Ctor(address.replace(/^https?:\/\//, ""), credentials, {
+    "grpc-node.flow_control_window": FLOW_CONTROL_WINDOW,
+    ...options,
+  }) as GrpcJsClient;
 }
