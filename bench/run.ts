@@ -10,13 +10,13 @@
  * installed with the server). The benchmark database is built once and reused.
  */
 import { appendFileSync, writeFileSync } from "node:fs";
-import { spawn, type ChildProcess } from "node:child_process";
+import { fork, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { monitorEventLoopDelay } from "node:perf_hooks";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -25,6 +25,7 @@ import { SignJWT } from "jose";
 import pg from "pg";
 import { BackupService, type DownloadBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import { createGrpcJsClient } from "../src/client/grpc-js.js";
+import type { CallersResult } from "./callers.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -34,6 +35,7 @@ const { values: args } = parseArgs({
     out: { type: "string" },
     "history-rows": { type: "string", default: "100000" },
     callers: { type: "string", default: "50" },
+    "caller-procs": { type: "string", default: "5" },
     "think-ms": { type: "string", default: "100" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "5432" },
@@ -47,6 +49,7 @@ const mixedMb = Number(args["mixed-mb"] ?? Math.max(4, Math.round(scale * 2)));
 const pairs = Number(args.pairs);
 const historyRows = Number(args["history-rows"]);
 const callers = Number(args.callers);
+const callerProcs = Number(args["caller-procs"]);
 const thinkMs = Number(args["think-ms"]);
 const PG = { host: args.host!, port: Number(args.port), user: args.user! };
 const benchDb = `bench_s${scale}_m${mixedMb}_v2`;
@@ -329,10 +332,13 @@ async function main() {
       peak("deep", deep.peakMb);
 
       log(`pair ${i}/${pairs}: download`);
-      const dl = await withPeakRss(pid, () => download(svc, lastBackupId));
-      add("download.ms", dl.value.ms);
-      peak("download", dl.peakMb);
-      if (dl.value.bytes !== ourSize) throw new Error("download size mismatch");
+      // Our grpc-js client (a 4 MiB flow-control window), then grpc-js's own 64 KiB window.
+      for (const [key, window] of [["download.ms", undefined], ["download.defaultWindow.ms", 65535]] as const) {
+        const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window));
+        add(key, dl.value.ms);
+        peak("download", dl.peakMb);
+        if (dl.value.bytes !== ourSize) throw new Error("download size mismatch");
+      }
     }
 
     log(`latency: ${historyRows} history rows, ${callers} concurrent callers during a backup`);
@@ -369,7 +375,12 @@ async function main() {
         oursRatio: med("restore.ours") / med("restore.reference"),
       },
       deepVerification: { oursMs: med("deep.ours"), ratioToOurRestore: med("deep.ours") / med("restore.ours") },
-      download: { ms: med("download.ms"), MBps: ourSize / 1e6 / (med("download.ms") / 1000) },
+      download: {
+        ms: med("download.ms"),
+        MBps: ourSize / 1e6 / (med("download.ms") / 1000),
+        defaultWindowMs: med("download.defaultWindow.ms"),
+        defaultWindowMBps: ourSize / 1e6 / (med("download.defaultWindow.ms") / 1000),
+      },
       latency: lat.value,
       peakRssMb: rss,
       raw: results,
@@ -394,8 +405,11 @@ async function main() {
 }
 
 /** Downloads a backup to a @grpc/grpc-js client, hashing it; returns bytes and wall time. */
-function download(svc: Service, id: string): Promise<{ bytes: number; ms: number }> {
-  const client = createGrpcJsClient(svc.url, BackupService, undefined, { "grpc.max_receive_message_length": 8 << 20 });
+function download(svc: Service, id: string, window?: number): Promise<{ bytes: number; ms: number }> {
+  const client = createGrpcJsClient(svc.url, BackupService, undefined, {
+    "grpc.max_receive_message_length": 8 << 20,
+    ...(window === undefined ? {} : { "grpc-node.flow_control_window": window }),
+  });
   const md = new grpc.Metadata();
   md.set("authorization", `Bearer ${svc.token}`);
   const t0 = performance.now();
@@ -443,73 +457,56 @@ async function seedHistory(): Promise<void> {
 /**
  * 50 callers alternating ListBackups and GetStats for the length of a backup,
  * each pausing about `thinkMs` between calls (a dashboard polls; it does not
- * hammer): about 500 calls a second in all.
+ * hammer): about 500 calls a second in all. The callers run in `callerProcs`
+ * processes of their own (bench/callers.ts), so that no one client process is
+ * busy enough to delay the replies it times.
  */
 async function latency(svc: Service) {
-  const lat = { list: [] as number[], stats: [] as number[] };
-  let errors = 0;
-  let running = true;
-  let measuring = false;
-  let measureStart = 0;
-  const slowTimes: number[] = [];
-  const samples: string[] = [];
-  const loop = async (n: number) => {
-    let i = n;
-    while (running) {
-      const t0 = performance.now();
-      try {
-        const list = i++ % 2 === 0;
-        if (list) await svc.client.listBackups({ page: 1 + (i % 20), pageSize: 50 });
-        else await svc.client.getStats({});
-        const ms = performance.now() - t0;
-        if (measuring) {
-          (list ? lat.list : lat.stats).push(ms);
-          if (ms > 100) slowTimes.push(Math.round((t0 - measureStart) / 100) / 10);
-          // BENCH_SAMPLES=file: every call as "<start, ms since the epoch> <latency ms> <method>",
-          // to line up with other processes' logs.
-          if (process.env.BENCH_SAMPLES) {
-            samples.push(`${(performance.timeOrigin + t0).toFixed(0)} ${ms.toFixed(1)} ${list ? "ListBackups" : "GetStats"}`);
-          }
+  const nProcs = Math.max(1, Math.min(callerProcs, callers));
+  const procs = Array.from({ length: nProcs }, (_, p) => {
+    const first = Math.floor((p * callers) / nProcs);
+    const count = Math.floor(((p + 1) * callers) / nProcs) - first;
+    // fork() runs the file with this process's node flags: tsx's loader, under `tsx bench/run.ts`.
+    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [svc.url, svc.token, String(count), String(thinkMs), String(first)], {
+      stdio: ["ignore", "inherit", "inherit", "ipc"],
+    });
+  });
+  const message = <T>(child: ChildProcess, key: string) =>
+    new Promise<T>((resolve, reject) => {
+      const onMessage = (m: Record<string, unknown>) => {
+        if (key in m) {
+          child.off("message", onMessage);
+          resolve(m[key] as T);
         }
-      } catch {
-        if (measuring) errors++;
-      }
-      // Each caller is a client that polls: it waits a little between calls.
-      await new Promise((r) => setTimeout(r, thinkMs * (0.5 + Math.random())));
-    }
-  };
-  const callersDone = Promise.all(Array.from({ length: callers }, (_, n) => loop(n)));
+      };
+      child.on("message", onMessage);
+      child.once("exit", (code) => reject(new Error(`a callers process exited with ${code}`)));
+    });
+  await Promise.all(procs.map((c) => message(c, "ready")));
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
   await new Promise((r) => setTimeout(r, 1700));
   const before = await scrape(svc); // also restarts the service's event-loop lag sampling
-  // Reading the scrape blocks this process (the callers' own) for a moment: calls caught in
-  // flight then would time the bench, not the service, so measuring starts a little later.
   await new Promise((r) => setTimeout(r, 300));
-  // The callers' own process shares the two cores: what it costs and how late its own loop
-  // runs is reported beside the latencies it measures.
-  const clientLag = monitorEventLoopDelay({ resolution: 10 });
-  clientLag.enable();
-  const clientCpu = process.cpuUsage();
-  measuring = true;
+  const results = procs.map((c) => message<CallersResult>(c, "result"));
+  for (const c of procs) c.send({ measure: true });
   const started = performance.now();
-  measureStart = started;
   await (process.env.BENCH_NO_BACKUP
     ? new Promise((r) => setTimeout(r, 8000))
     : svc.client.createBackup({ label: "during latency" }));
-  running = false;
+  for (const c of procs) c.send({ stop: true });
   const seconds = (performance.now() - started) / 1000;
-  await callersDone;
-  if (process.env.BENCH_SAMPLES) writeFileSync(process.env.BENCH_SAMPLES, samples.join("\n"));
-  clientLag.disable();
-  const cpu = process.cpuUsage(clientCpu);
-  const client = {
-    cpuPercentOfOneCore: Math.round(((cpu.user + cpu.system) / 1e6 / seconds) * 100),
-    eventLoopLagMs: {
-      p50: Math.round(clientLag.percentile(50) / 1e5) / 10,
-      p99: Math.round(clientLag.percentile(99) / 1e5) / 10,
-      max: Math.round(clientLag.max / 1e5) / 10,
-    },
-  };
+  const all = await Promise.all(results);
+  const samples = all.flatMap((r) => r.samples).sort((a, b) => a.at - b.at);
+  if (process.env.BENCH_SAMPLES) {
+    writeFileSync(
+      process.env.BENCH_SAMPLES,
+      samples.map((x) => `${x.at.toFixed(0)} ${x.ms.toFixed(1)} ${x.method}${x.ok ? "" : " error"}`).join("\n"),
+    );
+  }
+  const measureStart = samples[0]?.at ?? 0;
+  const ok = samples.filter((x) => x.ok);
+  const list = ok.filter((x) => x.method === "ListBackups").map((x) => x.ms);
+  const stats = ok.filter((x) => x.method === "GetStats").map((x) => x.ms);
   const after = await scrape(svc);
   const server = {
     listBackups: serverView(before, after, "ListBackups"),
@@ -519,20 +516,41 @@ async function latency(svc: Service) {
       p99: Math.round((after.get("nodejs_eventloop_lag_p99_seconds") ?? NaN) * 10000) / 10,
       max: Math.round((after.get("nodejs_eventloop_lag_max_seconds") ?? NaN) * 10000) / 10,
     },
+    // Where the service's memory is at the end: its V8 heap, buffers outside it, and all of it.
+    memoryMb: Object.fromEntries(
+      [
+        ["rss", "process_resident_memory_bytes"],
+        ["heapTotal", "nodejs_heap_size_total_bytes"],
+        ["heapUsed", "nodejs_heap_size_used_bytes"],
+        ["external", "nodejs_external_memory_bytes"],
+      ].map(([k, series]) => [k, Math.round((after.get(series!) ?? NaN) / 2 ** 20)]),
+    ),
+  };
+  // The callers' processes share the two cores: what they cost and how late their loops ran
+  // is reported beside the latencies they measure.
+  const client = {
+    processes: procs.length,
+    cpuPercentOfOneCore: Math.round((all.reduce((t, r) => t + r.cpuMs, 0) / 1000 / seconds) * 100),
+    eventLoopLagMs: {
+      p99: Math.max(...all.map((r) => r.eventLoopLagMs.p99)),
+      max: Math.max(...all.map((r) => r.eventLoopLagMs.max)),
+    },
   };
   return {
     callers,
     thinkMs,
     historyRows,
     seconds,
-    calls: lat.list.length + lat.stats.length,
-    callsPerSecond: (lat.list.length + lat.stats.length) / seconds,
+    calls: samples.length,
+    callsPerSecond: samples.length / seconds,
     server,
     client,
-    errors,
-    listBackups: { p50: pct(lat.list, 50), p90: pct(lat.list, 90), p99: pct(lat.list, 99), over100ms: lat.list.filter((v) => v > 100).length },
-    getStats: { p50: pct(lat.stats, 50), p90: pct(lat.stats, 90), p99: pct(lat.stats, 99), over100ms: lat.stats.filter((v) => v > 100).length },
-    slowCallsAtSecond: process.env.BENCH_SLOW_TIMES ? slowTimes : undefined,
+    errors: samples.length - ok.length,
+    listBackups: { p50: pct(list, 50), p90: pct(list, 90), p99: pct(list, 99), over100ms: list.filter((v) => v > 100).length },
+    getStats: { p50: pct(stats, 50), p90: pct(stats, 90), p99: pct(stats, 99), over100ms: stats.filter((v) => v > 100).length },
+    slowCallsAtSecond: process.env.BENCH_SLOW_TIMES
+      ? ok.filter((x) => x.ms > 100).map((x) => Math.round((x.at - measureStart) / 100) / 10)
+      : undefined,
   };
 }
 
@@ -562,7 +580,8 @@ function printTable(t: {
     ["restore: reference gunzip | psql", s(t.restore.referenceMs!), "1.00x", ""],
     ["restore: ours (RestoreBackup)", s(t.restore.oursMs!), r(t.restore.oursRatio!), ""],
     ["deep verification (vs our restore)", s(t.deepVerification.oursMs!), r(t.deepVerification.ratioToOurRestore!), ""],
-    ["download to grpc-js", s(t.download.ms!), "", `${t.download.MBps!.toFixed(0)} MB/s`],
+    ["download to grpc-js (our client: 4 MiB window)", s(t.download.ms!), "", `${t.download.MBps!.toFixed(0)} MB/s`],
+    ["download to grpc-js (its default 64 KiB window)", s(t.download.defaultWindowMs!), "", `${t.download.defaultWindowMBps!.toFixed(0)} MB/s`],
     [
       "ListBackups p50 / p99",
       `${t.latency.listBackups.p50!.toFixed(1)} / ${t.latency.listBackups.p99!.toFixed(1)} ms`,
