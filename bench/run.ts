@@ -35,7 +35,7 @@ const { values: args } = parseArgs({
     out: { type: "string" },
     "history-rows": { type: "string", default: "100000" },
     callers: { type: "string", default: "50" },
-    "caller-procs": { type: "string", default: "5" },
+    "caller-procs": { type: "string", default: "1" },
     "think-ms": { type: "string", default: "100" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "5432" },
@@ -508,7 +508,9 @@ async function latency(svc: Service) {
   const list = ok.filter((x) => x.method === "ListBackups").map((x) => x.ms);
   const stats = ok.filter((x) => x.method === "GetStats").map((x) => x.ms);
   const after = await scrape(svc);
+  const cpuSeconds = (m: Map<string, number>) => m.get("process_cpu_seconds_total") ?? NaN;
   const server = {
+    cpuPercentOfOneCore: Math.round(((cpuSeconds(after) - cpuSeconds(before)) / seconds) * 100),
     listBackups: serverView(before, after, "ListBackups"),
     getStats: serverView(before, after, "GetStats"),
     eventLoopLagMs: {
