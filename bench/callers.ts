@@ -1,12 +1,12 @@
 /**
  * The latency benchmark's callers, in a process of their own (bench/run.ts starts
- * one or more): each caller polls ListBackups and GetStats alternately, pausing
- * about `thinkMs` between calls, as a dashboard does.
+ * one, or `--caller-procs N`): each caller polls ListBackups and GetStats
+ * alternately, pausing about `thinkMs` between calls, as a dashboard does.
  *
- * A process that runs 50 callers spends most of a core on its own client stack
- * (HTTP/2 and protobuf decoding): the calls then wait in the callers' event loop,
- * and the benchmark times itself, not the service. Spread over processes, each
- * loop stays idle most of the time, as 50 real clients on other machines would.
+ * Apart from the bench's own process, the bench's bookkeeping (sampling the
+ * service's memory, parsing its /metrics scrape) cannot hold up the replies the
+ * callers time. More than one process costs more CPU in all, each paying for its
+ * own client stack, and measured slower on two cores.
  *
  * Protocol with the parent (IPC): it sends {measure: true}, then {stop: true};
  * this process answers {ready: true} once its callers run, and at the end
@@ -28,7 +28,6 @@ export interface CallerSample {
 export interface CallersResult {
   samples: CallerSample[];
   cpuMs: number;
-  seconds: number;
   eventLoopLagMs: { p50: number; p99: number; max: number };
 }
 
@@ -76,25 +75,21 @@ async function loop(n: number) {
 const done = Promise.all(Array.from({ length: count }, (_, k) => loop(first + k)));
 const lag = monitorEventLoopDelay({ resolution: 10 });
 let cpu = process.cpuUsage();
-let started = 0;
 process.send!({ ready: true });
 process.on("message", (m: { measure?: boolean; stop?: boolean }) => {
   if (m.measure) {
     measuring = true;
-    started = performance.now();
     cpu = process.cpuUsage();
     lag.enable();
   } else if (m.stop) {
     measuring = false;
     running = false;
-    const seconds = (performance.now() - started) / 1000;
     const used = process.cpuUsage(cpu);
     lag.disable();
     void done.then(() => {
       const result: CallersResult = {
         samples,
         cpuMs: (used.user + used.system) / 1000,
-        seconds,
         eventLoopLagMs: {
           p50: Math.round(lag.percentile(50) / 1e5) / 10,
           p99: Math.round(lag.percentile(99) / 1e5) / 10,

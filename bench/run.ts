@@ -460,8 +460,7 @@ async function seedHistory(): Promise<void> {
  * 50 callers alternating ListBackups and GetStats for the length of a backup,
  * each pausing about `thinkMs` between calls (a dashboard polls; it does not
  * hammer): about 500 calls a second in all. The callers run in `callerProcs`
- * processes of their own (bench/callers.ts), so that no one client process is
- * busy enough to delay the replies it times.
+ * processes of their own (bench/callers.ts), apart from this one's bookkeeping.
  */
 async function latency(svc: Service) {
   const nProcs = Math.max(1, Math.min(callerProcs, callers));
@@ -488,7 +487,6 @@ async function latency(svc: Service) {
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
   await new Promise((r) => setTimeout(r, 1700));
   const before = await scrape(svc); // also restarts the service's event-loop lag sampling
-  await new Promise((r) => setTimeout(r, 300));
   const results = procs.map((c) => message<CallersResult>(c, "result"));
   for (const c of procs) c.send({ measure: true });
   const started = performance.now();
