@@ -527,6 +527,15 @@ async function latency(svc: Service) {
         ["external", "nodejs_external_memory_bytes"],
       ].map(([k, series]) => [k, Math.round((after.get(series!) ?? NaN) / 2 ** 20)]),
     ),
+    // Garbage collections while measuring: how many of each kind, and the main thread's time in them.
+    gc: Object.fromEntries(
+      ["minor", "major", "incremental"].map((kind) => {
+        const delta = (stat: string) =>
+          (after.get(`nodejs_gc_duration_seconds_${stat}{kind="${kind}"}`) ?? 0) -
+          (before.get(`nodejs_gc_duration_seconds_${stat}{kind="${kind}"}`) ?? 0);
+        return [kind, { count: delta("count"), ms: Math.round(delta("sum") * 1000) }];
+      }),
+    ),
   };
   // The callers' processes share the two cores: what they cost and how late their loops ran
   // is reported beside the latencies they measure.
