@@ -4,11 +4,13 @@ import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import { createClient } from "@connectrpc/connect";
-import { createGrpcTransport } from "@connectrpc/connect-node";
+import { toJson } from "@bufbuild/protobuf";
+import { createClient, type Transport } from "@connectrpc/connect";
+import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  BackupSchema,
   BackupService,
   BackupStatus,
   type CreateBackupResponse,
@@ -77,6 +79,68 @@ describe("@grpc/grpc-js client", () => {
       expect(decodeURIComponent((bad as grpc.ServiceError).details)).toMatch(/^page_size: must be from 1 to 500/);
     } finally {
       client.close();
+    }
+  });
+});
+
+describe("ListBackups in every wire format", () => {
+  // Binary replies carry a page's records encoded once for all its callers; JSON replies
+  // are built per call. Both must say the same, and a change must show at once.
+  const auth = (): Parameters<typeof createGrpcTransport>[0]["interceptors"] => [
+    (next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req)),
+  ];
+  const transports: Record<string, () => Transport> = {
+    "gRPC, binary": () => createGrpcTransport({ baseUrl: svc.url, interceptors: auth() }),
+    "gRPC, JSON": () => createGrpcTransport({ baseUrl: svc.url, interceptors: auth(), useBinaryFormat: false }),
+    "gRPC-web, binary": () => createGrpcWebTransport({ baseUrl: svc.url, httpVersion: "2", interceptors: auth() }),
+    "Connect, binary": () => createConnectTransport({ baseUrl: svc.url, httpVersion: "2", interceptors: auth() }),
+    "Connect, JSON": () =>
+      createConnectTransport({ baseUrl: svc.url, httpVersion: "2", interceptors: auth(), useBinaryFormat: false }),
+  };
+
+  async function listings() {
+    const out: Record<string, unknown> = {};
+    for (const [name, transport] of Object.entries(transports)) {
+      const client = createClient(BackupService, transport());
+      const r = await client.listBackups({ pageSize: 10 });
+      out[name] = { total: r.total, page: r.page, pages: r.pages, backups: r.backups.map((b) => toJson(BackupSchema, b)) };
+    }
+    const gjs = grpcJsClient(svc.url);
+    const md = new grpc.Metadata();
+    md.set("authorization", `Bearer ${token}`);
+    try {
+      const r = await grpcJsUnary<ListBackupsResponse>(gjs, "listBackups", { pageSize: 10 }, md);
+      out["grpc-js"] = { total: r.total, page: r.page, pages: r.pages, backups: r.backups.map((b) => toJson(BackupSchema, b)) };
+    } finally {
+      gjs.close();
+    }
+    return out;
+  }
+
+  it("gives the same page, every field, to binary and JSON clients, and shows a change at once", async () => {
+    const a = await svc.client.createBackup({ label: "wire a" });
+    const b = await svc.client.createBackup({ label: "wire b" });
+    const first = await listings();
+    const reference = first["Connect, JSON"] as { total: bigint; backups: Record<string, unknown>[] };
+    expect(reference.backups.length).toBeGreaterThanOrEqual(2);
+    const newest = reference.backups[0]!;
+    expect(newest).toMatchObject({ id: b.backup!.id, label: "wire b", status: "BACKUP_STATUS_VERIFIED" });
+    expect(newest.checksum).toMatch(/^[0-9a-f]{64}$/);
+    expect(newest.startedAt).toBeTruthy();
+    expect(newest.metadata).toBeTruthy();
+    for (const [name, listing] of Object.entries(first)) expect(listing, name).toEqual(reference);
+
+    // Served again from the shared page: still the same.
+    expect(await listings()).toEqual(first);
+
+    // A write shows in the next listing, in every format.
+    await svc.client.deleteBackup({ id: a.backup!.id });
+    const after = await listings();
+    for (const [name, listing] of Object.entries(after)) {
+      const ids = (listing as { backups: { id: string }[] }).backups.map((x) => x.id);
+      expect(ids, name).not.toContain(a.backup!.id);
+      expect(ids, name).toContain(b.backup!.id);
+      expect(listing, name).toEqual(after["Connect, JSON"]);
     }
   });
 });

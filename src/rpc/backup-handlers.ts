@@ -1,7 +1,12 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
 import { create } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { BackupService, VerificationCheckSchema, VerificationLevel } from "../../gen/backup/v1/backup_pb.js";
+import {
+  BackupService,
+  ListBackupsResponseSchema,
+  VerificationCheckSchema,
+  VerificationLevel,
+} from "../../gen/backup/v1/backup_pb.js";
 import type { BackupService as Domain, VerificationResult } from "../domain/backup-service.js";
 import { DomainError } from "../errors.js";
 import type { createDownloadUseCase } from "../domain/download.js";
@@ -15,6 +20,7 @@ import {
   backupToProto,
   backupTypeFromProto,
   downloadItemToProto,
+  encodedBackupsField,
   jobStatusToProto,
   restoreProgressToProto,
   statusToProto,
@@ -42,6 +48,12 @@ function callSignal(ctx: HandlerContext): AbortSignal {
   if (ctx.signal.aborted) onAbort();
   else ctx.signal.addEventListener("abort", onAbort, { once: true });
   return ac.signal;
+}
+
+/** Whether the reply goes out in protobuf's binary form (gRPC, gRPC-web, Connect), not JSON. */
+function binaryReply(ctx: HandlerContext): boolean {
+  const type = ctx.requestHeader.get("content-type") ?? "";
+  return /^application\/(grpc(-web)?(\+proto)?|proto)\s*(;|$)/i.test(type);
 }
 
 function actorOf(ctx: HandlerContext) {
@@ -98,7 +110,7 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
       return { backup: backupToProto(record), verified };
     },
 
-    async listBackups(req) {
+    async listBackups(req, ctx) {
       const page = await service.listBackups({
         page: req.page,
         pageSize: req.pageSize,
@@ -107,12 +119,11 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
         database: req.database,
         includeDeleted: req.includeDeleted,
       });
-      return {
-        backups: page.items.map(backupToProto),
-        total: BigInt(page.total),
-        page: page.page,
-        pages: page.pages,
-      };
+      const reply = create(ListBackupsResponseSchema, { total: BigInt(page.total), page: page.page, pages: page.pages });
+      // The page's records go out as bytes encoded once per shared page (see encodedBackupsField).
+      if (binaryReply(ctx)) reply.$unknown = encodedBackupsField(page.items);
+      else reply.backups = page.items.map(backupToProto);
+      return reply;
     },
 
     async getBackup(req) {

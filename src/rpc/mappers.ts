@@ -1,4 +1,5 @@
-import { create, type JsonObject } from "@bufbuild/protobuf";
+import { create, toBinary, type JsonObject, type UnknownField } from "@bufbuild/protobuf";
+import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   ArchiveFormat,
@@ -17,6 +18,7 @@ import {
   JobRunOutcome,
   type JobStatus as JobStatusMsg,
   JobStatusSchema,
+  ListBackupsResponseSchema,
 } from "../../gen/backup/v1/backup_pb.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
 import type { DownloadItem } from "../domain/download.js";
@@ -76,6 +78,36 @@ export function backupToProto(r: BackupRecord): Backup {
     protoOf.set(r, m);
   }
   return m;
+}
+
+const BACKUPS_FIELD = ListBackupsResponseSchema.field.backups.number;
+// A record's `backups` entry in wire form: length and encoded Backup.
+const wireOf = new WeakMap<BackupRecord, Uint8Array>();
+const pageWireOf = new WeakMap<readonly BackupRecord[], UnknownField[]>();
+
+/**
+ * A listing page's `backups` field (ListBackupsResponse field 1) already encoded, for
+ * a reply's `$unknown`, which protobuf-es writes out as it is. The repository shares a
+ * page's record array between callers for a second, so its encoding is done once for
+ * all of them, not once per call (it was most of a listing call's encoding cost, and a
+ * JavaScript array of numbers per call for the garbage collector).
+ *
+ * Only for the binary codec: the JSON codec ignores unknown fields.
+ */
+export function encodedBackupsField(items: readonly BackupRecord[]): UnknownField[] {
+  let fields = pageWireOf.get(items);
+  if (!fields) {
+    fields = items.map((r) => {
+      let data = wireOf.get(r);
+      if (!data) {
+        data = new BinaryWriter().bytes(toBinary(BackupSchema, backupToProto(r))).finish();
+        wireOf.set(r, data);
+      }
+      return { no: BACKUPS_FIELD, wireType: WireType.LengthDelimited, data };
+    });
+    pageWireOf.set(items, fields);
+  }
+  return fields;
 }
 
 function buildBackup(r: BackupRecord): Backup {
