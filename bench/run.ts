@@ -36,12 +36,14 @@ const { values: args } = parseArgs({
     "history-rows": { type: "string", default: "100000" },
     callers: { type: "string", default: "50" },
     "caller-procs": { type: "string", default: "1" },
+    "caller-client": { type: "string", default: "h2" },
     "think-ms": { type: "string", default: "100" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "5432" },
     user: { type: "string", default: "postgres" },
     "build-only": { type: "boolean", default: false },
     "latency-only": { type: "boolean", default: false },
+    "download-only": { type: "string" },
   },
 });
 const scale = Number(args.scale);
@@ -50,6 +52,7 @@ const pairs = Number(args.pairs);
 const historyRows = Number(args["history-rows"]);
 const callers = Number(args.callers);
 const callerProcs = Number(args["caller-procs"]);
+const callerClient = args["caller-client"] === "connect" ? "connect" : "h2";
 const thinkMs = Number(args["think-ms"]);
 const PG = { host: args.host!, port: Number(args.port), user: args.user! };
 const benchDb = `bench_s${scale}_m${mixedMb}_v2`;
@@ -70,6 +73,16 @@ async function q<T extends pg.QueryResultRow>(database: string, text: string, pa
   } finally {
     await c.end();
   }
+}
+
+/**
+ * Before each timed step: PostgreSQL writes out its dirty buffers and the kernel its
+ * dirty pages (pgbench checkpoints before a run for the same reason), so that no step
+ * pays for the writes the one before it left behind: a restore leaves gigabytes.
+ */
+async function settle(): Promise<void> {
+  await q("postgres", "CHECKPOINT");
+  await sh("sync");
 }
 
 /** Runs a shell pipeline; resolves with its wall time in ms. */
@@ -282,11 +295,17 @@ async function main() {
   const freshDb = () => `bench_restore_${process.pid}_${fresh++}`;
 
   try {
+    if (args["download-only"]) {
+      await downloadOnly(svc, Number(args["download-only"]));
+      return;
+    }
     for (let i = 1; i <= (args["latency-only"] ? 0 : pairs); i++) {
       log(`pair ${i}/${pairs}: backups`);
       const refFile = path.join(work, "ref.sql.gz");
+      await settle();
       add("backup.reference", await sh(`pg_dump --no-owner --no-acl ${benchDb} | gzip > '${refFile}'`));
       refSize = (await stat(refFile)).size;
+      await settle();
       const ours = await withPeakRss(pid, async () => {
         const t0 = performance.now();
         const { backup } = await svc.client.createBackup({ label: `bench ${i}` });
@@ -302,16 +321,19 @@ async function main() {
       ourSize = Number(ours.value.backup.fileSize);
       dumpSize = Number(ours.value.backup.dumpSize);
       lastBackupId = ours.value.backup.id;
+      await settle();
       add("backup.floor", await sh(`pg_dump ${benchDb} > /dev/null`));
 
       log(`pair ${i}/${pairs}: restores`);
       const refTarget = freshDb();
+      await settle();
       add(
         "restore.reference",
         await sh(`createdb ${refTarget} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${refTarget} > /dev/null`),
       );
       await q("postgres", `DROP DATABASE "${refTarget}" WITH (FORCE)`);
       const ourTarget = freshDb();
+      await settle();
       const restore = await withPeakRss(pid, async () => {
         const t0 = performance.now();
         for await (const _ of svc.client.restoreBackup({ id: lastBackupId, confirmRestore: true, targetDatabase: ourTarget })) {
@@ -324,6 +346,7 @@ async function main() {
       await q("postgres", `DROP DATABASE "${ourTarget}" WITH (FORCE)`);
 
       log(`pair ${i}/${pairs}: deep verification`);
+      await settle();
       const deep = await withPeakRss(pid, async () => {
         const t0 = performance.now();
         const v = await svc.client.verifyBackup({ id: lastBackupId, deep: true });
@@ -336,6 +359,7 @@ async function main() {
       log(`pair ${i}/${pairs}: download`);
       // Our grpc-js client (a 4 MiB flow-control window), then grpc-js's own 64 KiB window.
       for (const [key, window] of [["download.ms", undefined], ["download.defaultWindow.ms", 65535]] as const) {
+        await settle();
         const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window));
         add(key, dl.value.ms);
         peak("download", dl.peakMb);
@@ -345,6 +369,7 @@ async function main() {
 
     log(`latency: ${historyRows} history rows, ${callers} concurrent callers during a backup`);
     await seedHistory();
+    await settle();
     const lat = await withPeakRss(pid, () => latency(svc));
     peak("latency", lat.peakMb);
 
@@ -403,6 +428,29 @@ async function main() {
     await q("postgres", `DROP DATABASE IF EXISTS "${controlDb}" WITH (FORCE)`);
     await rm(work, { recursive: true, force: true });
     await rm(svc.dataDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * `--download-only N`: one backup, then N downloads with each window, alternating,
+ * each with and without hashing on the client (a quick check of the download path).
+ */
+async function downloadOnly(svc: Service, n: number): Promise<void> {
+  log("download-only: one backup");
+  const { backup } = await svc.client.createBackup({ label: "bench download" });
+  const size = Number(backup!.fileSize);
+  const times: Record<string, number[]> = {};
+  for (let i = 1; i <= n; i++) {
+    for (const [key, window] of [["4MiB", undefined], ["64KiB", 65535]] as const) {
+      await settle();
+      const dl = await download(svc, backup!.id, window);
+      if (dl.bytes !== size) throw new Error("download size mismatch");
+      (times[key] ??= []).push(dl.ms);
+    }
+  }
+  for (const [key, ms] of Object.entries(times)) {
+    const mbps = ms.map((t) => Math.round(size / 1e3 / t));
+    log(`download ${key} window: median ${Math.round(size / 1e3 / median(ms))} MB/s; each: ${mbps.join(", ")}`);
   }
 }
 
@@ -468,7 +516,7 @@ async function latency(svc: Service) {
     const first = Math.floor((p * callers) / nProcs);
     const count = Math.floor(((p + 1) * callers) / nProcs) - first;
     // fork() runs the file with this process's node flags: tsx's loader, under `tsx bench/run.ts`.
-    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [svc.url, svc.token, String(count), String(thinkMs), String(first)], {
+    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [svc.url, svc.token, String(count), String(thinkMs), String(first), callerClient], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
   });
@@ -541,6 +589,7 @@ async function latency(svc: Service) {
   // is reported beside the latencies they measure.
   const client = {
     processes: procs.length,
+    kind: callerClient,
     cpuPercentOfOneCore: Math.round((all.reduce((t, r) => t + r.cpuMs, 0) / 1000 / seconds) * 100),
     eventLoopLagMs: {
       p99: Math.max(...all.map((r) => r.eventLoopLagMs.p99)),
