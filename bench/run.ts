@@ -38,6 +38,7 @@ const { values: args } = parseArgs({
     "caller-procs": { type: "string", default: "1" },
     "caller-client": { type: "string", default: "h2" },
     "think-ms": { type: "string", default: "100" },
+    "warmup-ms": { type: "string", default: "8000" },
     host: { type: "string", default: "127.0.0.1" },
     port: { type: "string", default: "5432" },
     user: { type: "string", default: "postgres" },
@@ -54,6 +55,7 @@ const callers = Number(args.callers);
 const callerProcs = Number(args["caller-procs"]);
 const callerClient = args["caller-client"] === "connect" ? "connect" : "h2";
 const thinkMs = Number(args["think-ms"]);
+const warmupMs = Number(args["warmup-ms"]);
 const PG = { host: args.host!, port: Number(args.port), user: args.user! };
 const benchDb = `bench_s${scale}_m${mixedMb}_v2`;
 const controlDb = "bench_control";
@@ -533,7 +535,7 @@ async function latency(svc: Service) {
     });
   await Promise.all(procs.map((c) => message(c, "ready")));
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
-  await new Promise((r) => setTimeout(r, 1700));
+  await new Promise((r) => setTimeout(r, warmupMs));
   const before = await scrape(svc); // also restarts the service's event-loop lag sampling
   const results = procs.map((c) => message<CallersResult>(c, "result"));
   for (const c of procs) c.send({ measure: true });
