@@ -11,7 +11,6 @@
  */
 import { appendFileSync, writeFileSync } from "node:fs";
 import { fork, spawn, type ChildProcess } from "node:child_process";
-import { createHash } from "node:crypto";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
@@ -20,11 +19,9 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
-import * as grpc from "@grpc/grpc-js";
 import { SignJWT } from "jose";
 import pg from "pg";
-import { BackupService, type DownloadBackupResponse } from "../gen/backup/v1/backup_pb.js";
-import { createGrpcJsClient } from "../src/client/grpc-js.js";
+import { BackupService } from "../gen/backup/v1/backup_pb.js";
 import type { CallersResult } from "./callers.js";
 
 const { values: args } = parseArgs({
@@ -456,36 +453,19 @@ async function downloadOnly(svc: Service, n: number): Promise<void> {
   }
 }
 
-/** Downloads a backup to a @grpc/grpc-js client, hashing it; returns bytes and wall time. */
+/**
+ * Downloads a backup to a @grpc/grpc-js client in a process of its own (bench/download.ts),
+ * hashing it; returns bytes and wall time.
+ */
 function download(svc: Service, id: string, window?: number): Promise<{ bytes: number; ms: number }> {
-  const client = createGrpcJsClient(svc.url, BackupService, undefined, {
-    "grpc.max_receive_message_length": 8 << 20,
-    ...(window === undefined ? {} : { "grpc-node.flow_control_window": window }),
+  const child = fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [svc.url, svc.token, id, String(window ?? "default")], {
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
-  const md = new grpc.Metadata();
-  md.set("authorization", `Bearer ${svc.token}`);
-  const t0 = performance.now();
-  const hash = createHash("sha256");
-  let bytes = 0;
-  let announced = "";
   return new Promise((resolve, reject) => {
-    const call = (client.downloadBackup as (r: unknown, m: grpc.Metadata) => grpc.ClientReadableStream<DownloadBackupResponse>)(
-      { id },
-      md,
+    child.once("message", (m: { result?: { bytes: number; ms: number }; error?: string }) =>
+      m.result ? resolve(m.result) : reject(new Error(`download: ${m.error}`)),
     );
-    call.on("data", (m: DownloadBackupResponse) => {
-      if (m.payload.case === "info") announced = m.payload.value.checksum;
-      else if (m.payload.case === "chunk") {
-        hash.update(m.payload.value.data);
-        bytes += m.payload.value.data.length;
-      }
-    });
-    call.on("error", reject);
-    call.on("end", () => {
-      client.close();
-      if (hash.digest("hex") !== announced) reject(new Error("download checksum mismatch"));
-      else resolve({ bytes, ms: performance.now() - t0 });
-    });
+    child.once("exit", (code) => reject(new Error(`the download process exited with ${code}`)));
   });
 }
 
