@@ -90,7 +90,8 @@ const pageWireOf = new WeakMap<readonly BackupRecord[], UnknownField[]>();
  * a reply's `$unknown`, which protobuf-es writes out as it is. The repository shares a
  * page's record array between callers for a second, so its encoding is done once for
  * all of them, not once per call (it was most of a listing call's encoding cost, and a
- * JavaScript array of numbers per call for the garbage collector).
+ * buffer grown by doubling per call for the garbage collector). Field order on the wire
+ * then differs (the records come after `total`), which protobuf allows.
  *
  * Only for the binary codec: the JSON codec ignores unknown fields.
  */
