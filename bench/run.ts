@@ -50,7 +50,15 @@ const pairs = Number(args.pairs);
 const historyRows = Number(args["history-rows"]);
 const callers = Number(args.callers);
 const callerProcs = Number(args["caller-procs"]);
-const callerClient = args["caller-client"] === "connect" ? "connect" : "h2";
+if (!["h2", "connect"].includes(args["caller-client"]!)) {
+  process.stderr.write(`--caller-client must be h2 or connect, not "${args["caller-client"]}"\n`);
+  process.exit(2);
+}
+const callerClient = args["caller-client"] as "h2" | "connect";
+if (args["download-only"] !== undefined && !(Number.isInteger(Number(args["download-only"])) && Number(args["download-only"]) > 0)) {
+  process.stderr.write(`--download-only takes a number of downloads (1 or more), not "${args["download-only"]}"\n`);
+  process.exit(2);
+}
 const thinkMs = Number(args["think-ms"]);
 const warmupMs = Number(args["warmup-ms"]);
 const PG = { host: args.host!, port: Number(args.port), user: args.user! };
@@ -431,8 +439,8 @@ async function main() {
 }
 
 /**
- * `--download-only N`: one backup, then N downloads with each window, alternating,
- * each with and without hashing on the client (a quick check of the download path).
+ * `--download-only N`: one backup, then N downloads with each window, alternating
+ * (a quick check of the download path).
  */
 async function downloadOnly(svc: Service, n: number): Promise<void> {
   log("download-only: one backup");
