@@ -21,7 +21,8 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { SignJWT } from "jose";
 import pg from "pg";
-import { BackupService } from "../gen/backup/v1/backup_pb.js";
+import { toBinary } from "@bufbuild/protobuf";
+import { BackupService, GetStatsResponseSchema, ListBackupsResponseSchema } from "../gen/backup/v1/backup_pb.js";
 import type { CallersResult } from "./callers.js";
 
 const { values: args } = parseArgs({
@@ -42,6 +43,7 @@ const { values: args } = parseArgs({
     "build-only": { type: "boolean", default: false },
     "latency-only": { type: "boolean", default: false },
     "download-only": { type: "string" },
+    "skip-floors": { type: "boolean", default: false },
   },
 });
 const scale = Number(args.scale);
@@ -301,9 +303,10 @@ async function main() {
   let fresh = 0;
   const freshDb = () => `bench_restore_${process.pid}_${fresh++}`;
 
+  const downloadFloor = await startFloorServer("connect");
   try {
     if (args["download-only"]) {
-      await downloadOnly(svc, Number(args["download-only"]));
+      await downloadOnly(svc, Number(args["download-only"]), downloadFloor);
       return;
     }
     for (let i = 1; i <= (args["latency-only"] ? 0 : pairs); i++) {
@@ -372,6 +375,12 @@ async function main() {
         peak("download", dl.peakMb);
         if (dl.value.bytes !== ourSize) throw new Error("download size mismatch");
       }
+      // The floor: the same file and client, from connect-node with nothing else to do.
+      await downloadFloor.register(backupFile(svc, ours.value.backup));
+      await settle();
+      const floorDl = await download(svc, lastBackupId, undefined, downloadFloor.url);
+      if (floorDl.bytes !== ourSize) throw new Error("floor download size mismatch");
+      add("download.floor.ms", floorDl.ms);
     }
 
     log(`latency: ${historyRows} history rows, ${callers} concurrent callers during a backup`);
@@ -379,9 +388,10 @@ async function main() {
     await settle();
     const lat = await withPeakRss(pid, () => latency(svc));
     peak("latency", lat.peakMb);
+    const floors = args["skip-floors"] ? undefined : await latencyFloors(svc);
 
     if (args["latency-only"]) {
-      process.stdout.write(JSON.stringify({ latency: lat.value, peakRssMb: rss }, null, 2) + "\n");
+      process.stdout.write(JSON.stringify({ latency: { ...lat.value, floors }, peakRssMb: rss }, null, 2) + "\n");
       return;
     }
     const med = (k: string) => median(results[k]!);
@@ -414,8 +424,10 @@ async function main() {
         MBps: ourSize / 1e6 / (med("download.ms") / 1000),
         defaultWindowMs: med("download.defaultWindow.ms"),
         defaultWindowMBps: ourSize / 1e6 / (med("download.defaultWindow.ms") / 1000),
+        floorMs: med("download.floor.ms"),
+        floorMBps: ourSize / 1e6 / (med("download.floor.ms") / 1000),
       },
-      latency: lat.value,
+      latency: { ...lat.value, floors },
       peakRssMb: rss,
       raw: results,
     };
@@ -425,6 +437,7 @@ async function main() {
     await writeFile(out, JSON.stringify(table, null, 2) + "\n");
     log(`wrote ${out}`);
   } finally {
+    await downloadFloor.stop();
     svc.child.kill("SIGTERM");
     await new Promise((r) => svc.child.once("exit", r));
     for (const row of await q<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
@@ -439,18 +452,23 @@ async function main() {
 }
 
 /**
- * `--download-only N`: one backup, then N downloads with each window, alternating
- * (a quick check of the download path).
+ * `--download-only N`: one backup, then N downloads with each window and from the
+ * connect-node floor server, alternating (a quick check of the download path).
  */
-async function downloadOnly(svc: Service, n: number): Promise<void> {
+async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<typeof startFloorServer>>): Promise<void> {
   log("download-only: one backup");
   const { backup } = await svc.client.createBackup({ label: "bench download" });
   const size = Number(backup!.fileSize);
+  await floor.register(backupFile(svc, backup!));
   const times: Record<string, number[]> = {};
   for (let i = 1; i <= n; i++) {
-    for (const [key, window] of [["4MiB", undefined], ["64KiB", 65535]] as const) {
+    for (const [key, window, url] of [
+      ["4MiB", undefined, svc.url],
+      ["64KiB", 65535, svc.url],
+      ["floor (connect-node sending the file), 4MiB", undefined, floor.url],
+    ] as const) {
       await settle();
-      const dl = await download(svc, backup!.id, window);
+      const dl = await download(svc, backup!.id, window, url);
       if (dl.bytes !== size) throw new Error("download size mismatch");
       (times[key] ??= []).push(dl.ms);
     }
@@ -465,8 +483,8 @@ async function downloadOnly(svc: Service, n: number): Promise<void> {
  * Downloads a backup to a @grpc/grpc-js client in a process of its own (bench/download.ts),
  * hashing it; returns bytes and wall time.
  */
-function download(svc: Service, id: string, window?: number): Promise<{ bytes: number; ms: number }> {
-  const child = fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [svc.url, svc.token, id, String(window ?? "default")], {
+function download(svc: Service, id: string, window?: number, url = svc.url): Promise<{ bytes: number; ms: number }> {
+  const child = fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [url, svc.token, id, String(window ?? "default")], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   });
   return new Promise((resolve, reject) => {
@@ -501,12 +519,91 @@ async function seedHistory(): Promise<void> {
  * processes of their own (bench/callers.ts), apart from this one's bookkeeping.
  */
 async function latency(svc: Service) {
+  return pollDuringBackup(svc, { url: svc.url, pid: svc.child.pid! }, true);
+}
+
+/**
+ * The latency floors (bench/floor-server.ts): the same callers, during the same kind of
+ * backup, against servers that answer with the service's own replies as constants. They
+ * show what the HTTP/2 stack and the RPC framework cost here under this load, apart from
+ * the service's own work.
+ */
+async function latencyFloors(svc: Service) {
+  // The replies the callers get from the service: a page of 50 records, and the totals.
+  const [list, stats] = await Promise.all([
+    svc.client.listBackups({ page: 1, pageSize: 50 }),
+    svc.client.getStats({}),
+  ]);
+  const floors: Record<string, Awaited<ReturnType<typeof pollDuringBackup>>> = {};
+  for (const mode of ["connect", "http2"] as const) {
+    const server = await startFloorServer(mode, toBinary(ListBackupsResponseSchema, list), toBinary(GetStatsResponseSchema, stats));
+    try {
+      log(`latency floor: ${mode}, the same callers during a backup`);
+      await settle();
+      floors[mode] = await pollDuringBackup(svc, server, false);
+    } finally {
+      await server.stop();
+    }
+  }
+  return floors;
+}
+
+/** Starts a floor server (bench/floor-server.ts) with the replies it is to give. */
+async function startFloorServer(mode: "connect" | "http2", list = new Uint8Array(0), stats = new Uint8Array(0)) {
+  const child = fork(fileURLToPath(new URL("./floor-server.ts", import.meta.url)), [mode], {
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    child.once("message", (m: { url: string }) => resolve(m.url));
+    child.once("exit", (code) => reject(new Error(`the ${mode} floor server exited with ${code}`)));
+    child.send({ list: Buffer.from(list).toString("base64"), stats: Buffer.from(stats).toString("base64") });
+  });
+  return {
+    url,
+    pid: child.pid!,
+    /** Makes a backup's file downloadable from it. */
+    register: (file: { id: string; path: string; checksum: string }) =>
+      new Promise<void>((resolve) => {
+        const onMessage = (m: { registered?: string }) => {
+          if (m.registered === file.id) {
+            child.off("message", onMessage);
+            resolve();
+          }
+        };
+        child.on("message", onMessage);
+        child.send({ file });
+      }),
+    stop: async () => {
+      child.kill("SIGTERM");
+      if (child.exitCode === null) await new Promise((r) => child.once("exit", r));
+    },
+  };
+}
+
+/** Where the service keeps a backup's file, and what the floor server needs to send it. */
+function backupFile(svc: Service, backup: { id: string; fileName: string; checksum: string }) {
+  return { id: backup.id, path: path.join(svc.dataDir, "backups", backup.fileName), checksum: backup.checksum };
+}
+
+/** CPU time (user + system) a process has used so far, in ms. */
+async function cpuMsOf(pid: number): Promise<number> {
+  const stat = await readFile(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks;
+}
+const clockTicks = 100; // USER_HZ on Linux
+
+/**
+ * The callers poll `target` while the service makes a backup; `serviceView` adds what
+ * the service itself saw (its /metrics), when the target is the service.
+ */
+async function pollDuringBackup(svc: Service, target: { url: string; pid: number }, serviceView: boolean) {
   const nProcs = Math.max(1, Math.min(callerProcs, callers));
   const procs = Array.from({ length: nProcs }, (_, p) => {
     const first = Math.floor((p * callers) / nProcs);
     const count = Math.floor(((p + 1) * callers) / nProcs) - first;
     // fork() runs the file with this process's node flags: tsx's loader, under `tsx bench/run.ts`.
-    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [svc.url, svc.token, String(count), String(thinkMs), String(first), callerClient], {
+    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [target.url, svc.token, String(count), String(thinkMs), String(first), callerClient], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
     });
   });
@@ -524,15 +621,17 @@ async function latency(svc: Service) {
   await Promise.all(procs.map((c) => message(c, "ready")));
   // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
   await new Promise((r) => setTimeout(r, warmupMs));
-  const before = await scrape(svc); // also restarts the service's event-loop lag sampling
+  const before = serviceView ? await scrape(svc) : new Map<string, number>(); // also restarts the service's event-loop lag sampling
   const results = procs.map((c) => message<CallersResult>(c, "result"));
   for (const c of procs) c.send({ measure: true });
+  const cpuBefore = await cpuMsOf(target.pid);
   const started = performance.now();
   await (process.env.BENCH_NO_BACKUP
     ? new Promise((r) => setTimeout(r, 8000))
     : svc.client.createBackup({ label: "during latency" }));
   for (const c of procs) c.send({ stop: true });
   const seconds = (performance.now() - started) / 1000;
+  const targetCpuMs = (await cpuMsOf(target.pid)) - cpuBefore;
   const all = await Promise.all(results);
   const samples = all.flatMap((r) => r.samples).sort((a, b) => a.at - b.at);
   if (process.env.BENCH_SAMPLES) {
@@ -545,9 +644,9 @@ async function latency(svc: Service) {
   const ok = samples.filter((x) => x.ok);
   const list = ok.filter((x) => x.method === "ListBackups").map((x) => x.ms);
   const stats = ok.filter((x) => x.method === "GetStats").map((x) => x.ms);
-  const after = await scrape(svc);
+  const after = serviceView ? await scrape(svc) : new Map<string, number>();
   const cpuSeconds = (m: Map<string, number>) => m.get("process_cpu_seconds_total") ?? NaN;
-  const server = {
+  const server = !serviceView ? undefined : {
     cpuPercentOfOneCore: Math.round(((cpuSeconds(after) - cpuSeconds(before)) / seconds) * 100),
     listBackups: serverView(before, after, "ListBackups"),
     getStats: serverView(before, after, "GetStats"),
@@ -593,6 +692,8 @@ async function latency(svc: Service) {
     seconds,
     calls: samples.length,
     callsPerSecond: samples.length / seconds,
+    // The answering process's CPU (all its threads) per call, from /proc.
+    cpuMsPerCall: targetCpuMs / samples.length,
     server,
     client,
     errors: samples.length - ok.length,
@@ -604,12 +705,14 @@ async function latency(svc: Service) {
   };
 }
 
+type LatencyResult = { errors: number; calls: number; cpuMsPerCall: number; listBackups: Record<string, number>; getStats: Record<string, number> };
+
 function printTable(t: {
   backup: Record<string, number>;
   restore: Record<string, number>;
   deepVerification: Record<string, number>;
   download: Record<string, number>;
-  latency: { errors: number; calls: number; listBackups: Record<string, number>; getStats: Record<string, number> };
+  latency: LatencyResult & { floors?: Record<string, LatencyResult> };
   peakRssMb: Record<string, number>;
   database: Record<string, unknown>;
 }) {
@@ -632,13 +735,28 @@ function printTable(t: {
     ["deep verification (vs our restore)", s(t.deepVerification.oursMs!), r(t.deepVerification.ratioToOurRestore!), ""],
     ["download to grpc-js (our client: 4 MiB window)", s(t.download.ms!), "", `${t.download.MBps!.toFixed(0)} MB/s`],
     ["download to grpc-js (its default 64 KiB window)", s(t.download.defaultWindowMs!), "", `${t.download.defaultWindowMBps!.toFixed(0)} MB/s`],
+    ["  floor: connect-node sending the file (4 MiB window)", s(t.download.floorMs!), "", `${t.download.floorMBps!.toFixed(0)} MB/s`],
     [
       "ListBackups p50 / p99",
       `${t.latency.listBackups.p50!.toFixed(1)} / ${t.latency.listBackups.p99!.toFixed(1)} ms`,
       "",
       `${t.latency.calls} calls, ${t.latency.errors} errors`,
     ],
-    ["GetStats p50 / p99", `${t.latency.getStats.p50!.toFixed(1)} / ${t.latency.getStats.p99!.toFixed(1)} ms`, "", ""],
+    [
+      "GetStats p50 / p99",
+      `${t.latency.getStats.p50!.toFixed(1)} / ${t.latency.getStats.p99!.toFixed(1)} ms`,
+      "",
+      `${t.latency.cpuMsPerCall.toFixed(2)} ms of the service's CPU per call`,
+    ],
+    ...Object.entries(t.latency.floors ?? {}).flatMap(([mode, f]): [string, string, string, string][] => [
+      [
+        `  floor: ${mode === "connect" ? "connect-node" : "node:http2"}, constant replies: ListBackups`,
+        `${f.listBackups.p50!.toFixed(1)} / ${f.listBackups.p99!.toFixed(1)} ms`,
+        "",
+        `${f.calls} calls, ${f.errors} errors, ${f.cpuMsPerCall.toFixed(2)} ms of CPU per call`,
+      ],
+      [`  floor: ${mode === "connect" ? "connect-node" : "node:http2"}, constant replies: GetStats`, `${f.getStats.p50!.toFixed(1)} / ${f.getStats.p99!.toFixed(1)} ms`, "", ""],
+    ]),
     [
       "service peak RSS",
       Object.entries(t.peakRssMb)
