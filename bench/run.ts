@@ -367,20 +367,17 @@ async function main() {
       peak("deep", deep.peakMb);
 
       log(`pair ${i}/${pairs}: download`);
-      // Our grpc-js client (a 4 MiB flow-control window), then grpc-js's own 64 KiB window.
-      for (const [key, window] of [["download.ms", undefined], ["download.defaultWindow.ms", 65535]] as const) {
-        await settle();
-        const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window));
-        add(key, dl.value.ms);
-        peak("download", dl.peakMb);
-        if (dl.value.bytes !== ourSize) throw new Error("download size mismatch");
-      }
-      // The floor: the same file and client, from connect-node with nothing else to do.
+      // Our grpc-js client (a 4 MiB flow-control window), grpc-js's own 64 KiB window, and
+      // the floor: the same file and client, from connect-node with nothing else to do.
+      // Each pair starts with a different one: the first download after the restores is slower.
       await downloadFloor.register(backupFile(svc, ours.value.backup));
-      await settle();
-      const floorDl = await download(svc, lastBackupId, undefined, downloadFloor.url);
-      if (floorDl.bytes !== ourSize) throw new Error("floor download size mismatch");
-      add("download.floor.ms", floorDl.ms);
+      for (const [key, window, url] of rotate(downloadKinds(svc.url, downloadFloor.url), i - 1)) {
+        await settle();
+        const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window, url));
+        add(key, dl.value.ms);
+        if (url === svc.url) peak("download", dl.peakMb);
+        if (dl.value.bytes !== ourSize) throw new Error(`download size mismatch (${key})`);
+      }
     }
 
     log(`latency: ${historyRows} history rows, ${callers} concurrent callers during a backup`);
@@ -451,9 +448,25 @@ async function main() {
   }
 }
 
+/** The downloads each pair measures: [result key, flow-control window, server]. */
+function downloadKinds(serviceUrl: string, floorUrl: string): [string, number | undefined, string][] {
+  return [
+    ["download.ms", undefined, serviceUrl],
+    ["download.defaultWindow.ms", 65535, serviceUrl],
+    ["download.floor.ms", undefined, floorUrl],
+  ];
+}
+
+/** `xs` starting at index `k` (mod its length). */
+function rotate<T>(xs: T[], k: number): T[] {
+  const i = k % xs.length;
+  return [...xs.slice(i), ...xs.slice(0, i)];
+}
+
 /**
- * `--download-only N`: one backup, then N downloads with each window and from the
- * connect-node floor server, alternating (a quick check of the download path).
+ * `--download-only N`: one backup, then N rounds of downloads: with each window, and
+ * from the connect-node floor server, each round starting with a different one (a
+ * quick check of the download path).
  */
 async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<typeof startFloorServer>>): Promise<void> {
   log("download-only: one backup");
@@ -462,11 +475,7 @@ async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<t
   await floor.register(backupFile(svc, backup!));
   const times: Record<string, number[]> = {};
   for (let i = 1; i <= n; i++) {
-    for (const [key, window, url] of [
-      ["4MiB", undefined, svc.url],
-      ["64KiB", 65535, svc.url],
-      ["floor (connect-node sending the file), 4MiB", undefined, floor.url],
-    ] as const) {
+    for (const [key, window, url] of rotate(downloadKinds(svc.url, floor.url), i - 1)) {
       await settle();
       const dl = await download(svc, backup!.id, window, url);
       if (dl.bytes !== size) throw new Error("download size mismatch");
@@ -475,7 +484,7 @@ async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<t
   }
   for (const [key, ms] of Object.entries(times)) {
     const mbps = ms.map((t) => Math.round(size / 1e3 / t));
-    log(`download ${key} window: median ${Math.round(size / 1e3 / median(ms))} MB/s; each: ${mbps.join(", ")}`);
+    log(`${key}: median ${Math.round(size / 1e3 / median(ms))} MB/s; each round: ${mbps.join(", ")}`);
   }
 }
 
