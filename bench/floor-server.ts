@@ -64,18 +64,18 @@ function connectHandler() {
       router.service(
         BackupService,
         {
-        listBackups: () => reply,
-        getStats: () => statsReply,
-        async *downloadBackup(req) {
-          const file = files.get(req.id);
-          if (!file) throw new ConnectError(`no file registered for ${req.id}`, Code.NotFound);
-          yield { payload: { case: "info", value: { backupId: req.id, checksum: file.checksum } } };
-          let offset = 0n;
-          for await (const data of createReadStream(file.path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-            yield { payload: { case: "chunk", value: { offset, data } } };
-            offset += BigInt(data.length);
-          }
-        },
+          listBackups: () => reply,
+          getStats: () => statsReply,
+          async *downloadBackup(req) {
+            const file = files.get(req.id);
+            if (!file) throw new ConnectError(`no file registered for ${req.id}`, Code.NotFound);
+            yield { payload: { case: "info", value: { backupId: req.id, checksum: file.checksum } } };
+            let offset = 0n;
+            for await (const data of createReadStream(file.path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+              yield { payload: { case: "chunk", value: { offset, data } } };
+              offset += BigInt(data.length);
+            }
+          },
         },
         // As the service: no gzip on the wire (backup chunks are compressed already).
         { compressMinBytes: Number.MAX_SAFE_INTEGER },

@@ -628,7 +628,7 @@ async function pollDuringBackup(svc: Service, target: { url: string; pid: number
       child.once("exit", (code) => reject(new Error(`a callers process exited with ${code}`)));
     });
   await Promise.all(procs.map((c) => message(c, "ready")));
-  // Two seconds of warm-up (connections, caches, JIT), then measure for the length of a backup.
+  // Warm-up (`--warmup-ms`: connections, caches, JIT), then measure for the length of a backup.
   await new Promise((r) => setTimeout(r, warmupMs));
   const before = serviceView ? await scrape(svc) : new Map<string, number>(); // also restarts the service's event-loop lag sampling
   const results = procs.map((c) => message<CallersResult>(c, "result"));
