@@ -567,24 +567,32 @@ async function startFloorServer(mode: "connect" | "http2", list = new Uint8Array
     child.once("exit", (code) => reject(new Error(`the ${mode} floor server exited with ${code}`)));
     child.send({ list: Buffer.from(list).toString("base64"), stats: Buffer.from(stats).toString("base64") });
   });
+  // A process ended by a signal has no exit code, only a signal code.
+  const exited = () => child.exitCode !== null || child.signalCode !== null;
   return {
     url,
     pid: child.pid!,
     /** Makes a backup's file downloadable from it. */
     register: (file: { id: string; path: string; checksum: string }) =>
-      new Promise<void>((resolve) => {
+      new Promise<void>((resolve, reject) => {
+        if (exited()) return reject(new Error(`the ${mode} floor server has exited`));
+        const onExit = (code: number | null) => reject(new Error(`the ${mode} floor server exited with ${code}`));
         const onMessage = (m: { registered?: string }) => {
           if (m.registered === file.id) {
             child.off("message", onMessage);
+            child.off("exit", onExit);
             resolve();
           }
         };
         child.on("message", onMessage);
+        child.once("exit", onExit);
         child.send({ file });
       }),
     stop: async () => {
+      if (exited()) return;
+      const gone = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");
-      if (child.exitCode === null) await new Promise((r) => child.once("exit", r));
+      await gone;
     },
   };
 }
