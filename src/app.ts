@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import os from "node:os";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
 import { BackupService, file_backup_v1_backup } from "../gen/backup/v1/backup_pb.js";
@@ -31,6 +32,7 @@ import { kClientAddress } from "./rpc/context.js";
 import { createHealth } from "./rpc/health.js";
 import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor } from "./rpc/interceptors.js";
 import { registerReflection } from "./rpc/reflection.js";
+import { createUnaryGrpcPath, READ_MAX_BYTES } from "./rpc/grpc-unary.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
 import { loadSanityQueries } from "./sanity.js";
@@ -227,8 +229,19 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     await scheduler.recoverStale();
 
     const health = createHealth([BackupService.typeName]);
-    const handler = connectNodeAdapter({
-      contextValues: (req) => createContextValues().set(kClientAddress, req.socket?.remoteAddress),
+    const backupImpl = createBackupHandlers(service);
+    const interceptors = [
+      // First, so that denied calls are counted too.
+      ...(metrics ? [createMetricsInterceptor(metrics.observeRpc)] : []),
+      createAuthInterceptor(keys, config.jwt, audit, logger),
+      createAuditInterceptor(audit, logger),
+      createErrorInterceptor(logger),
+    ];
+    const contextValues = (req: { socket?: { remoteAddress?: string } }) =>
+      createContextValues().set(kClientAddress, req.socket?.remoteAddress);
+    const connectHandler = connectNodeAdapter({
+      contextValues,
+      readMaxBytes: READ_MAX_BYTES,
       routes(router) {
         health.register(router);
         registerReflection(
@@ -241,20 +254,19 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
             "grpc.reflection.v1alpha.ServerReflection",
           ],
         );
-        router.service(BackupService, createBackupHandlers(service), {
+        router.service(BackupService, backupImpl, {
           // Backup chunks are already compressed: gzip would only cost CPU (about 5x slower
           // downloads, see STACK-NOTES), and the other responses are small.
           compressMinBytes: Number.MAX_SAFE_INTEGER,
-          interceptors: [
-            // First, so that denied calls are counted too.
-            ...(metrics ? [createMetricsInterceptor(metrics.observeRpc)] : []),
-            createAuthInterceptor(keys, config.jwt, audit, logger),
-            createAuditInterceptor(audit, logger),
-            createErrorInterceptor(logger),
-          ],
+          interceptors,
         });
       },
     });
+    // Unary gRPC calls to BackupService (grpc-js, grpcurl) take the lean path; the rest, connect-node's.
+    const unaryGrpc = createUnaryGrpcPath({ service: BackupService, impl: backupImpl, interceptors, contextValues });
+    const handler = (req: Http2ServerRequest, res: Http2ServerResponse) => {
+      if (!unaryGrpc.handle(req, res)) connectHandler(req, res);
+    };
     const server = await startServer({
       host: config.grpcHost,
       port: config.grpcPort,

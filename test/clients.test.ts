@@ -243,3 +243,125 @@ describe("buf curl, by reflection", () => {
     expect((denied as { code: number }).code).toBe(128);
   });
 });
+
+describe("unary gRPC: the lean path and connect-node's answer alike", () => {
+  // Unary gRPC calls with uncompressed requests take src/rpc/grpc-unary.ts; the rest go through
+  // connect-node. A request that names `grpc-encoding: gzip` but sends an uncompressed message
+  // (flag 0, which gRPC allows) is the same call for connect-node, so each case is sent both ways
+  // and the answers must agree: HTTP status, content type, grpc-status, grpc-message, details, body.
+  type Answer = { status: number; contentType: unknown; trailers: Record<string, unknown>; body: string; encoding?: unknown };
+  let session: http2.ClientHttp2Session;
+  beforeAll(() => {
+    session = http2.connect(svc.url);
+  });
+  afterAll(() => session.close());
+
+  const frame = (payload: number[] | Buffer, flags = 0) => {
+    const body = Buffer.from(payload);
+    const head = Buffer.alloc(5);
+    head[0] = flags;
+    head.writeUInt32BE(body.length, 1);
+    return Buffer.concat([head, body]);
+  };
+
+  function call(method: string, body: Buffer, headers: Record<string, string>): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      const req = session.request({
+        ":method": "POST",
+        ":path": `/backup.v1.BackupService/${method}`,
+        "content-type": "application/grpc",
+        te: "trailers",
+        ...headers,
+      });
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      req.on("response", (h) => (head = h));
+      req.on("trailers", (t) => (trailers = t));
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("error", reject);
+      req.on("end", () => {
+        const status = trailers["grpc-status"] ?? head["grpc-status"];
+        resolve({
+          status: Number(head[":status"]),
+          contentType: head["content-type"],
+          trailers: {
+            "grpc-status": status,
+            "grpc-message": trailers["grpc-message"] ?? head["grpc-message"],
+            "grpc-status-details-bin": trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"],
+          },
+          body: Buffer.concat(chunks).toString("hex"),
+          encoding: head["grpc-encoding"],
+        });
+      });
+      req.end(body);
+    });
+  }
+
+  async function bothWays(method: string, body: Buffer, headers: Record<string, string> = {}) {
+    const { encoding: leanEncoding, ...lean } = await call(method, body, headers);
+    const { encoding: connectEncoding, ...connect } = await call(method, body, { ...headers, "grpc-encoding": "gzip" });
+    expect(lean).toEqual(connect);
+    // Two different paths answered: connect-node names the reply compression it negotiated
+    // (its messages stay uncompressed, see compressMinBytes); the lean path does not compress.
+    expect([leanEncoding, connectEncoding]).toEqual([undefined, "gzip"]);
+    return lean;
+  }
+
+  const authed = () => ({ authorization: `Bearer ${token}` });
+
+  it("answers successful calls with the same bytes", async () => {
+    await svc.client.createBackup({ label: "lean path" });
+    const stats = await bothWays("GetStats", frame([]), authed());
+    expect(stats.trailers["grpc-status"]).toBe("0");
+    expect(stats.contentType).toBe("application/grpc+proto");
+    expect(stats.body.length).toBeGreaterThan(20);
+    // page_size = 10 (field 2, varint)
+    const page = await bothWays("ListBackups", frame([0x10, 10]), authed());
+    expect(page.trailers["grpc-status"]).toBe("0");
+    expect(Buffer.from(page.body, "hex").includes(Buffer.from("lean path"))).toBe(true);
+  });
+
+  it("refuses the same calls with the same status and message", async () => {
+    const cases: [string, string, Buffer, Record<string, string>][] = [
+      ["no token", "GetStats", frame([]), {}],
+      ["a token that is not a JWT", "GetStats", frame([]), { authorization: "Bearer nope" }],
+      ["a bad page size", "ListBackups", frame([0x10, 0xe7, 0x4e]), authed()],
+      ["an unknown backup", "GetBackup", frame([0x0a, 0x03, 0x61, 0x62, 0x63]), authed()],
+      ["a message that is not protobuf", "GetBackup", frame([0x0a, 0xff, 0xff]), authed()],
+      ["no message", "GetStats", Buffer.alloc(0), authed()],
+      ["two messages", "GetStats", Buffer.concat([frame([]), frame([])]), authed()],
+      ["a cut-off message", "GetBackup", frame([0x0a, 0x03, 0x61, 0x62, 0x63]).subarray(0, 7), authed()],
+      ["a malformed timeout", "GetStats", frame([]), { ...authed(), "grpc-timeout": "soon" }],
+    ];
+    const seen = new Map<string, unknown>();
+    for (const [name, method, body, headers] of cases) {
+      const answer = await bothWays(method, body, headers);
+      expect(answer.status, name).toBe(200);
+      expect(answer.trailers["grpc-status"], name).not.toBe("0");
+      expect(answer.body, name).toBe("");
+      seen.set(name, answer.trailers["grpc-status"]);
+    }
+    expect(Object.fromEntries(seen)).toEqual({
+      "no token": "16",
+      "a token that is not a JWT": "16",
+      "a bad page size": "3",
+      "an unknown backup": "3",
+      "a message that is not protobuf": "13",
+      "no message": "12",
+      "two messages": "12",
+      "a cut-off message": "3",
+      "a malformed timeout": "3",
+    });
+  });
+
+  it("refuses a compressed message it was not told how to decompress, and an oversized one", async () => {
+    const compressed = await call("GetStats", frame([], 1), authed());
+    expect(compressed.trailers["grpc-status"]).toBe("13");
+    const huge = Buffer.alloc(5);
+    huge.writeUInt32BE(64 * 1024 * 1024, 1);
+    const oversized = await call("GetStats", huge, authed());
+    expect(oversized.trailers["grpc-status"]).toBe("8");
+    expect(decodeURIComponent(String(oversized.trailers["grpc-message"]))).toMatch(/larger than configured readMaxBytes 4194304/);
+  });
+});
