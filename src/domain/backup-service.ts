@@ -27,6 +27,7 @@ import type {
   AuditRepository,
   BackupFilter,
   BackupRepository,
+  BackupStats,
   BlobStore,
   Clock,
   DumpEngine,
@@ -115,6 +116,12 @@ export interface VerificationResult {
   record: BackupRecord;
 }
 
+/** GetStats' answer: the totals, the success rate, and each database's newest restore-verified backup with its age. */
+export interface BackupStatsView extends BackupStats {
+  successRate: number;
+  restoreVerification: { database: string; backupId: string | null; at: Date | null; ageMs: number | null }[];
+}
+
 export type BackupService = ReturnType<typeof createBackupService>;
 
 /** Exact names of the checks, in the order they run. */
@@ -128,6 +135,8 @@ const SHUTDOWN = new DomainError("unavailable", "interrupted by shutdown");
  */
 export function createBackupService(deps: BackupServiceDeps) {
   const { backups, audit, locks, engine, store, clock, logger, options } = deps;
+  type RestoreVerificationRows = Awaited<ReturnType<BackupRepository["restoreVerification"]>>;
+  const statsMemo = new WeakMap<BackupStats, { restoreVerification: RestoreVerificationRows; second: number; result: BackupStatsView }>();
   const events = deps.events ?? NO_EVENTS;
   const shutdownController = new AbortController();
   const running = new Set<Promise<unknown>>();
@@ -640,14 +649,21 @@ export function createBackupService(deps: BackupServiceDeps) {
     async getStats(database?: string) {
       if (database !== undefined) validateDatabaseName(database);
       const [stats, restoreVerification] = await Promise.all([backups.stats(database), backups.restoreVerification(database)]);
+      const now = clock.now().getTime();
+      // Callers within the same second of the same cached answers share one result (and the
+      // RPC layer its encoded reply): ages are then up to a second old, like the answers.
+      const second = Math.floor(now / 1000);
+      const memo = statsMemo.get(stats);
+      if (memo && memo.restoreVerification === restoreVerification && memo.second === second) return memo.result;
       const finished = stats.successful + stats.failed;
       const successRate = finished === 0 ? 0 : Math.round((stats.successful / finished) * 10_000) / 100;
-      const now = clock.now().getTime();
-      return {
+      const result: BackupStatsView = {
         ...stats,
         successRate,
         restoreVerification: restoreVerification.map((r) => ({ ...r, ageMs: r.at ? now - r.at.getTime() : null })),
       };
+      statsMemo.set(stats, { restoreVerification, second, result });
+      return result;
     },
 
     async listAuditEvents(filter: AuditFilter & PageRequest): Promise<PageResult<AuditEvent>> {

@@ -1,9 +1,12 @@
 import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
-import { create } from "@bufbuild/protobuf";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { durationFromMs, timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   BackupService,
+  GetStatsResponseSchema,
   ListBackupsResponseSchema,
+  type GetStatsResponse,
+  type ListBackupsResponse,
   VerificationCheckSchema,
   VerificationLevel,
 } from "../../gen/backup/v1/backup_pb.js";
@@ -14,6 +17,7 @@ import type { createRestoreUseCase } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
 import { kActor, kAuditBackupId, kAuditNote } from "./context.js";
+import { withEncodedReply } from "./grpc-unary.js";
 import {
   auditEventToProto,
   backupStatusFromProto,
@@ -75,24 +79,33 @@ export type BackupUseCases = Omit<Domain, "core" | "verifyBackup"> & {
 
 /** Maps BackupService calls onto the domain; no business rules live here. */
 export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeof BackupService> {
+  const statsReplies = new WeakMap<object, GetStatsResponse>();
+  const pageReplies = new WeakMap<object, { total: number; page: number; pages: number; reply: ListBackupsResponse }>();
   return {
     async getStats(req) {
+      // The domain shares one result per second of cached answers; so do the reply and its bytes.
       const s = await service.getStats(req.database);
-      return {
-        totalBackups: BigInt(s.total),
-        successfulBackups: BigInt(s.successful),
-        failedBackups: BigInt(s.failed),
-        successRate: s.successRate,
-        latestBackup: s.latest ? backupToProto(s.latest) : undefined,
-        totalSizeBytes: BigInt(s.totalSizeBytes),
-        averageCompression: s.averageCompression ?? 0,
-        restoreVerification: s.restoreVerification.map((r) => ({
-          database: r.database,
-          backupId: r.backupId ?? "",
-          restoreVerifiedAt: r.at ? timestampFromDate(r.at) : undefined,
-          age: r.ageMs === null ? undefined : durationFromMs(r.ageMs),
-        })),
-      };
+      let reply = statsReplies.get(s);
+      if (!reply) {
+        reply = create(GetStatsResponseSchema, {
+          totalBackups: BigInt(s.total),
+          successfulBackups: BigInt(s.successful),
+          failedBackups: BigInt(s.failed),
+          successRate: s.successRate,
+          latestBackup: s.latest ? backupToProto(s.latest) : undefined,
+          totalSizeBytes: BigInt(s.totalSizeBytes),
+          averageCompression: s.averageCompression ?? 0,
+          restoreVerification: s.restoreVerification.map((r) => ({
+            database: r.database,
+            backupId: r.backupId ?? "",
+            restoreVerifiedAt: r.at ? timestampFromDate(r.at) : undefined,
+            age: r.ageMs === null ? undefined : durationFromMs(r.ageMs),
+          })),
+        });
+        withEncodedReply(reply, toBinary(GetStatsResponseSchema, reply));
+        statsReplies.set(s, reply);
+      }
+      return reply;
     },
 
     async createBackup(req, ctx) {
@@ -119,10 +132,19 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
         database: req.database,
         includeDeleted: req.includeDeleted,
       });
+      if (!binaryReply(ctx)) {
+        const reply = create(ListBackupsResponseSchema, { total: BigInt(page.total), page: page.page, pages: page.pages });
+        reply.backups = page.items.map(backupToProto);
+        return reply;
+      }
+      // The page's records go out as bytes encoded once per shared page (see encodedBackupsField),
+      // and the whole reply, on the lean gRPC path, as bytes encoded once per shared page too.
+      const shared = pageReplies.get(page.items);
+      if (shared && shared.total === page.total && shared.page === page.page && shared.pages === page.pages) return shared.reply;
       const reply = create(ListBackupsResponseSchema, { total: BigInt(page.total), page: page.page, pages: page.pages });
-      // The page's records go out as bytes encoded once per shared page (see encodedBackupsField).
-      if (binaryReply(ctx)) reply.$unknown = encodedBackupsField(page.items);
-      else reply.backups = page.items.map(backupToProto);
+      reply.$unknown = encodedBackupsField(page.items);
+      withEncodedReply(reply, toBinary(ListBackupsResponseSchema, reply));
+      pageReplies.set(page.items, { total: page.total, page: page.page, pages: page.pages, reply });
       return reply;
     },
 
