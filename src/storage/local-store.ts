@@ -2,12 +2,13 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { mkdir, open, readdir, rename, rm, stat, statfs } from "node:fs/promises";
 import path from "node:path";
-import { pipeline } from "node:stream/promises";
+import { setImmediate } from "node:timers/promises";
 import type { BlobStore } from "../domain/ports.js";
 
 const PARTIAL = ".partial";
 // 1 MiB reads hash about twice as fast as the default 64 KiB (measured on this kind of machine).
 const READ_CHUNK = 1 << 20;
+const HASH_SLICE = 256 << 10;
 
 function assertPlainName(name: string): string {
   if (name !== path.basename(name) || name === "" || name.startsWith(".")) {
@@ -46,14 +47,25 @@ export async function createLocalStore(dir: string): Promise<BlobStore> {
 
     async sha256(name, signal, onBytes) {
       const hash = createHash("sha256");
-      const source = createReadStream(full(name), { highWaterMark: READ_CHUNK });
-      if (onBytes) source.on("data", (chunk) => onBytes(chunk.length));
+      const fh = await open(full(name), "r");
       try {
-        await pipeline(source, hash, { signal });
-      } catch (err) {
-        signal?.throwIfAborted(); // the caller's reason, not Node's AbortError
-        throw err;
+        // One buffer for the whole file: no 1 MiB of garbage per read.
+        const buf = Buffer.allocUnsafe(READ_CHUNK);
+        for (;;) {
+          signal?.throwIfAborted();
+          const { bytesRead } = await fh.read(buf, 0, READ_CHUNK, null);
+          if (bytesRead === 0) break;
+          // Hashing 1 MiB holds the event loop for 2-3 ms: in slices, calls are answered between them.
+          for (let at = 0; at < bytesRead; at += HASH_SLICE) {
+            if (at > 0) await setImmediate();
+            hash.update(buf.subarray(at, Math.min(at + HASH_SLICE, bytesRead)));
+          }
+          onBytes?.(bytesRead);
+        }
+      } finally {
+        await fh.close();
       }
+      signal?.throwIfAborted();
       return hash.digest("hex");
     },
 
