@@ -25,7 +25,9 @@ import {
   grpcJsUnary,
   mintToken,
   seedDatabase,
+  sql,
   type TestService,
+  waitFor,
 } from "./helpers.js";
 
 const run = promisify(execFile);
@@ -142,6 +144,21 @@ describe("ListBackups in every wire format", () => {
       expect(ids, name).toContain(b.backup!.id);
       expect(listing, name).toEqual(after["Connect, JSON"]);
     }
+  });
+
+  it("shows a change another replica made, in every format, once the shared page expires", async () => {
+    // Straight in the control database, as another replica's write: this process's cache is
+    // not cleared, and its listing must still not keep the record's old form (it reuses a
+    // record, and its encoding, only while the row's version is unchanged).
+    const c = await svc.client.createBackup({ label: "before" });
+    const labels = (l: unknown) => (l as { backups: { id: string; label?: string }[] }).backups.find((x) => x.id === c.backup!.id)?.label;
+    expect(Object.values(await listings()).map(labels)).toEqual(Array(6).fill("before"));
+    await sql(svc.control, "UPDATE backup_service.backup_history SET label = 'after' WHERE id = $1", [c.backup!.id]);
+    const seen = await waitFor("the change to show in every format", async () => {
+      const now = await listings();
+      return Object.values(now).every((l) => labels(l) === "after") ? now : null;
+    });
+    for (const [name, listing] of Object.entries(seen)) expect(listing, name).toEqual(seen["Connect, JSON"]);
   });
 });
 

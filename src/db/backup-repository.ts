@@ -7,6 +7,21 @@ import type { Db } from "./client.js";
 import { backupHistory as t, backupStats as s } from "./schema.js";
 import { createSingleFlight } from "./single-flight.js";
 
+/** The last `max` (id, version) pairs read, with what was made of each. */
+function createVersionMemo<T>(max: number) {
+  const entries = new Map<string, { version: string; value: T }>();
+  return {
+    reuse(id: string, version: string, make: () => T): T {
+      const hit = entries.get(id);
+      entries.delete(id);
+      const entry = hit?.version === version ? hit : { version, value: make() };
+      entries.set(id, entry);
+      if (entries.size > max) entries.delete(entries.keys().next().value!);
+      return entry.value;
+    },
+  };
+}
+
 // The table's columns are named after the record's fields, so a row is a record.
 const toRecord = (row: typeof t.$inferSelect): BackupRecord => row;
 
@@ -24,6 +39,11 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
   // and shared for up to `cacheMs` (another replica's writes show within twice that).
   const cache = createSingleFlight(cacheMs);
   const write = <T>(p: Promise<T>): Promise<T> => p.finally(() => cache.clear());
+  // A write clears every cached page, and each page's next read maps its rows again; a row
+  // whose version (xmin: any change to a row makes a new one) is unchanged keeps its record
+  // object, and with it the wire form mappers built for it. Otherwise every backup's start
+  // and end re-encoded all polled pages at once, a stall for the calls answered meanwhile.
+  const seen = createVersionMemo<BackupRecord>(5000);
   function whereOf(filter: BackupFilter): SQL | undefined {
     const conds: SQL[] = [];
     if (!filter.includeDeleted) conds.push(eq(t.isDeleted, false));
@@ -137,7 +157,15 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
       const key = JSON.stringify(filter);
       const [items, total] = await Promise.all([
         cache.get(`page:${key}:${offset}:${limit}`, async () =>
-          (await db.select().from(t).where(where).orderBy(desc(t.startedAt), desc(t.id)).limit(limit).offset(offset)).map(toRecord),
+          (
+            await db
+              .select({ row: t, version: sql<string>`${t}.xmin::text` })
+              .from(t)
+              .where(where)
+              .orderBy(desc(t.startedAt), desc(t.id))
+              .limit(limit)
+              .offset(offset)
+          ).map(({ row, version }) => seen.reuse(row.id, version, () => toRecord(row))),
         ),
         cache.get(`count:${key}`, () => countMatching(filter, where), summarized(filter) ? cacheMs : countMs),
       ]);
