@@ -4,33 +4,36 @@
  * gRPC-web, JSON, streaming, compressed requests, HTTP/1.1.
  *
  * Why: a unary call through connect-node's adapter runs its whole streaming
- * pipeline (async generators for one message each way) and ends by aborting an
- * AbortController without a reason, which builds a DOMException with a stack
- * trace. Under the latency benchmark that plumbing cost about 0.55 ms of CPU a
- * call, four times node:http2's own cost, and its garbage, promoted by young
- * collections, set the listing's p99 (see the README, "Listing latency").
+ * pipeline (async generators for one message each way) and makes three
+ * AbortSignals, one aborted without a reason (which builds a DOMException with
+ * a stack trace). Node keeps AbortSignals alive through young-generation
+ * collections, so each call's garbage was promoted and collected only by full
+ * collections, whose pauses set the listing's p99 (see the README, "Listing
+ * latency").
  *
- * What stays the same: the call runs through connect's own
- * `invokeUnaryImplementation` with the same interceptors (metrics, token check,
- * audit, errors) and a context from connect's `createHandlerContext`; the
- * deadline comes from connect's `parseTimeout` and the error trailers from its
- * `setTrailerStatus`. Only the framing of one request and one reply is done
- * here, on node:http2's compatibility API. test/grpc-unary.test.ts sends the same
- * bytes to this path and to connect-node's and compares what comes back.
+ * What stays the same: the call runs through the same interceptors (metrics,
+ * token check, audit, errors) and handlers, with connect's own request,
+ * response and handler-context shapes, as connect's invokeUnaryImplementation
+ * runs them; the deadline comes from connect's `parseTimeout`, the error
+ * trailers from its `setTrailerStatus`, and the errors for malformed requests
+ * are connect's. Only the framing of one request and one reply is done here,
+ * on node:http2's compatibility API. test/clients.test.ts sends the same bytes
+ * down this path and connect-node's and compares what comes back.
  */
 import type http2 from "node:http2";
-import { fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, type DescMessage, type DescService } from "@bufbuild/protobuf";
 import {
   Code,
   ConnectError,
-  createHandlerContext,
   createServiceImplSpec,
   type ContextValues,
+  type HandlerContext,
   type Interceptor,
   type MethodImplSpec,
   type ServiceImpl,
+  type UnaryRequest,
+  type UnaryResponse,
 } from "@connectrpc/connect";
-import { invokeUnaryImplementation } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 
 type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
@@ -98,45 +101,161 @@ async function serve(
   readMaxBytes: number,
 ): Promise<void> {
   const timeout = parseTimeout(headerValue(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
-  const context = createHandlerContext({
-    ...spec,
-    service: spec.method.parent,
-    requestMethod: "POST",
-    protocolName: "grpc",
-    timeoutMs: timeout.timeoutMs,
-    requestHeader: webHeaders(req.headers),
-    url: `http://${req.authority}${req.url}`,
-    responseHeader: { "content-type": "application/grpc+proto" },
-    responseTrailer: { "grpc-status": "0" },
-    contextValues,
-  });
+  const call = new CallState(timeout.timeoutMs);
   let ended = false;
   // The client went away (or reset the stream) before the reply: tell the handler, as connect does.
   const onClose = () => {
-    if (!ended) context.abort(resetError(req.stream.rstCode));
+    if (!ended) call.abort(resetError(req.stream.rstCode));
   };
   res.once("close", onClose);
   let reply: Uint8Array | undefined;
+  let header: Headers | undefined;
+  let trailer: Headers | undefined;
   try {
     if (timeout.error) throw timeout.error;
     const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes));
-    const output = await invokeUnaryImplementation(spec, context, input, interceptors);
-    reply = envelope(encodedReplies.get(output) ?? serialize(spec.method.output, output));
+    const request: UnaryRequest = {
+      stream: false,
+      service: spec.method.parent,
+      method: spec.method,
+      requestMethod: "POST",
+      url: `http://${req.authority}${req.url}`,
+      header: webHeaders(req.headers),
+      contextValues,
+      message: input,
+      get signal() {
+        return call.signal;
+      },
+    };
+    // As connect's invokeUnaryImplementation, with the signal and response headers made on demand.
+    let made: UnaryResponse | undefined;
+    const response = await applyInterceptors(async (r: UnaryRequest): Promise<UnaryResponse> => {
+      const context: HandlerContext = {
+        method: r.method,
+        service: r.service,
+        requestMethod: r.requestMethod,
+        protocolName: "grpc",
+        url: r.url,
+        requestHeader: r.header,
+        values: r.contextValues,
+        timeoutMs: () => call.timeoutMs(),
+        get signal() {
+          return r.signal;
+        },
+        get responseHeader() {
+          return call.responseHeader;
+        },
+        get responseTrailer() {
+          return call.responseTrailer;
+        },
+      };
+      const message = create(spec.method.output, await spec.impl(r.message, context));
+      return (made = {
+        stream: false,
+        service: r.service,
+        method: spec.method,
+        message,
+        get header() {
+          return call.responseHeader;
+        },
+        get trailer() {
+          return call.responseTrailer;
+        },
+      });
+    }, interceptors)(request);
+    reply = envelope(encodedReplies.get(response.message) ?? serialize(spec.method.output, response.message));
+    // An interceptor may answer with headers of its own; otherwise they are the call's, if made.
+    const own = response !== made || call.touched;
+    header = own ? response.header : undefined;
+    trailer = own ? response.trailer : undefined;
   } catch (err) {
+    header = call.touched ? call.responseHeader : undefined;
+    trailer = call.responseTrailer;
     setTrailerStatus(
-      context.responseTrailer,
+      trailer,
       err instanceof ConnectError ? err : new ConnectError("internal error", Code.Internal, undefined, undefined, err),
     );
   } finally {
     ended = true;
     res.off("close", onClose);
-    context.abort(CALL_ENDED);
+    call.end();
   }
   if (res.destroyed || res.writableEnded) return;
-  res.writeHead(200, nodeHeaders(context.responseHeader));
-  res.addTrailers(nodeHeaders(context.responseTrailer));
+  res.writeHead(200, header ? nodeHeaders(header) : REPLY_HEADERS);
+  res.addTrailers(trailer ? nodeHeaders(trailer) : OK_TRAILERS);
   if (reply) res.end(reply);
   else res.end();
+}
+
+const REPLY_HEADERS = { "content-type": "application/grpc+proto" } as const;
+const OK_TRAILERS = { "grpc-status": "0" } as const;
+
+function applyInterceptors(next: UnaryFn, interceptors: Interceptor[]): UnaryFn {
+  for (let i = interceptors.length - 1; i >= 0; i--) next = interceptors[i]!(next as never) as unknown as UnaryFn;
+  return next;
+}
+
+type UnaryFn = (req: UnaryRequest) => Promise<UnaryResponse>;
+
+/**
+ * What a call holds that is costly to make and seldom used. Node keeps every AbortSignal
+ * through young-generation collections until a full one (measured: a signal made and
+ * dropped per call promoted nearly all of it), and connect made three a call; here the
+ * signal is made only when something asks for it (a long handler, or the error
+ * interceptor after a failure), already aborted if the call was. The same for the
+ * response headers and trailers, which nothing sets on most calls.
+ */
+class CallState {
+  private controller: AbortController | undefined;
+  private reason: unknown;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly deadline: number | undefined;
+  private header: Headers | undefined;
+  private trailer: Headers | undefined;
+  touched = false;
+
+  constructor(timeoutMs: number | undefined) {
+    if (timeoutMs !== undefined) {
+      this.deadline = Date.now() + timeoutMs;
+      const expire = () => this.abort(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+      if (timeoutMs <= 0) expire();
+      else this.timer = setTimeout(expire, timeoutMs);
+    }
+  }
+
+  get signal(): AbortSignal {
+    if (!this.controller) {
+      this.controller = new AbortController();
+      if (this.reason !== undefined) this.controller.abort(this.reason);
+    }
+    return this.controller.signal;
+  }
+
+  timeoutMs(): number | undefined {
+    return this.deadline === undefined ? undefined : this.deadline - Date.now();
+  }
+
+  get responseHeader(): Headers {
+    this.touched = true;
+    return (this.header ??= new Headers(REPLY_HEADERS));
+  }
+
+  get responseTrailer(): Headers {
+    this.touched = true;
+    return (this.trailer ??= new Headers(OK_TRAILERS));
+  }
+
+  abort(reason: unknown): void {
+    if (this.reason !== undefined) return;
+    this.reason = reason;
+    clearTimeout(this.timer);
+    this.controller?.abort(reason);
+  }
+
+  /** The call is over: whatever still listens is told so, and the deadline timer goes. */
+  end(): void {
+    this.abort(CALL_ENDED);
+  }
 }
 
 /** Reads the request body, refusing more than one message of at most readMaxBytes can need. */
