@@ -775,12 +775,12 @@ function printTable(t: {
       [`  floor: ${mode === "connect" ? "connect-node" : "node:http2"}, constant replies: GetStats`, `${f.getStats.p50!.toFixed(1)} / ${f.getStats.p99!.toFixed(1)} ms`, "", ""],
     ]),
     [
-      "service peak RSS",
+      "service peak RSS, MB",
+      "",
+      "",
       Object.entries(t.peakRssMb)
         .map(([k, v]) => `${k} ${v.toFixed(0)}`)
         .join(", "),
-      "",
-      "MB",
     ],
   ];
   const w = [0, 1, 2].map((i) => Math.max(...rows.map((row) => row[i]!.length)));
