@@ -86,7 +86,11 @@ export function createUnaryGrpcPath<S extends DescService>(opts: {
       if (type === undefined || !CONTENT_TYPES.has(type)) return false;
       const encoding = req.headers["grpc-encoding"];
       if (encoding !== undefined && encoding !== "identity") return false;
-      void serve(method, req, res, opts.interceptors, opts.contextValues(req), readMaxBytes);
+      // serve() turns every failure of the call into a gRPC status; should writing the reply
+      // itself throw, the stream is reset rather than the rejection left to end the process.
+      serve(method, req, res, opts.interceptors, opts.contextValues(req), readMaxBytes).catch((err: unknown) =>
+        res.stream.destroy(err instanceof Error ? err : new Error(String(err))),
+      );
       return true;
     },
   };
