@@ -1,0 +1,188 @@
+/**
+ * The restore's own loader, piece by piece, against pg_dump's and
+ * pg_restore's real output: the custom-archive reader, and rows spread over
+ * several COPY sessions.
+ */
+import { spawn } from "node:child_process";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import os from "node:os";
+import path from "node:path";
+import type pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createCopyLanes } from "../src/dump/copy-lanes.js";
+import { CustomArchiveReader, type TocEntry } from "../src/dump/custom-archive.js";
+import { connect, createDatabase, dropDatabase, PG_HOST, PG_PORT, PG_USER, sql, uniqueName } from "./helpers.js";
+
+const src = uniqueName("bs_lanes_src");
+const targets: string[] = [];
+let dir: string;
+let archiveFile: string;
+let archive: Buffer;
+const ROWS = 40_000;
+const BIG_ROWS = 3;
+
+function run(cmd: string, args: string[]): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      env: { ...process.env, PGHOST: PG_HOST, PGPORT: String(PG_PORT), PGUSER: PG_USER },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const out: Buffer[] = [];
+    let err = "";
+    child.stdout.on("data", (d: Buffer) => out.push(d));
+    child.stderr.on("data", (d: Buffer) => (err += d.toString()));
+    child.once("close", (code) => (code === 0 ? resolve(Buffer.concat(out)) : reject(new Error(`${cmd} ${code}: ${err}`))));
+  });
+}
+
+/** The archive as a stream of pieces of random sizes (1 byte to 4 KiB), so that headers and rows straddle them. */
+async function* inPieces(data: Buffer, seed: number): AsyncGenerator<Buffer> {
+  let x = seed;
+  for (let at = 0; at < data.length; ) {
+    x = (x * 1103515245 + 12345) % 2 ** 31;
+    const n = 1 + (x % 4096);
+    yield Buffer.from(data.subarray(at, at + n)); // a copy: the reader may write into what it is given
+    at += n;
+  }
+}
+
+async function newTarget(): Promise<string> {
+  const name = uniqueName("bs_lanes_dst");
+  targets.push(name);
+  await createDatabase(name);
+  await run("pg_restore", ["--section=pre-data", "--exit-on-error", `--dbname=${name}`, archiveFile]);
+  return name;
+}
+
+const contents = (db: string, table: string) =>
+  sql<{ n: string; h: string }>(db, `SELECT count(*) AS n, md5(string_agg(x::text, '|' ORDER BY x.id)) AS h FROM ${table} x`).then((r) => r[0]);
+
+beforeAll(async () => {
+  dir = await mkdtemp(path.join(os.tmpdir(), "bs-lanes-"));
+  await createDatabase(src);
+  // Rows with what COPY text escapes (newlines, tabs, backslashes), multibyte text, nulls,
+  // binary data, and a few rows of 3 MB, longer than any piece.
+  await sql(
+    src,
+    `CREATE TABLE t (id int, body text, data bytea, note text);
+     INSERT INTO t SELECT g, repeat('x', g % 300) || E'\\n\\t\\\\ line ' || g || ' äö€😀\r',
+                          decode(md5(g::text), 'hex'), CASE WHEN g % 7 = 0 THEN NULL ELSE 'n' || g END
+       FROM generate_series(1, ${ROWS}) g;
+     INSERT INTO t SELECT ${ROWS} + g, repeat(E'long\\n', 600000), NULL, 'big' FROM generate_series(1, ${BIG_ROWS}) g;
+     CREATE TABLE s (id int primary key, label text);
+     INSERT INTO s SELECT g, 'small ' || g FROM generate_series(1, 10) g;`,
+  );
+  archive = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${src}`]);
+  archiveFile = path.join(dir, "src.dump");
+  await writeFile(archiveFile, archive);
+}, 120_000);
+
+afterAll(async () => {
+  for (const d of [src, ...targets]) await dropDatabase(d);
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+describe("the custom-archive reader", () => {
+  it("reads the table of contents pg_restore reads, and each table's rows as pg_restore prints them", async () => {
+    const reader = new CustomArchiveReader(inPieces(archive, 7));
+    const head = await reader.readHead();
+    expect(head.compression).toBe(0);
+    const listing = (await run("pg_restore", ["--list", archiveFile])).toString();
+    expect(head.entries.length).toBe(Number(/TOC Entries: (\d+)/.exec(listing)![1]));
+    const listed = [...listing.matchAll(/^(\d+);/gm)].map((m) => Number(m[1]));
+    const ours = new Set(head.entries.map((e) => e.dumpId));
+    expect(listed.filter((id) => !ours.has(id))).toEqual([]);
+    expect(head.headBytes.equals(archive.subarray(0, head.headBytes.length))).toBe(true);
+
+    const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
+    const seen: string[] = [];
+    for (let id = await reader.nextBlock(); id !== null; id = await reader.nextBlock()) {
+      const entry = byId.get(id)!;
+      expect(entry.desc).toBe("TABLE DATA");
+      const parts: Buffer[] = [];
+      const n = await reader.readData(async (p) => void parts.push(Buffer.from(p)));
+      const ours = Buffer.concat(parts);
+      expect(ours.length).toBe(n);
+      // pg_restore's script: the COPY statement, the rows, then "\.".
+      const script = await run("pg_restore", ["--data-only", `--table=${entry.tag}`, "--file=-", archiveFile]);
+      const start = script.indexOf(entry.copyStmt!) + Buffer.byteLength(entry.copyStmt!);
+      const end = script.indexOf("\\.\n", start);
+      const rows = script.subarray(start, end);
+      expect(ours.subarray(0, rows.length).equals(rows), `rows of ${entry.tag}`).toBe(true);
+      expect(ours.subarray(rows.length).toString()).toMatch(/^\\\.\n*$/);
+      seen.push(String(entry.tag));
+    }
+    expect(seen.sort()).toEqual(["s", "t"]);
+  });
+
+  it("refuses what it does not read: not an archive, an archive cut short", async () => {
+    await expect(new CustomArchiveReader(inPieces(Buffer.from("-- PostgreSQL database dump\n"), 1)).readHead()).rejects.toThrow(
+      /not a pg_dump custom archive/,
+    );
+    const cut = new CustomArchiveReader(inPieces(archive.subarray(0, 200), 3));
+    await expect(cut.readHead()).rejects.toThrow(/the archive ends inside/);
+    // Cut inside a table's data.
+    const reader = new CustomArchiveReader(inPieces(archive.subarray(0, archive.length - 1000), 5));
+    await reader.readHead();
+    await expect(
+      (async () => {
+        while ((await reader.nextBlock()) !== null) await reader.readData(async () => undefined);
+      })(),
+    ).rejects.toThrow(/ends inside a table's data/);
+  });
+});
+
+describe("COPY lanes", () => {
+  async function load(db: string, sessions: number, splitAfter: number) {
+    const clients: pg.Client[] = [];
+    for (let i = 0; i < sessions; i++) clients.push(await connect(db));
+    try {
+      const lanes = createCopyLanes(clients, { splitAfter });
+      const reader = new CustomArchiveReader(inPieces(archive, 11));
+      const head = await reader.readHead();
+      const byId = new Map<number, TocEntry>(head.entries.map((e) => [e.dumpId, e]));
+      const rows: Record<string, number[]> = {};
+      for (let id = await reader.nextBlock(); id !== null; id = await reader.nextBlock()) {
+        const entry = byId.get(id)!;
+        rows[entry.tag!] = await lanes.table(entry.copyStmt!, (send) => reader.readData(send));
+      }
+      return rows;
+    } finally {
+      for (const c of clients) await c.end();
+    }
+  }
+
+  it("spreads a big table's rows over two sessions and loads every row as it was", async () => {
+    const db = await newTarget();
+    const rows = await load(db, 2, 1 << 20);
+    // Both sessions loaded rows of the big table; the small one stayed on one.
+    expect(rows.t!.length).toBe(2);
+    expect(Math.min(...rows.t!)).toBeGreaterThan(1000);
+    expect(rows.t![0]! + rows.t![1]!).toBe(ROWS + BIG_ROWS);
+    expect(rows.s).toEqual([10]);
+    expect(await contents(db, "t")).toEqual(await contents(src, "t"));
+    expect(await contents(db, "s")).toEqual(await contents(src, "s"));
+  });
+
+  it("with one session, loads the same", async () => {
+    const db = await newTarget();
+    const rows = await load(db, 1, 1 << 20);
+    expect(rows.t).toEqual([ROWS + BIG_ROWS]);
+    expect(await contents(db, "t")).toEqual(await contents(src, "t"));
+  });
+
+  it("a row the server refuses fails the table with the server's reason", async () => {
+    const db = await newTarget();
+    const clients = [await connect(db), await connect(db)];
+    try {
+      const lanes = createCopyLanes(clients, { splitAfter: 16 });
+      const bad = lanes.table("COPY public.s (id, label) FROM stdin;", async (send) => {
+        for (let i = 1; i <= 50; i++) await send(Buffer.from(`${i}\tok\n`));
+        await send(Buffer.from("fifty-one\tnot a number\n"));
+      });
+      await expect(bad).rejects.toThrow(/invalid input syntax for type integer: "fifty-one"/);
+    } finally {
+      for (const c of clients) await c.end().catch(() => undefined);
+    }
+  });
+});
