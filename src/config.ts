@@ -37,7 +37,7 @@ export interface Config {
   readonly retentionDays: number;
   /** Cleanup never removes the newest this many VERIFIED backups of a database. */
   readonly retentionMinKeep: number;
-  /** pg_restore --jobs for custom archives (1: stream without a temporary file). */
+  /** Server sessions loading a custom archive: table rows split over them, pg_restore --jobs for indexes (1: one psql stream). */
   readonly restoreJobs: number;
   /** Free space BACKUP_DIR must keep beyond a backup's estimated size. */
   readonly minFreeBytes: number;
@@ -196,7 +196,7 @@ const envSchema = z.object({
   RETENTION_DAYS: intSetting(30, 1, 3650),
   BACKUP_MIN_FREE_BYTES: intSetting(0, 0, Number.MAX_SAFE_INTEGER),
   RETENTION_MIN_KEEP: intSetting(3, 1, 1000),
-  RESTORE_JOBS: intSetting(1, 1, 32),
+  RESTORE_JOBS: intSetting(2, 1, 32),
   PG_BIN_DIR: optionalString,
   JWT_SECRET: optionalString,
   JWT_SECRET_FILE: optionalString,

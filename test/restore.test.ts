@@ -153,6 +153,30 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const [{ nextval }] = await sql<{ nextval: string }>(target, "SELECT nextval('sales.invoice_no')");
     expect(Number(nextval)).toBe(1000 + 3 * 7);
     expect(await scratchDatabases()).toEqual([]);
+    // Large objects are pg_restore's to load: this archive goes through psql.
+    expect(msgs.at(-1)!.message).toMatch(/\(loaded through psql\)$/);
+  });
+
+  it("without large objects, the service loads the rows itself over two sessions: same schema, same rows, right sequence values", async () => {
+    const src = newDbName("bs_nolo_src");
+    await createDatabase(src);
+    await createRichSchema(src);
+    await sql(src, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata; ALTER TABLE sales.bookings OWNER TO bs_reader");
+    const before = await fingerprint(src);
+    const { backup } = await svc.client.createBackup({ database: src });
+    const target = newDbName();
+    const msgs = await drain({ id: backup!.id, targetDatabase: target });
+    const result = checkProgress(msgs);
+    expect(result.rowCount).toBe(backup!.rowCount);
+    expect(msgs.at(-1)!.message).toMatch(/: 7 tables, \d+ rows \(loaded over 2 sessions\)$/);
+    const restored = await fingerprint(target);
+    expect(restored.schema).toBe(before.schema);
+    expect(restored.tables).toEqual(before.tables);
+    const [{ nextval }] = await sql<{ nextval: string }>(target, "SELECT nextval('sales.invoice_no')");
+    expect(Number(nextval)).toBe(1000 + 3 * 7);
+    const [{ owner }] = await sql<{ owner: string }>(target, "SELECT tableowner AS owner FROM pg_tables WHERE tablename = 'bookings'");
+    expect(owner).toBe("bs_reader");
+    expect(await scratchDatabases()).toEqual([]);
   });
 
   it("streams the same progress to a @grpc/grpc-js client", async () => {
@@ -285,15 +309,18 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     bigOid = (await oidOf(big))!;
   }, 120_000);
 
-  async function restorePids(): Promise<number[]> {
+  /**
+   * The loader's processes (psql or pg_restore, connected to the scratch
+   * database) of a service.
+   */
+  async function loaderPids(s: TestService = svc): Promise<number[]> {
     const pids: number[] = [];
     for (const entry of await readdir("/proc")) {
       if (!/^\d+$/.test(entry)) continue;
       try {
         const cmd = await readFile(`/proc/${entry}/cmdline`, "utf8");
         const env = await readFile(`/proc/${entry}/environ`, "utf8");
-        // The loader: the process connected to the scratch database (psql, fed by pg_restore).
-        if (/psql|pg_restore/.test(cmd) && env.includes(`PGDATABASE=bsvc_restore_${svc.app.restoreTag}_`)) {
+        if (/psql|pg_restore/.test(cmd) && env.includes(`PGDATABASE=bsvc_restore_${s.app.restoreTag}_`)) {
           pids.push(Number(entry));
         }
       } catch {
@@ -303,8 +330,29 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     return pids;
   }
 
-  async function restoreUntilLoading(signal?: AbortSignal) {
-    const it = svc.client.restoreBackup({ id: bigBackup, confirmRestore: true, dropExisting: true, skipSafetyBackup: true }, { signal });
+  /** Server sessions of a service's scratch databases that are loading rows (COPY). */
+  async function copySessions(s: TestService = svc): Promise<number[]> {
+    const rows = await sql<{ pid: number }>(
+      "postgres",
+      `SELECT pid FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY %'`,
+      [`bsvc\\_restore\\_${s.app.restoreTag}\\_%`],
+    );
+    return rows.map((r) => r.pid);
+  }
+
+  /** Whether a service's restore is still at work: a loader process, or any session in its scratch database. */
+  async function loaderRunning(s: TestService = svc): Promise<boolean> {
+    const [{ n }] = await sql<{ n: string }>(
+      "postgres",
+      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname LIKE $1",
+      [`bsvc\\_restore\\_${s.app.restoreTag}\\_%`],
+    );
+    return Number(n) > 0 || (await loaderPids(s)).length > 0;
+  }
+
+  /** Starts a restore of the big backup and returns once rows are being loaded into the scratch database. */
+  async function restoreUntilLoading(signal?: AbortSignal, s: TestService = svc, backupId = bigBackup) {
+    const it = s.client.restoreBackup({ id: backupId, confirmRestore: true, dropExisting: true, skipSafetyBackup: true }, { signal });
     const seen: RestoreBackupResponse[] = [];
     const iterator = it[Symbol.asyncIterator]();
     for (;;) {
@@ -313,24 +361,46 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       seen.push(next.value);
       if (next.value.phase === RestorePhase.RESTORING) break;
     }
-    // The loader is running (with -j, pg_restore itself, after the archive was decompressed to a temporary file).
-    await waitFor("the loader to run", async () => (await restorePids()).length > 0);
+    // Rows are going in: the service's own sessions (RESTORE_JOBS above 1) or psql's.
+    await waitFor("the rows to be loading", async () => (await copySessions(s)).length > 0);
     return { iterator, seen };
   }
 
-  it("the loader killed halfway: the call fails, the target is unchanged, no scratch database is left", async () => {
-    const { iterator, seen } = await restoreUntilLoading();
-    const pids = await restorePids();
-    expect(pids.length).toBeGreaterThan(0); // the leader, and with -j its workers
-    for (const pid of pids) process.kill(pid, "SIGKILL");
-    const err = await codeOf(
+  async function failure(iterator: AsyncIterator<RestoreBackupResponse>) {
+    return codeOf(
       (async () => {
         for (;;) if ((await iterator.next()).done) return;
       })(),
     );
+  }
+
+  it("the loading sessions ended halfway: the call fails naming the table, the target is unchanged, no scratch database is left", async () => {
+    const { iterator, seen } = await restoreUntilLoading();
+    const pids = await copySessions();
+    expect(pids.length).toBeGreaterThan(0);
+    for (const pid of pids) await sql("postgres", "SELECT pg_terminate_backend($1)", [pid]);
+    const err = await failure(iterator);
     expect(Code[err.code], err.rawMessage).toBe("Internal");
-    expect(err.rawMessage).toMatch(/(psql|pg_restore) was killed by SIGKILL/);
+    // The server's own words, or the socket's when the write meets the closed session first.
+    expect(err.rawMessage).toMatch(/loading the rows of table public\.payload failed: .*(terminating connection|ECONNRESET|EPIPE|terminated)/);
     expect(seen.filter((m) => m.phase === RestorePhase.RESTORING).length).toBeGreaterThan(0);
+    await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+    expect(await fingerprint(big)).toEqual(bigPrint);
+    expect(await oidOf(big)).toBe(bigOid);
+  }, 120_000);
+
+  it("with RESTORE_JOBS=1, psql killed halfway: the call fails, the target is unchanged, no scratch database is left", async () => {
+    const single = await fx.service({ RESTORE_JOBS: "1" });
+    tags.push(single.app.restoreTag);
+    // Its own records: a backup of the big database as it is now (the oid shows a swap).
+    const { backup } = await single.client.createBackup({ database: big });
+    const { iterator } = await restoreUntilLoading(undefined, single, backup!.id);
+    const pids = await loaderPids(single);
+    expect(pids.length).toBeGreaterThan(0);
+    for (const pid of pids) process.kill(pid, "SIGKILL");
+    const err = await failure(iterator);
+    expect(Code[err.code], err.rawMessage).toBe("Internal");
+    expect(err.rawMessage).toMatch(/psql was killed by SIGKILL/);
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
     expect(await oidOf(big)).toBe(bigOid);
@@ -359,7 +429,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     const { iterator } = await restoreUntilLoading(ac.signal);
     ac.abort();
     await iterator.return?.();
-    await waitFor("the loader to stop", async () => (await restorePids()).length === 0);
+    await waitFor("the loader to stop", async () => !(await loaderRunning()));
     await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
     expect(await fingerprint(big)).toEqual(bigPrint);
     expect(await oidOf(big)).toBe(bigOid);
@@ -402,10 +472,11 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect(await scratchDatabases()).toEqual([]);
   });
 
-  it("a load that fails on an SQL error names psql's error, and leaves nothing behind", async () => {
-    // A table owned by a role that is gone by the time of the restore: psql stops at the
-    // ALTER ... OWNER TO (ON_ERROR_STOP), and pg_restore, writing the script into it, dies of
-    // SIGPIPE; the error must be psql's, which says what to fix.
+  it("a load that fails on an SQL error names that error, and leaves nothing behind", async () => {
+    // A table owned by a role that is gone by the time of the restore: pg_restore stops at the
+    // ALTER ... OWNER TO (--exit-on-error) and says why. (With RESTORE_JOBS=1 psql stops there
+    // instead, ON_ERROR_STOP, and pg_restore, writing the script into it, dies of SIGPIPE: the
+    // error must still be the one that says what to fix.)
     const role = uniqueName("bs_gone_owner");
     const src = newDbName("bs_owner_src");
     await sql("postgres", `CREATE ROLE ${role}`);
@@ -419,7 +490,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     const target = newDbName();
     const err = await codeOf(drain({ id: backup!.id, targetDatabase: target }));
     expect(Code[err.code], err.rawMessage).toBe("Internal");
-    expect(err.rawMessage).toMatch(new RegExp(`psql exited with code 3: .*role "${role}" does not exist`));
+    expect(err.rawMessage).toMatch(new RegExp(`(pg_restore exited with code 1|psql exited with code 3): .*role "${role}" does not exist`));
     expect(err.rawMessage).not.toMatch(/SIGPIPE/);
     const [{ n }] = await sql<{ n: string }>("postgres", "SELECT count(*) AS n FROM pg_database WHERE datname = $1", [target]);
     expect(Number(n)).toBe(0);

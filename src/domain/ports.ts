@@ -212,7 +212,7 @@ export interface LoadOptions {
   database: string;
   /** About how large the database will be (its size at backup time), for progress; 0 if unknown. */
   expectedBytes: number;
-  /** Size of the uncompressed archive, if known (room for a temporary copy). */
+  /** Size of the uncompressed archive (pg_dump's output), for progress; 0 if unknown. */
   dumpBytes: number;
 }
 
@@ -220,6 +220,11 @@ export interface LoadOptions {
 export interface LoadProgress {
   bytesRead: number;
   fraction: number;
+}
+
+/** How a load went in: "over 2 sessions", "through psql". */
+export interface LoadSummary {
+  how: string;
 }
 
 /** Creating, loading, checking and swapping databases on the target server. */
@@ -232,7 +237,7 @@ export interface RestoreEngine {
    */
   createDatabase(name: string, like: string | null): Promise<void>;
   /** Loads the archive file into the database, reporting progress as it goes. */
-  load(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<void>;
+  load(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<LoadSummary>;
   countRows(database: string, signal?: AbortSignal): Promise<TableRowCounts>;
   /**
    * Ends the database's sessions and keeps new ones out (connection limit 0,

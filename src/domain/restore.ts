@@ -154,13 +154,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     like: string | null,
     signal: AbortSignal,
     onProgress: (p: LoadProgress) => void,
-  ): Promise<{ name: string; lock: Lock | null }> {
+  ): Promise<{ name: string; lock: Lock | null; how: string }> {
     const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
     // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
     const lock = await locks.tryAcquire(`scratch:${name}`);
     try {
       await restorer.createDatabase(name, like);
-      await restorer.load(
+      const { how } = await restorer.load(
         {
           path: store.path(record.fileName),
           format: record.archiveFormat,
@@ -172,7 +172,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         onProgress,
         signal,
       );
-      return { name, lock };
+      return { name, lock, how };
     } catch (err) {
       await restorer.dropDatabase(name).catch((e: unknown) =>
         logger.error({ err: e, database: name }, "could not drop the scratch database; start-up will retry"),
@@ -201,7 +201,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     const signal = stopper.signal;
     const checks: VerificationCheck[] = [];
     const mismatches: TableMismatch[] = [];
-    let scratch: { name: string; lock: Lock | null } | null = null;
+    let scratch: { name: string; lock: Lock | null; how: string } | null = null;
     try {
       const started = performance.now();
       try {
@@ -209,7 +209,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         checks.push({
           name: "restore",
           passed: true,
-          detail: `restored into a scratch database in ${Math.round(performance.now() - started)} ms`,
+          detail: `restored into a scratch database in ${Math.round(performance.now() - started)} ms, ${scratch.how}`,
         });
       } catch (err) {
         signal.throwIfAborted();
@@ -430,7 +430,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         });
         scratch = loaded.name;
         if (loaded.lock) held.push(loaded.lock);
-        send({ within: 0.9, bytesDone: total, message: "archive loaded; checking table and row counts" });
+        send({ within: 0.9, bytesDone: total, message: `archive loaded ${loaded.how}; checking table and row counts` });
         const found = await restorer.countRows(scratch, signal);
         if (record.tableRowCounts) {
           const diffs = tableDifferences(record.tableRowCounts, found);
@@ -504,14 +504,14 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         });
         await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
         logger.info(
-          { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, actor: input.actor.sub },
+          { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, loaded: loaded.how, actor: input.actor.sub },
           "restore finished",
         );
         send(
           {
             phase: "DONE",
             percent: 100,
-            message: `restored backup ${record.id} into "${target}": ${Object.keys(found).length} tables, ${rows} rows`,
+            message: `restored backup ${record.id} into "${target}": ${Object.keys(found).length} tables, ${rows} rows (loaded ${loaded.how})`,
             result: {
               targetDatabase: target,
               durationMs: elapsed(),

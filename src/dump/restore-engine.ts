@@ -1,6 +1,6 @@
 import { createReadStream } from "node:fs";
 import { randomBytes } from "node:crypto";
-import { open, rm, stat, statfs } from "node:fs/promises";
+import { rm, stat, statfs, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type pg from "pg";
@@ -8,6 +8,8 @@ import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
 import { DomainError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
+import { createCopyLanes } from "./copy-lanes.js";
+import { ArchiveFormatError, CustomArchiveReader, UnsupportedArchiveError, type ArchiveHead, type TocEntry } from "./custom-archive.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -23,6 +25,58 @@ const LOAD_OPTIONS = "-c maintenance_work_mem=256MB -c synchronous_commit=off";
 /** What a deep verification looks for in the archive's table of contents. */
 const CHECKED_KINDS = ["SEQUENCE", "VIEW", "MATERIALIZED VIEW", "FUNCTION", "PROCEDURE", "INDEX"];
 const SWAP_ATTEMPTS = 5;
+/** The part of a lane load's progress that reading the file stands for; index builds follow it. */
+const LANE_DATA_SHARE = 0.85;
+/** A table's rows go over every lane once it has sent this much (small tables stay on one). */
+const LANE_SPLIT_AFTER = 8 << 20;
+const PROGRESS_STEP = 4 << 20;
+
+/**
+ * What pg_restore sets in its session before loading data (its
+ * _doSetFixedOutputState), with the archive's encoding and string syntax, for
+ * a session that loads table data itself; null when the archive is not one
+ * the lanes load (large objects, compressed data, data not in COPY form).
+ */
+function laneSessionSettings(head: ArchiveHead): string | null {
+  if (head.compression !== 0) return null;
+  if (head.entries.some((e) => e.desc === "BLOBS")) return null;
+  const copyForm = /^COPY [\s\S]+ FROM stdin;\s*$/;
+  if (head.entries.some((e) => e.desc === "TABLE DATA" && e.hadDumper && !copyForm.test(e.copyStmt ?? ""))) return null;
+  const encoding = head.entries.find((e) => e.desc === "ENCODING")?.defn?.trim() ?? "";
+  const strings = head.entries.find((e) => e.desc === "STDSTRINGS")?.defn?.trim() ?? "";
+  if (!/^SET client_encoding = '[A-Za-z0-9_]+';$/.test(encoding)) return null;
+  if (!/^SET standard_conforming_strings = '(on|off)';$/.test(strings)) return null;
+  return [
+    "SET statement_timeout = 0",
+    "SET lock_timeout = 0",
+    "SET idle_in_transaction_session_timeout = 0",
+    encoding.slice(0, -1),
+    strings.slice(0, -1),
+    "SELECT pg_catalog.set_config('search_path', '', false)",
+    "SET check_function_bodies = false",
+    "SET xmloption = content",
+    "SET client_min_messages = warning",
+    "SET row_security = off",
+    // As LOAD_OPTIONS: the swap's own commit flushes everything before it.
+    "SET synchronous_commit = off",
+  ].join("; ");
+}
+
+function tableName(e: TocEntry): string {
+  return e.namespace ? `${e.namespace}.${e.tag}` : String(e.tag);
+}
+
+const ending = new WeakMap<pg.Client, Promise<void>>();
+/** Ends a session, even one in the middle of a COPY: after 2 s its socket is closed. */
+function endClient(c: pg.Client): Promise<void> {
+  let p = ending.get(c);
+  if (!p) {
+    const timer = setTimeout(() => (c as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy(), 2000);
+    p = c.end().catch(() => undefined).finally(() => clearTimeout(timer));
+    ending.set(c, p);
+  }
+  return p;
+}
 
 function quoteLiteral(s: string): string {
   return `'${s.replace(/'/g, "''")}'`;
@@ -146,9 +200,9 @@ function feedFile(file: string, sink: NodeJS.WritableStream, onBytes: (n: number
 export function createRestoreEngine(opts: {
   target: PgTarget;
   tools: Tools;
-  /** pg_restore --jobs for custom archives; 1 streams without a temporary file. */
+  /** Sessions a custom archive loads over (laneLoad); 1: one psql stream (streamLoad). */
   jobs: number;
-  /** Where a custom archive is decompressed for a parallel restore (the backup directory). */
+  /** Where the archive's table of contents is written for pg_restore (the backup directory). */
   tempDir: string;
 }): RestoreEngine {
   const { tools } = opts;
@@ -234,73 +288,176 @@ export function createRestoreEngine(opts: {
     }
   }
 
-  /** Whether the temporary directory can hold an uncompressed copy of the archive. */
-  async function roomForCopy(dumpBytes: number): Promise<boolean> {
-    if (dumpBytes <= 0) return false;
-    const s = await statfs(opts.tempDir);
-    return s.bavail * s.bsize > dumpBytes * 1.1;
-  }
-
   /**
-   * A custom archive restored with `pg_restore -j`: data and indexes load in
-   * parallel (logical restore is bound by the server's CPU). pg_restore -j
-   * must seek, so the archive is first decompressed into a temporary file
-   * beside the backups, removed afterwards whatever happens. Progress: the
-   * file read while decompressing, then the scratch database's growth towards
-   * the size the database had at backup time.
+   * A custom archive loaded over `opts.jobs` sessions, streamed, no temporary
+   * copy of the data: file -> Node (counting) -> decompressor -> Node, which
+   * reads the archive (custom-archive.ts) and sends each table's COPY data to
+   * the server itself, a big table's rows split over the sessions
+   * (copy-lanes.ts). pg_restore does everything else from the archive's
+   * header and table of contents, written to a small temporary file: the
+   * schema before the data, sequence values and other data-section entries
+   * after it, then indexes, constraints and the rest with `--jobs`, so that
+   * index builds run side by side too.
+   *
+   * Resolves false, having changed nothing, for an archive this cannot load
+   * (large objects, compressed data, an unknown format version): the caller
+   * uses streamLoad.
    */
-  async function loadParallel(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal) {
-    const tmp = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.dump`);
+  async function laneLoad(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<boolean> {
     const fileSize = await fileSizeOf(options.path);
-    const DECOMPRESS_SHARE = 0.15;
+    let read = 0;
+    const [dcmd, dargs] = decompressCommand(tools, options.compression);
+    const dec = startChild(options.compression, dcmd, dargs, { env: childProcessEnv(), stdio: ["pipe", "pipe", "pipe"], signal });
+    // Progress follows the archive as it is loaded when its size is known: how far the file
+    // has been read says little, since tables compress very differently and the decompressor
+    // reads ahead.
+    const byArchive = options.dumpBytes > 0;
+    const reading = feedFile(options.path, dec.child.stdin!, (n) => {
+      read += n;
+      if (!byArchive) onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
+    }, signal);
+    const reader = new CustomArchiveReader(dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+    let reported = 0;
+    const loaded = () => {
+      if (!byArchive || reader.position - reported < PROGRESS_STEP) return;
+      reported = reader.position;
+      onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * Math.min(1, reported / options.dumpBytes) });
+    };
+    // Its output is read by us: unread, the child's exit would wait for it for ever.
+    const stopDecompressor = () => {
+      dec.stop();
+      dec.child.stdout!.destroy();
+    };
+    const giveUp = async () => {
+      stopDecompressor();
+      await Promise.all([dec.exit, reading]);
+    };
+
+    let head: ArchiveHead;
     try {
-      const [dcmd, dargs] = decompressCommand(tools, options.compression);
-      const out = await open(tmp, "wx", 0o600);
-      const dec = startChild(options.compression, dcmd, dargs, {
-        env: childProcessEnv(),
-        stdio: ["pipe", out.fd, "pipe"],
-        signal,
-      });
-      void dec.exit.finally(() => out.close().catch(() => undefined));
-      let read = 0;
-      const reading = feedFile(options.path, dec.child.stdin!, (n) => {
-        read += n;
-        onProgress({ bytesRead: read, fraction: DECOMPRESS_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
-      }, signal);
+      head = await reader.readHead();
+    } catch (err) {
+      // A damaged archive is reported by the pg_restore path, in pg_restore's words.
+      await giveUp();
+      signal.throwIfAborted();
+      if (err instanceof UnsupportedArchiveError || err instanceof ArchiveFormatError) return false;
+      throw err;
+    }
+    const fixed = laneSessionSettings(head);
+    if (fixed === null) {
+      await giveUp();
+      return false;
+    }
+    const tocFile = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.toc`);
+    const clients: pg.Client[] = [];
+    const endClients = () => Promise.all(clients.map((c) => endClient(c)));
+    const onAbort = () => void endClients();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      await writeFile(tocFile, head.headBytes, { mode: 0o600, flag: "wx" });
+      // The header must be what pg_restore reads too: as many entries, the ones it lists
+      // among ours, or nothing is loaded this way.
+      const listed = await pgRestoreList(tocFile, signal);
+      const ours = new Set(head.entries.map((e) => e.dumpId));
+      if (listed === null || listed.count !== ours.size || !listed.ids.every((id) => ours.has(id))) {
+        await giveUp();
+        return false;
+      }
+      const restore = (args: string[]) => runPgRestore(options.database, [...args, tocFile], signal);
+      await restore(["--section=pre-data"]);
+
+      for (let i = 0; i < opts.jobs; i++) {
+        const c = await libpq.connect(options.database, signal);
+        clients.push(c);
+        await c.query(fixed);
+      }
+      const lanes = createCopyLanes(clients, { splitAfter: LANE_SPLIT_AFTER });
+      const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
+      const pending = new Set(head.entries.filter((e) => e.desc === "TABLE DATA" && e.hadDumper).map((e) => e.dumpId));
+      try {
+        for (let id = await reader.nextBlock(); id !== null; id = await reader.nextBlock()) {
+          const entry = byId.get(id);
+          if (!entry || !pending.delete(id)) throw new ArchiveFormatError(`a data block for entry ${id}, which has none`);
+          const feed = (send: (piece: Buffer) => Promise<void>) =>
+            reader.readData((piece) => {
+              loaded();
+              return send(piece);
+            });
+          await lanes.table(entry.copyStmt!, feed).catch((err: unknown) => {
+            if (err instanceof ArchiveFormatError || signal.aborted) throw err;
+            throw new DomainError("dump_failed", `loading the rows of table ${tableName(entry)} failed: ${safeReason(err)}`, { cause: err });
+          });
+        }
+        if (pending.size > 0) {
+          const missing = head.entries.find((e) => pending.has(e.dumpId))!;
+          throw new ArchiveFormatError(`the archive ends before the data of table ${tableName(missing)}`);
+        }
+      } catch (err) {
+        stopDecompressor();
+        const [decExit] = await Promise.all([dec.exit, reading]);
+        signal.throwIfAborted();
+        // A file that does not decompress is the cause of whatever the reader met.
+        if (!succeeded(decExit) && decExit.signal !== "SIGTERM") throw new DomainError("dump_failed", describeExit(decExit));
+        if (err instanceof ArchiveFormatError) throw new DomainError("dump_failed", `the archive is damaged: ${err.message}`);
+        throw err;
+      }
       const [decExit, readError] = await Promise.all([dec.exit, reading]);
       signal.throwIfAborted();
-      if (!succeeded(decExit)) throw new DomainError("dump_failed", `${describeExit(decExit)} (the file does not decompress)`);
-      if (readError) throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`);
-
-      const restore = startChild(
-        "pg_restore",
-        tools.pgRestore,
-        ["--exit-on-error", "--no-password", `--jobs=${opts.jobs}`, `--dbname=${dbnameConninfo(options.database)}`, tmp],
-        { env: libpq.env(options.database, undefined, LOAD_OPTIONS), stdio: ["ignore", "ignore", "pipe"], signal },
-      );
-      const watcher = await libpq.connect("postgres").catch(() => null);
-      const poll = setInterval(() => {
-        if (!watcher || options.expectedBytes <= 0) return;
-        watcher
-          .query<{ size: string }>("SELECT pg_database_size($1) AS size", [options.database])
-          .then((r) => {
-            const done = Math.min(0.99, Number(r.rows[0]!.size) / options.expectedBytes);
-            onProgress({ bytesRead: fileSize, fraction: DECOMPRESS_SHARE + (1 - DECOMPRESS_SHARE) * done });
-          })
-          .catch(() => undefined);
-      }, 500);
-      try {
-        const exit = await restore.exit;
-        signal.throwIfAborted();
-        if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
-        onProgress({ bytesRead: fileSize, fraction: 1 });
-      } finally {
-        clearInterval(poll);
-        await watcher?.end().catch(() => undefined);
+      if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
+      if (readError) {
+        throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
       }
+      await endClients();
+      clients.length = 0;
+
+      // Sequence values and anything else of the data section that is not a table's rows:
+      // every entry but the tables' rows, of which pg_restore takes the data section's.
+      const list = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.list`);
+      try {
+        const rest = head.entries.filter((e) => e.desc !== "TABLE DATA");
+        await writeFile(list, rest.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600, flag: "wx" });
+        await restore(["--section=data", `--use-list=${list}`]);
+      } finally {
+        await rm(list, { force: true });
+      }
+      await restore(["--section=post-data", `--jobs=${opts.jobs}`]);
+      onProgress({ bytesRead: read, fraction: 1 });
+      return true;
     } finally {
-      await rm(tmp, { force: true });
+      signal.removeEventListener("abort", onAbort);
+      await endClients();
+      stopDecompressor();
+      await rm(tocFile, { force: true });
     }
+  }
+
+  /** What `pg_restore --list` makes of an archive: its entry count and the ids it lists; null if it cannot read it. */
+  async function pgRestoreList(file: string, signal: AbortSignal): Promise<{ count: number; ids: number[] } | null> {
+    const child = startChild("pg_restore", tools.pgRestore, ["--list", file], {
+      env: childProcessEnv(),
+      stdio: ["ignore", "pipe", "pipe"],
+      signal,
+    });
+    let out = "";
+    child.child.stdout!.setEncoding("utf8").on("data", (d: string) => (out += d));
+    const exit = await child.exit;
+    signal.throwIfAborted();
+    const count = /^;\s+TOC Entries: (\d+)$/m.exec(out);
+    if (!succeeded(exit) || !count) return null;
+    return { count: Number(count[1]), ids: [...out.matchAll(/^(\d+);/gm)].map((m) => Number(m[1])) };
+  }
+
+  /** pg_restore connected to the database being loaded; stops at the first error. */
+  async function runPgRestore(database: string, args: string[], signal: AbortSignal): Promise<void> {
+    const child = startChild(
+      "pg_restore",
+      tools.pgRestore,
+      ["--exit-on-error", "--no-password", `--dbname=${dbnameConninfo(database)}`, ...args],
+      { env: libpq.env(database, undefined, LOAD_OPTIONS), stdio: ["ignore", "ignore", "pipe"], signal },
+    );
+    const exit = await child.exit;
+    signal.throwIfAborted();
+    if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
   }
 
   return {
@@ -362,8 +519,8 @@ export function createRestoreEngine(opts: {
     },
 
     async load(options: LoadOptions, onProgress, signal) {
-      if (options.format === "custom" && opts.jobs > 1 && (await roomForCopy(options.dumpBytes))) {
-        return loadParallel(options, onProgress, signal);
+      if (options.format === "custom" && opts.jobs > 1 && (await laneLoad(options, onProgress, signal))) {
+        return { how: `over ${opts.jobs} sessions` };
       }
       let read = 0;
       const fileSize = await fileSizeOf(options.path);
@@ -371,6 +528,7 @@ export function createRestoreEngine(opts: {
         read += n;
         onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });
       }, signal);
+      return { how: "through psql" };
     },
 
     async countRows(database, signal) {
