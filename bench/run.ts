@@ -164,6 +164,8 @@ interface Service {
   client: Client<typeof BackupService>;
   token: string;
   dataDir: string;
+  /** The steps of each restore the service finished, from its "restore finished" log lines. */
+  restoreSteps: Record<string, number>[];
 }
 
 async function startService(): Promise<Service> {
@@ -191,14 +193,16 @@ async function startService(): Promise<Service> {
   const flags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
   const child = spawn(process.execPath, [...profile, ...flags, "dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
   let gotMetricsUrl: (u: string) => void = () => undefined;
+  const restoreSteps: Record<string, number>[] = [];
   const metricsUrl = new Promise<string>((r) => (gotMetricsUrl = r));
   const url = await new Promise<string>((resolve, reject) => {
     createInterface({ input: child.stdout! }).on("line", (line) => {
       // BENCH_SERVICE_STDOUT=file keeps everything the service prints (e.g. with NODE_OPTIONS=--trace-gc).
       if (process.env.BENCH_SERVICE_STDOUT) appendFileSync(process.env.BENCH_SERVICE_STDOUT, `${line}\n`);
       try {
-        const e = JSON.parse(line) as { msg?: string; url?: string; level?: number };
+        const e = JSON.parse(line) as { msg?: string; url?: string; level?: number; stepsMs?: Record<string, number> };
         if (e.msg === "backup service listening") resolve(e.url!);
+        else if (e.msg === "restore finished" && e.stepsMs) restoreSteps.push(e.stepsMs);
         else if (e.msg === "metrics listening") gotMetricsUrl(e.url!);
         else if ((e.level ?? 0) >= 50) process.stderr.write(`service: ${line}\n`);
       } catch {
@@ -219,7 +223,7 @@ async function startService(): Promise<Service> {
       interceptors: [(next) => (req) => (req.header.set("authorization", `Bearer ${token}`), next(req))],
     }),
   );
-  return { child, url, metricsUrl, client, token, dataDir };
+  return { child, url, metricsUrl, client, token, dataDir, restoreSteps };
 }
 
 /** Parses the Prometheus text format into series -> value. */
@@ -343,6 +347,7 @@ async function main() {
       );
       await q("postgres", `DROP DATABASE "${refTarget}" WITH (FORCE)`);
       const ourTarget = freshDb();
+      const stepsBefore = svc.restoreSteps.length;
       await settle();
       const restore = await withPeakRss(pid, async () => {
         const t0 = performance.now();
@@ -353,6 +358,10 @@ async function main() {
       });
       add("restore.ours", restore.value);
       peak("restore", restore.peakMb);
+      // Where our restore's time went, as the service logged it (the line may trail the reply).
+      if (await waitForLog(() => svc.restoreSteps.length > stepsBefore, 2000)) {
+        for (const [step, ms] of Object.entries(svc.restoreSteps.at(-1)!)) add(`restore.ours.${step}`, ms);
+      }
       await q("postgres", `DROP DATABASE "${ourTarget}" WITH (FORCE)`);
 
       log(`pair ${i}/${pairs}: deep verification`);
@@ -414,6 +423,11 @@ async function main() {
         referenceMs: med("restore.reference"),
         oursMs: med("restore.ours"),
         oursRatio: med("restore.ours") / med("restore.reference"),
+        ...Object.fromEntries(
+          Object.keys(results)
+            .filter((k) => k.startsWith("restore.ours."))
+            .map((k) => [`${k.slice("restore.ours.".length)}Ms`, med(k)]),
+        ),
       },
       deepVerification: { oursMs: med("deep.ours"), ratioToOurRestore: med("deep.ours") / med("restore.ours") },
       download: {
@@ -722,6 +736,29 @@ async function pollDuringBackup(svc: Service, target: { url: string; pid: number
   };
 }
 
+/** The steps of our restore that the service logged, labelled, in order. */
+function restoreSteps(r: Record<string, number>): [string, number][] {
+  const labels: Record<string, string> = {
+    schema: "schema (pg_restore, pre-data)",
+    rows: "rows (the service, over the sessions)",
+    indexes: "indexes, constraints (pg_restore --jobs)",
+    load: "load (pg_restore -f - | psql)",
+    counts: "row counts of every table",
+  };
+  return Object.entries(labels)
+    .filter(([k]) => r[`${k}Ms`] !== undefined)
+    .map(([k, label]) => [label, r[`${k}Ms`]!]);
+}
+
+async function waitForLog(ok: () => boolean, ms: number): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (!ok()) {
+    if (Date.now() > until) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
+}
+
 type LatencyResult = { errors: number; calls: number; cpuMsPerCall: number; listBackups: Record<string, number>; getStats: Record<string, number> };
 
 function printTable(t: {
@@ -749,6 +786,7 @@ function printTable(t: {
     ["backup: floor pg_dump > /dev/null", s(t.backup.floorMs!), r(t.backup.floorRatio!), ""],
     ["restore: reference gunzip | psql", s(t.restore.referenceMs!), "1.00x", ""],
     ["restore: ours (RestoreBackup)", s(t.restore.oursMs!), r(t.restore.oursRatio!), ""],
+    ...restoreSteps(t.restore).map(([label, ms]): [string, string, string, string] => [`  of which: ${label}`, s(ms), "", ""]),
     ["deep verification (vs our restore)", s(t.deepVerification.oursMs!), r(t.deepVerification.ratioToOurRestore!), ""],
     ["download to grpc-js (our client: 4 MiB window)", s(t.download.ms!), "", `${t.download.MBps!.toFixed(0)} MB/s`],
     ["download to grpc-js (its default 64 KiB window)", s(t.download.defaultWindowMs!), "", `${t.download.defaultWindowMBps!.toFixed(0)} MB/s`],

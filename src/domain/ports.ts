@@ -222,9 +222,11 @@ export interface LoadProgress {
   fraction: number;
 }
 
-/** How a load went in: "over 2 sessions", "through psql". */
+/** How a load went in: "over 2 sessions", "through psql", and how long each step took. */
 export interface LoadSummary {
   how: string;
+  /** Milliseconds per step, in order: e.g. schema, rows, indexes (lanes) or load (psql). */
+  stepsMs: Record<string, number>;
 }
 
 /** Creating, loading, checking and swapping databases on the target server. */

@@ -154,13 +154,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     like: string | null,
     signal: AbortSignal,
     onProgress: (p: LoadProgress) => void,
-  ): Promise<{ name: string; lock: Lock | null; how: string }> {
+  ): Promise<{ name: string; lock: Lock | null; how: string; stepsMs: Record<string, number> }> {
     const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
     // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
     const lock = await locks.tryAcquire(`scratch:${name}`);
     try {
       await restorer.createDatabase(name, like);
-      const { how } = await restorer.load(
+      const { how, stepsMs } = await restorer.load(
         {
           path: store.path(record.fileName),
           format: record.archiveFormat,
@@ -172,7 +172,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         onProgress,
         signal,
       );
-      return { name, lock, how };
+      return { name, lock, how, stepsMs };
     } catch (err) {
       await restorer.dropDatabase(name).catch((e: unknown) =>
         logger.error({ err: e, database: name }, "could not drop the scratch database; start-up will retry"),
@@ -201,7 +201,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     const signal = stopper.signal;
     const checks: VerificationCheck[] = [];
     const mismatches: TableMismatch[] = [];
-    let scratch: { name: string; lock: Lock | null; how: string } | null = null;
+    let scratch: { name: string; lock: Lock | null; how: string; stepsMs: Record<string, number> } | null = null;
     try {
       const started = performance.now();
       try {
@@ -431,7 +431,9 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         scratch = loaded.name;
         if (loaded.lock) held.push(loaded.lock);
         send({ within: 0.9, bytesDone: total, message: `archive loaded ${loaded.how}; checking table and row counts` });
+        const countStarted = performance.now();
         const found = await restorer.countRows(scratch, signal);
+        const countMs = Math.round(performance.now() - countStarted);
         if (record.tableRowCounts) {
           const diffs = tableDifferences(record.tableRowCounts, found);
           if (diffs.length > 0) {
@@ -504,7 +506,18 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         });
         await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
         logger.info(
-          { backupId: record.id, target, safetyBackupId, tables: Object.keys(found).length, rows, loaded: loaded.how, actor: input.actor.sub },
+                    {
+            backupId: record.id,
+            target,
+            safetyBackupId,
+            tables: Object.keys(found).length,
+            rows,
+            loaded: loaded.how,
+            // Where the time went: the load's steps, then the row counts.
+            stepsMs: { ...loaded.stepsMs, counts: countMs },
+            durationMs: elapsed(),
+            actor: input.actor.sub,
+          },
           "restore finished",
         );
         send(

@@ -299,11 +299,16 @@ export function createRestoreEngine(opts: {
    * after it, then indexes, constraints and the rest with `--jobs`, so that
    * index builds run side by side too.
    *
-   * Resolves false, having changed nothing, for an archive this cannot load
-   * (large objects, compressed data, an unknown format version): the caller
-   * uses streamLoad.
+   * Resolves with the milliseconds each step took (schema; rows and sequence
+   * values; indexes, constraints and the rest), or with null, having changed
+   * nothing, for an archive this cannot load (large objects, compressed data,
+   * an unknown format version): the caller uses streamLoad.
    */
-  async function laneLoad(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<boolean> {
+  async function laneLoad(
+    options: LoadOptions,
+    onProgress: (p: LoadProgress) => void,
+    signal: AbortSignal,
+  ): Promise<Record<string, number> | null> {
     const fileSize = await fileSizeOf(options.path);
     let read = 0;
     const [dcmd, dargs] = decompressCommand(tools, options.compression);
@@ -340,13 +345,13 @@ export function createRestoreEngine(opts: {
       // A damaged archive is reported by the pg_restore path, in pg_restore's words.
       await giveUp();
       signal.throwIfAborted();
-      if (err instanceof UnsupportedArchiveError || err instanceof ArchiveFormatError) return false;
+      if (err instanceof UnsupportedArchiveError || err instanceof ArchiveFormatError) return null;
       throw err;
     }
     const fixed = laneSessionSettings(head);
     if (fixed === null) {
       await giveUp();
-      return false;
+      return null;
     }
     const tocFile = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.toc`);
     const clients: pg.Client[] = [];
@@ -361,10 +366,18 @@ export function createRestoreEngine(opts: {
       const ours = new Set(head.entries.map((e) => e.dumpId));
       if (listed === null || listed.count !== ours.size || !listed.ids.every((id) => ours.has(id))) {
         await giveUp();
-        return false;
+        return null;
       }
       const restore = (args: string[]) => runPgRestore(options.database, [...args, tocFile], signal);
+      let mark = performance.now();
+      const steps: Record<string, number> = {};
+      const step = (name: string) => {
+        const now = performance.now();
+        steps[name] = Math.round(now - mark);
+        mark = now;
+      };
       await restore(["--section=pre-data"]);
+      step("schema");
 
       for (let i = 0; i < opts.jobs; i++) {
         const c = await libpq.connect(options.database, signal);
@@ -420,9 +433,11 @@ export function createRestoreEngine(opts: {
       } finally {
         await rm(list, { force: true });
       }
+      step("rows");
       await restore(["--section=post-data", `--jobs=${opts.jobs}`]);
+      step("indexes");
       onProgress({ bytesRead: read, fraction: 1 });
-      return true;
+      return steps;
     } finally {
       signal.removeEventListener("abort", onAbort);
       await endClients();
@@ -519,16 +534,18 @@ export function createRestoreEngine(opts: {
     },
 
     async load(options: LoadOptions, onProgress, signal) {
-      if (options.format === "custom" && opts.jobs > 1 && (await laneLoad(options, onProgress, signal))) {
-        return { how: `over ${opts.jobs} sessions` };
+      if (options.format === "custom" && opts.jobs > 1) {
+        const stepsMs = await laneLoad(options, onProgress, signal);
+        if (stepsMs) return { how: `over ${opts.jobs} sessions`, stepsMs };
       }
+      const started = performance.now();
       let read = 0;
       const fileSize = await fileSizeOf(options.path);
       await streamLoad(options, (n) => {
         read += n;
         onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });
       }, signal);
-      return { how: "through psql" };
+      return { how: "through psql", stepsMs: { load: Math.round(performance.now() - started) } };
     },
 
     async countRows(database, signal) {
