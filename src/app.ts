@@ -132,7 +132,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       replicaId: config.scheduler.replicaId,
       locks,
       store,
-      restorer: createRestoreEngine({ target: config.target, tools, jobs: config.restoreJobs, tempDir: config.backupDir }),
+      restorer: createRestoreEngine({ target: config.target, tools, jobs: config.restoreJobs }),
       logger,
       core,
       protectedDatabase: sameServer(config.control, config.target) ? config.control.database : null,

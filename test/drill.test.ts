@@ -1,6 +1,8 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readFile, writeFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { readdir, readFile, writeFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -187,11 +189,18 @@ describe("crash mid-drill", () => {
         ]);
         return rows.length > 0 ? rows.map((r) => r.datname) : null;
       });
+      // The load has begun once the restore's private directory (its table of contents) exists.
+      const leftover = await waitFor("the restore's temporary directory", async () => {
+        const found = (await readdir(os.tmpdir())).filter((n) => n.startsWith(`bsvc-restore-${child.pid}-`));
+        return found.length > 0 ? found : null;
+      });
       child.kill("SIGKILL");
       await new Promise((r) => child.once("exit", r));
       const restarted = await startService(control, fx.target, {}, dataDir);
       try {
         expect(restarted.app.restoreTag).toBe(tag);
+        // What the killed process left in the temporary area goes at the next start.
+        await waitFor("the killed restore's directory to be removed", async () => !existsSync(path.join(os.tmpdir(), leftover[0]!)));
         expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = ANY($1)", [before])).toEqual([]);
         const { backup: after } = await restarted.client.getBackup({ id: backup!.id });
         expect(after!.status).toBe(BackupStatus.VERIFIED);

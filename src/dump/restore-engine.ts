@@ -1,6 +1,6 @@
 import { createReadStream } from "node:fs";
-import { randomBytes } from "node:crypto";
-import { rm, stat, statfs, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, rm, stat, statfs, writeFile } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type pg from "pg";
@@ -64,6 +64,24 @@ function laneSessionSettings(head: ArchiveHead): string | null {
 
 function tableName(e: TocEntry): string {
   return e.namespace ? `${e.namespace}.${e.tag}` : String(e.tag);
+}
+
+/** Private directories for the table of contents: `bsvc-restore-<pid>-<random>` in the system's temporary area. */
+const WORK_PREFIX = "bsvc-restore-";
+
+/** Removes the directories a process that is gone (killed mid-restore) left behind. */
+async function removeStaleWorkDirs(): Promise<void> {
+  for (const name of await readdir(os.tmpdir())) {
+    const m = new RegExp(`^${WORK_PREFIX}(\\d+)-`).exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // alive: perhaps another replica on this machine, mid-restore
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ESRCH") continue;
+    }
+    await rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
+  }
 }
 
 const ending = new WeakMap<pg.Client, Promise<void>>();
@@ -202,11 +220,11 @@ export function createRestoreEngine(opts: {
   tools: Tools;
   /** Sessions a custom archive loads over (laneLoad); 1: one psql stream (streamLoad). */
   jobs: number;
-  /** Where the archive's table of contents is written for pg_restore (the backup directory). */
-  tempDir: string;
 }): RestoreEngine {
   const { tools } = opts;
   const libpq = createLibpq(opts.target);
+  // What a killed process left; small, private files, so a failure here only waits for the next start.
+  void removeStaleWorkDirs().catch(() => undefined);
 
   /** A connection for CREATE/ALTER/DROP DATABASE: never to a database being moved. */
   function admin(...avoid: string[]): Promise<pg.Client> {
@@ -353,13 +371,22 @@ export function createRestoreEngine(opts: {
       await giveUp();
       return null;
     }
-    const tocFile = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.toc`);
+    // The table of contents (the schema's DDL) goes to a private directory of the system's
+    // temporary area, never beside the backups, and is removed whatever happens.
+    let work: string;
+    try {
+      work = await mkdtemp(path.join(os.tmpdir(), `${WORK_PREFIX}${process.pid}-`));
+    } catch (err) {
+      await giveUp();
+      throw err;
+    }
+    const tocFile = path.join(work, "toc.dump");
     const clients: pg.Client[] = [];
     const endClients = () => Promise.all(clients.map((c) => endClient(c)));
     const onAbort = () => void endClients();
     signal.addEventListener("abort", onAbort, { once: true });
     try {
-      await writeFile(tocFile, head.headBytes, { mode: 0o600, flag: "wx" });
+      await writeFile(tocFile, head.headBytes, { mode: 0o600 });
       // The header must be what pg_restore reads too: as many entries, the ones it lists
       // among ours, or nothing is loaded this way.
       const listed = await pgRestoreList(tocFile, signal);
@@ -425,14 +452,10 @@ export function createRestoreEngine(opts: {
 
       // Sequence values and anything else of the data section that is not a table's rows:
       // every entry but the tables' rows, of which pg_restore takes the data section's.
-      const list = path.join(opts.tempDir, `.restore-${randomBytes(6).toString("hex")}.list`);
-      try {
-        const rest = head.entries.filter((e) => e.desc !== "TABLE DATA");
-        await writeFile(list, rest.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600, flag: "wx" });
-        await restore(["--section=data", `--use-list=${list}`]);
-      } finally {
-        await rm(list, { force: true });
-      }
+      const list = path.join(work, "list");
+      const rest = head.entries.filter((e) => e.desc !== "TABLE DATA");
+      await writeFile(list, rest.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600 });
+      await restore(["--section=data", `--use-list=${list}`]);
       step("rows");
       await restore(["--section=post-data", `--jobs=${opts.jobs}`]);
       step("indexes");
@@ -442,7 +465,7 @@ export function createRestoreEngine(opts: {
       signal.removeEventListener("abort", onAbort);
       await endClients();
       stopDecompressor();
-      await rm(tocFile, { force: true });
+      await rm(work, { recursive: true, force: true });
     }
   }
 
