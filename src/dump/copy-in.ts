@@ -23,6 +23,8 @@ export class CopyIn {
   private onStartFailed!: (err: Error) => void;
   private onFinished!: () => void;
   private onFinishFailed!: (err: Error) => void;
+  /** Those waiting in drained(), woken by a failure too. */
+  private readonly waiters = new Set<() => void>();
   rowCount = 0;
 
   constructor(readonly text: string) {
@@ -73,6 +75,7 @@ export class CopyIn {
     this.socket = null;
     this.onStartFailed(this.failure);
     this.onFinishFailed(this.failure);
+    for (const wake of this.waiters) wake();
   }
 
   /** pg sets and calls this for query timeouts; nothing to do. */
@@ -106,12 +109,13 @@ export class CopyIn {
       const done = () => {
         socket.off("drain", done);
         socket.off("close", done);
+        this.waiters.delete(done);
         resolve();
       };
       socket.on("drain", done);
       socket.on("close", done);
       // A failure reported by message rather than by the socket closing.
-      this.finished.then(done, done);
+      this.waiters.add(done);
     });
     if (this.failure) throw this.failure;
   }
