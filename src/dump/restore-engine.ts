@@ -436,9 +436,17 @@ export function createRestoreEngine(opts: {
         stopDecompressor();
         const [decExit] = await Promise.all([dec.exit, reading]);
         signal.throwIfAborted();
-        // A file that does not decompress is the cause of whatever the reader met.
-        if (!succeeded(decExit) && decExit.signal !== "SIGTERM") throw new DomainError("dump_failed", describeExit(decExit));
-        if (err instanceof ArchiveFormatError) throw new DomainError("dump_failed", `the archive is damaged: ${err.message}`);
+        // A file that does not decompress is the cause of whatever the reader met. The
+        // decompressor may not have said so yet when the reader gave up (it was stopped,
+        // or ended on a pipe no longer read): then a second pass, only on this path, asks it.
+        if (!succeeded(decExit) && decExit.signal !== "SIGTERM" && decExit.signal !== "SIGPIPE") {
+          throw new DomainError("dump_failed", describeExit(decExit));
+        }
+        if (err instanceof ArchiveFormatError) {
+          const undecompressable = await decompressFailure(options, signal);
+          if (undecompressable) throw new DomainError("dump_failed", undecompressable);
+          throw new DomainError("dump_failed", `the archive is damaged: ${err.message}`);
+        }
         throw err;
       }
       const [decExit, readError] = await Promise.all([dec.exit, reading]);
@@ -467,6 +475,14 @@ export function createRestoreEngine(opts: {
       stopDecompressor();
       await rm(work, { recursive: true, force: true });
     }
+  }
+
+  /** Why the file does not decompress (the decompressor's exit and words), or null if it does. */
+  async function decompressFailure(options: LoadOptions, signal: AbortSignal): Promise<string | null> {
+    const [cmd, args] = decompressCommand(tools, options.compression, options.path);
+    const exit = await startChild(options.compression, cmd, args, { env: childProcessEnv(), stdio: ["ignore", "ignore", "pipe"], signal }).exit;
+    signal.throwIfAborted();
+    return succeeded(exit) ? null : `${describeExit(exit)} (the file does not decompress)`;
   }
 
   /** What `pg_restore --list` makes of an archive: its entry count and the ids it lists; null if it cannot read it. */
