@@ -10,6 +10,8 @@ import path from "node:path";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCopyLanes } from "../src/dump/copy-lanes.js";
+import { createRestoreEngine } from "../src/dump/restore-engine.js";
+import { resolveTools } from "../src/dump/tools.js";
 import { CustomArchiveReader, type TocEntry } from "../src/dump/custom-archive.js";
 import { connect, createDatabase, dropDatabase, PG_HOST, PG_PORT, PG_USER, sql, uniqueName } from "./helpers.js";
 
@@ -19,6 +21,7 @@ let dir: string;
 let archiveFile: string;
 let archive: Buffer;
 const ROWS = 40_000;
+const LIMITED = "bs_lanes_limited";
 const BIG_ROWS = 3;
 
 function run(cmd: string, args: string[]): Promise<Buffer> {
@@ -72,6 +75,9 @@ beforeAll(async () => {
      CREATE TABLE s (id int primary key, label text);
      INSERT INTO s SELECT g, 'small ' || g FROM generate_series(1, 10) g;`,
   );
+  // Owned by a role that is not a superuser, so that one can restore the archive (below).
+  await sql("postgres", `DO $$ BEGIN CREATE ROLE ${LIMITED} LOGIN CREATEDB; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);
+  await sql(src, `ALTER TABLE t OWNER TO ${LIMITED}; ALTER TABLE s OWNER TO ${LIMITED}`);
   archive = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${src}`]);
   archiveFile = path.join(dir, "src.dump");
   await writeFile(archiveFile, archive);
@@ -79,6 +85,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   for (const d of [src, ...targets]) await dropDatabase(d);
+  await sql("postgres", `DROP ROLE IF EXISTS ${LIMITED}`).catch(() => undefined);
   if (dir) await rm(dir, { recursive: true, force: true });
 });
 
@@ -184,5 +191,33 @@ describe("COPY lanes", () => {
     } finally {
       for (const c of clients) await c.end().catch(() => undefined);
     }
+  });
+});
+
+describe("the restore engine", () => {
+  it("loads over the sessions a connection limit leaves a role that is not a superuser", async () => {
+    // The scratch database copies the target's limit: one session here, which such a role
+    // cannot exceed. The load goes over one session instead of failing.
+    const like = uniqueName("bs_lanes_like");
+    const scratch = uniqueName("bs_lanes_scratch");
+    targets.push(like, scratch);
+    await sql("postgres", `CREATE DATABASE ${like} OWNER ${LIMITED} CONNECTION LIMIT 1`);
+    const file = path.join(dir, "src.dump.zst");
+    await writeFile(file, await run("zstd", ["-q", "-c", archiveFile]));
+    const engine = createRestoreEngine({
+      target: { host: PG_HOST, port: PG_PORT, user: LIMITED, password: undefined, database: "postgres", sslmode: undefined },
+      tools: await resolveTools(undefined),
+      jobs: 2,
+    });
+    await engine.createDatabase(scratch, like);
+    const summary = await engine.load(
+      { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: archive.length },
+      () => undefined,
+      new AbortController().signal,
+    );
+    expect(summary.how).toBe("over 1 session");
+    expect(await contents(scratch, "t")).toEqual(await contents(src, "t"));
+    const [{ n }] = await sql<{ n: string }>(scratch, "SELECT count(*) AS n FROM pg_indexes WHERE tablename = 's'");
+    expect(Number(n)).toBe(1); // the post-data section (the primary key) was restored too
   });
 });

@@ -30,6 +30,8 @@ export function connectionFailure(err: unknown, where: string, database: string)
       );
     case "42501":
       return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`);
+    case "53300":
+      return new DomainError("unavailable", `${where}/${database} takes no more sessions: ${msg}`, { cause: err });
     default:
       return new DomainError(
         "unavailable",

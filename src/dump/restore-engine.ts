@@ -146,7 +146,10 @@ function createOptions(src: SourceDatabase): string {
   let o =
     `TEMPLATE template0 OWNER ${quoteIdent(src.owner)} ENCODING ${quoteLiteral(src.encoding)}` +
     ` LC_COLLATE ${quoteLiteral(String(d.datcollate))} LC_CTYPE ${quoteLiteral(String(d.datctype))}` +
-    ` TABLESPACE ${quoteIdent(src.tablespace)} CONNECTION LIMIT ${Number(d.datconnlimit ?? -1)}`;
+    // pg_default is template0's already; naming it needs CREATE on it, which a role that is not
+    // a superuser lacks.
+    (src.tablespace === "pg_default" ? "" : ` TABLESPACE ${quoteIdent(src.tablespace)}`) +
+    ` CONNECTION LIMIT ${Number(d.datconnlimit ?? -1)}`;
   // PostgreSQL 15 added locale providers; 16 ICU rules; 17 renamed daticulocale to datlocale
   // and added the builtin provider.
   const locale = (d.datlocale ?? d.daticulocale) as string | null | undefined;
@@ -317,8 +320,10 @@ export function createRestoreEngine(opts: {
    * after it, then indexes, constraints and the rest with `--jobs`, so that
    * index builds run side by side too.
    *
-   * Resolves with the milliseconds each step took (schema; rows and sequence
-   * values; indexes, constraints and the rest), or with null, having changed
+   * Resolves with the sessions used (fewer than `opts.jobs` when the
+   * database's connection limit allows no more) and the milliseconds each
+   * step took (schema; rows and sequence values; indexes, constraints and the
+   * rest), or with null, having changed
    * nothing, for an archive this cannot load (large objects, compressed data,
    * an unknown format version): the caller uses streamLoad.
    */
@@ -326,7 +331,7 @@ export function createRestoreEngine(opts: {
     options: LoadOptions,
     onProgress: (p: LoadProgress) => void,
     signal: AbortSignal,
-  ): Promise<Record<string, number> | null> {
+  ): Promise<{ sessions: number; stepsMs: Record<string, number> } | null> {
     const fileSize = await fileSizeOf(options.path);
     let read = 0;
     const [dcmd, dargs] = decompressCommand(tools, options.compression);
@@ -407,10 +412,19 @@ export function createRestoreEngine(opts: {
       step("schema");
 
       for (let i = 0; i < opts.jobs; i++) {
-        const c = await libpq.connect(options.database, signal);
+        let c: pg.Client;
+        try {
+          c = await libpq.connect(options.database, signal);
+        } catch (err) {
+          // The database's connection limit (copied from the target), which binds a role that
+          // is not a superuser: load over the sessions there are.
+          if (i > 0 && ((err as { cause?: { code?: string } }).cause?.code === "53300")) break;
+          throw err;
+        }
         clients.push(c);
         await c.query(fixed);
       }
+      const sessions = clients.length;
       const lanes = createCopyLanes(clients, { splitAfter: LANE_SPLIT_AFTER });
       const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
       const pending = new Set(head.entries.filter((e) => e.desc === "TABLE DATA" && e.hadDumper).map((e) => e.dumpId));
@@ -465,10 +479,10 @@ export function createRestoreEngine(opts: {
       await writeFile(list, rest.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600 });
       await restore(["--section=data", `--use-list=${list}`]);
       step("rows");
-      await restore(["--section=post-data", `--jobs=${opts.jobs}`]);
+      await restore(["--section=post-data", `--jobs=${sessions}`]);
       step("indexes");
       onProgress({ bytesRead: read, fraction: 1 });
-      return steps;
+      return { sessions, stepsMs: steps };
     } finally {
       signal.removeEventListener("abort", onAbort);
       await endClients();
@@ -574,8 +588,8 @@ export function createRestoreEngine(opts: {
 
     async load(options: LoadOptions, onProgress, signal) {
       if (options.format === "custom" && opts.jobs > 1) {
-        const stepsMs = await laneLoad(options, onProgress, signal);
-        if (stepsMs) return { how: `over ${opts.jobs} sessions`, stepsMs };
+        const lanes = await laneLoad(options, onProgress, signal);
+        if (lanes) return { how: `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}`, stepsMs: lanes.stepsMs };
       }
       const started = performance.now();
       let read = 0;
