@@ -12,7 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCopyLanes } from "../src/dump/copy-lanes.js";
 import { createRestoreEngine } from "../src/dump/restore-engine.js";
 import { resolveTools } from "../src/dump/tools.js";
-import { CustomArchiveReader, type TocEntry } from "../src/dump/custom-archive.js";
+import { tableKey } from "../src/domain/backup.js";
+import { copyTarget, CustomArchiveReader, type TocEntry } from "../src/dump/custom-archive.js";
 import { connect, createDatabase, dropDatabase, PG_HOST, PG_PORT, PG_USER, sql, uniqueName } from "./helpers.js";
 
 const src = uniqueName("bs_lanes_src");
@@ -219,5 +220,58 @@ describe("the restore engine", () => {
     expect(await contents(scratch, "t")).toEqual(await contents(src, "t"));
     const [{ n }] = await sql<{ n: string }>(scratch, "SELECT count(*) AS n FROM pg_indexes WHERE tablename = 's'");
     expect(Number(n)).toBe(1); // the post-data section (the primary key) was restored too
+  });
+
+  it("reports each table's rows as its own COPY committed them; rows loaded through a partitioned root are counted", async () => {
+    const source = uniqueName("bs_lanes_counts");
+    const scratch = uniqueName("bs_lanes_counts_dst");
+    targets.push(source, scratch);
+    await createDatabase(source);
+    await sql(
+      source,
+      `CREATE SCHEMA "Odd ""Schema""";
+       CREATE TABLE "Odd ""Schema"""."Mixed Case" (id int);
+       INSERT INTO "Odd ""Schema"""."Mixed Case" SELECT generate_series(1, 1234);
+       CREATE TABLE plain (id int); INSERT INTO plain SELECT generate_series(1, 20000);
+       CREATE TABLE empty (id int);
+       CREATE TABLE m (id int, at int) PARTITION BY RANGE (at);
+       CREATE TABLE m_low PARTITION OF m FOR VALUES FROM (0) TO (100);
+       CREATE TABLE m_high PARTITION OF m FOR VALUES FROM (100) TO (200);
+       INSERT INTO m SELECT g, g % 200 FROM generate_series(1, 3000) g;`,
+    );
+    // Partitions' rows go through the root: each COPY names "m", not the partition it fills.
+    const dump = await run("pg_dump", ["-Fc", "-Z0", "--load-via-partition-root", `--dbname=${source}`]);
+    await writeFile(path.join(dir, "counts.dump"), dump);
+    const file = path.join(dir, "counts.dump.zst");
+    await writeFile(file, await run("zstd", ["-q", "-c", path.join(dir, "counts.dump")]));
+    const engine = createRestoreEngine({
+      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
+      tools: await resolveTools(undefined),
+      jobs: 2,
+    });
+    await engine.createDatabase(scratch, null);
+    const summary = await engine.load(
+      { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: dump.length },
+      () => undefined,
+      new AbortController().signal,
+    );
+    expect(summary.how).toBe("over 2 sessions");
+    expect(summary.rowCounts).toEqual({
+      [tableKey('Odd "Schema"', "Mixed Case")]: 1234,
+      [tableKey("public", "plain")]: 20000,
+      [tableKey("public", "empty")]: 0,
+    });
+    const counted = await engine.countRows(scratch, undefined, summary.rowCounts);
+    const truth = await engine.countRows(scratch);
+    expect(counted).toEqual(truth);
+    expect(truth["public.m_low"]! + truth["public.m_high"]!).toBe(3000);
+    expect(truth["public.m_low"]).toBe(1500);
+  });
+
+  it("names the table a COPY loads, quoted or not", () => {
+    expect(copyTarget("COPY public.t (id, body) FROM stdin;\n")).toEqual({ schema: "public", name: "t" });
+    expect(copyTarget('COPY "A ""b"".c"."T 1" (id) FROM stdin;\n')).toEqual({ schema: 'A "b".c', name: "T 1" });
+    expect(copyTarget("COPY t FROM stdin;\n")).toEqual({ schema: null, name: "t" });
+    expect(copyTarget("COPY (SELECT 1) TO stdout;")).toBeNull();
   });
 });

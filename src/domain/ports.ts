@@ -227,6 +227,11 @@ export interface LoadSummary {
   how: string;
   /** Milliseconds per step, in order: e.g. schema, rows, indexes (lanes) or load (psql). */
   stepsMs: Record<string, number>;
+  /**
+   * Rows each table's own COPY committed, as the server reported them, for
+   * the tables the service loaded itself; a table not here is counted.
+   */
+  rowCounts?: TableRowCounts;
 }
 
 /** Creating, loading, checking and swapping databases on the target server. */
@@ -240,7 +245,8 @@ export interface RestoreEngine {
   createDatabase(name: string, like: string | null): Promise<void>;
   /** Loads the archive file into the database, reporting progress as it goes. */
   load(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<LoadSummary>;
-  countRows(database: string, signal?: AbortSignal): Promise<TableRowCounts>;
+  /** Every table's rows: `known` (the load's own counts) where given, count(*) for the rest. */
+  countRows(database: string, signal?: AbortSignal, known?: TableRowCounts): Promise<TableRowCounts>;
   /**
    * Ends the database's sessions and keeps new ones out (connection limit 0,
    * which the service's role passes only if it is a superuser) until

@@ -102,6 +102,15 @@ const SPAN: Record<Exclude<RestorePhase, "DONE">, [number, number]> = {
   FINALIZING: [95, 100],
 };
 
+/** A backup loaded into a scratch database: its name, its lock, how the load went and its own row counts. */
+interface ScratchLoad {
+  name: string;
+  lock: Lock | null;
+  how: string;
+  stepsMs: Record<string, number>;
+  rowCounts: TableRowCounts | undefined;
+}
+
 /** Restores backups atomically: into a scratch database first, then swapped in by name. */
 export function createRestoreUseCase(deps: RestoreDeps) {
   const { backups, runs, locks, store, restorer, logger, core } = deps;
@@ -154,13 +163,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     like: string | null,
     signal: AbortSignal,
     onProgress: (p: LoadProgress) => void,
-  ): Promise<{ name: string; lock: Lock | null; how: string; stepsMs: Record<string, number> }> {
+  ): Promise<ScratchLoad> {
     const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
     // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
     const lock = await locks.tryAcquire(`scratch:${name}`);
     try {
       await restorer.createDatabase(name, like);
-      const { how, stepsMs } = await restorer.load(
+      const { how, stepsMs, rowCounts } = await restorer.load(
         {
           path: store.path(record.fileName),
           format: record.archiveFormat,
@@ -172,7 +181,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         onProgress,
         signal,
       );
-      return { name, lock, how, stepsMs };
+      return { name, lock, how, stepsMs, rowCounts };
     } catch (err) {
       await restorer.dropDatabase(name).catch((e: unknown) =>
         logger.error({ err: e, database: name }, "could not drop the scratch database; start-up will retry"),
@@ -201,7 +210,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     const signal = stopper.signal;
     const checks: VerificationCheck[] = [];
     const mismatches: TableMismatch[] = [];
-    let scratch: { name: string; lock: Lock | null; how: string; stepsMs: Record<string, number> } | null = null;
+    let scratch: ScratchLoad | null = null;
     try {
       const started = performance.now();
       try {
@@ -220,7 +229,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         checks.push({ name: "restore", passed: false, detail: `the restore failed: ${err.message}` });
         return { checks, mismatches };
       }
-      const found = await restorer.countRows(scratch.name, signal);
+      const found = await restorer.countRows(scratch.name, signal, scratch.rowCounts);
       const expected = record.tableRowCounts ?? {};
       for (const [table, rows] of Object.entries(expected)) {
         if (found[table] !== rows) mismatches.push({ table, expectedRows: rows, foundRows: found[table] ?? null });
@@ -432,7 +441,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         if (loaded.lock) held.push(loaded.lock);
         send({ within: 0.9, bytesDone: total, message: `archive loaded ${loaded.how}; checking table and row counts` });
         const countStarted = performance.now();
-        const found = await restorer.countRows(scratch, signal);
+        const found = await restorer.countRows(scratch, signal, loaded.rowCounts);
         const countMs = Math.round(performance.now() - countStarted);
         if (record.tableRowCounts) {
           const diffs = tableDifferences(record.tableRowCounts, found);

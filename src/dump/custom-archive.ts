@@ -49,6 +49,21 @@ export class ArchiveFormatError extends Error {
   override name = "ArchiveFormatError";
 }
 
+/**
+ * The table a TABLE DATA entry's "COPY <table> (...) FROM stdin;" loads, as
+ * pg_dump names it (fmtQualifiedId: an identifier that is not plain lower case
+ * is double-quoted); null for anything else. pg_dump
+ * --load-via-partition-root names the partitioned root here rather than the
+ * entry's own partition.
+ */
+export function copyTarget(copyStmt: string): { schema: string | null; name: string } | null {
+  const ident = String.raw`("(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)`;
+  const m = new RegExp(String.raw`^COPY ${ident}(?:\.${ident})? [(F]`).exec(copyStmt);
+  if (!m) return null;
+  const unquote = (s: string) => (s.startsWith('"') ? s.slice(1, -1).replace(/""/g, '"') : s);
+  return m[2] === undefined ? { schema: null, name: unquote(m[1]!) } : { schema: unquote(m[1]!), name: unquote(m[2]) };
+}
+
 const MAGIC = "PGDMP";
 const FORMAT_CUSTOM = 1;
 const BLK_DATA = 1;

@@ -9,7 +9,15 @@ import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "..
 import { DomainError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { createCopyLanes } from "./copy-lanes.js";
-import { ArchiveFormatError, CustomArchiveReader, UnsupportedArchiveError, type ArchiveHead, type TocEntry } from "./custom-archive.js";
+import { tableKey, type TableRowCounts } from "../domain/backup.js";
+import {
+  ArchiveFormatError,
+  copyTarget,
+  CustomArchiveReader,
+  UnsupportedArchiveError,
+  type ArchiveHead,
+  type TocEntry,
+} from "./custom-archive.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -331,7 +339,7 @@ export function createRestoreEngine(opts: {
     options: LoadOptions,
     onProgress: (p: LoadProgress) => void,
     signal: AbortSignal,
-  ): Promise<{ sessions: number; stepsMs: Record<string, number> } | null> {
+  ): Promise<{ sessions: number; stepsMs: Record<string, number>; rowCounts: TableRowCounts } | null> {
     const fileSize = await fileSizeOf(options.path);
     let read = 0;
     const [dcmd, dargs] = decompressCommand(tools, options.compression);
@@ -428,6 +436,10 @@ export function createRestoreEngine(opts: {
       const lanes = createCopyLanes(clients, { splitAfter: LANE_SPLIT_AFTER });
       const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
       const pending = new Set(head.entries.filter((e) => e.desc === "TABLE DATA" && e.hadDumper).map((e) => e.dumpId));
+      // The rows each table's own COPY committed, as the server reported them: the row count of
+      // a table no one else can reach yet. A COPY into another table (a partition's rows
+      // loaded through its root) is left for count(*).
+      const rowCounts: TableRowCounts = {};
       try {
         for (let id = await reader.nextBlock(); id !== null; id = await reader.nextBlock()) {
           const entry = byId.get(id);
@@ -437,10 +449,15 @@ export function createRestoreEngine(opts: {
               loaded();
               return send(piece);
             });
-          await lanes.table(entry.copyStmt!, feed).catch((err: unknown) => {
+          const perLane = await lanes.table(entry.copyStmt!, feed).catch((err: unknown) => {
             if (err instanceof ArchiveFormatError || signal.aborted) throw err;
             throw new DomainError("dump_failed", `loading the rows of table ${tableName(entry)} failed: ${safeReason(err)}`, { cause: err });
           });
+          const into = copyTarget(entry.copyStmt!);
+          if (into && entry.namespace !== null && entry.tag !== null && into.schema === entry.namespace && into.name === entry.tag) {
+            const key = tableKey(entry.namespace, entry.tag);
+            rowCounts[key] = (rowCounts[key] ?? 0) + perLane.reduce((a, b) => a + b, 0);
+          }
         }
         if (pending.size > 0) {
           const missing = head.entries.find((e) => pending.has(e.dumpId))!;
@@ -482,7 +499,7 @@ export function createRestoreEngine(opts: {
       await restore(["--section=post-data", `--jobs=${sessions}`]);
       step("indexes");
       onProgress({ bytesRead: read, fraction: 1 });
-      return { sessions, stepsMs: steps };
+      return { sessions, stepsMs: steps, rowCounts };
     } finally {
       signal.removeEventListener("abort", onAbort);
       await endClients();
@@ -589,7 +606,13 @@ export function createRestoreEngine(opts: {
     async load(options: LoadOptions, onProgress, signal) {
       if (options.format === "custom" && opts.jobs > 1) {
         const lanes = await laneLoad(options, onProgress, signal);
-        if (lanes) return { how: `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}`, stepsMs: lanes.stepsMs };
+        if (lanes) {
+          return {
+            how: `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}`,
+            stepsMs: lanes.stepsMs,
+            rowCounts: lanes.rowCounts,
+          };
+        }
       }
       const started = performance.now();
       let read = 0;
@@ -601,10 +624,16 @@ export function createRestoreEngine(opts: {
       return { how: "through psql", stepsMs: { load: Math.round(performance.now() - started) } };
     },
 
-    async countRows(database, signal) {
+    async countRows(database, signal, known = {}) {
       const client = await libpq.connect(database, signal);
       try {
-        return await countRows(client, await listTables(client, []), signal);
+        const tables = await listTables(client, []);
+        const counts = await countRows(client, tables.filter((t) => !Object.hasOwn(known, tableKey(t.schema, t.name))), signal);
+        for (const t of tables) {
+          const key = tableKey(t.schema, t.name);
+          if (Object.hasOwn(known, key)) counts[key] = known[key]!;
+        }
+        return counts;
       } finally {
         await client.end().catch(() => undefined);
       }
