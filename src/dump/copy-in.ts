@@ -88,15 +88,24 @@ export class CopyIn {
     return this.socket?.writableLength ?? 0;
   }
 
-  /** Sends bytes as one CopyData message; resolves once the server accepts COPY data. */
-  async write(data: Buffer): Promise<void> {
-    if (!this.socket) await this.started;
-    if (this.failure) throw this.failure;
+  /**
+   * Sends bytes as one CopyData message; resolves once the server accepts COPY
+   * data. `sent`, if given, is called once the socket no longer needs `data`
+   * (sent, or the connection gone), whether or not this resolves.
+   */
+  async write(data: Buffer, sent?: () => void): Promise<void> {
+    try {
+      if (!this.socket) await this.started;
+      if (this.failure) throw this.failure;
+    } catch (err) {
+      sent?.();
+      throw err;
+    }
     const header = Buffer.allocUnsafe(5);
     header[0] = 0x64; // 'd'
     header.writeUInt32BE(data.length + 4, 1);
     this.socket!.write(header);
-    this.socket!.write(data);
+    this.socket!.write(data, sent);
   }
 
   /** Resolves when what was written has gone to the kernel (or the COPY has failed). */

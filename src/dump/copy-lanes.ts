@@ -23,6 +23,8 @@ const NEWLINE = 0x0a;
 export interface LanesOptions {
   /** A table is spread over the lanes once it has sent this many bytes. */
   splitAfter: number;
+  /** Called for each piece a lane writes; the function it returns, once the lane has sent the piece. */
+  hold?: (piece: Buffer) => () => void;
 }
 
 /** Loads tables' COPY data over the given sessions (already set up for the load). */
@@ -50,10 +52,11 @@ export function createCopyLanes(clients: pg.Client[], options: LanesOptions) {
         if (openRow && lanes.length > 1) {
           const end = piece.indexOf(NEWLINE);
           if (end < 0) {
-            await openRow.write(piece);
+            await openRow.write(piece, options.hold?.(piece));
             return;
           }
-          await openRow.write(piece.subarray(0, end + 1));
+          const row = piece.subarray(0, end + 1);
+          await openRow.write(row, options.hold?.(row));
           rest = piece.subarray(end + 1);
           openRow = null;
           if (rest.length === 0) return;
@@ -69,7 +72,7 @@ export function createCopyLanes(clients: pg.Client[], options: LanesOptions) {
           if (!lane) await Promise.race(lanes.map((l) => l.drained()));
         }
         turn = (lanes.indexOf(lane) + 1) % lanes.length;
-        await lane.write(rest);
+        await lane.write(rest, options.hold?.(rest));
         openRow = rest[rest.length - 1] === NEWLINE ? null : lane;
       };
       await feed(send);

@@ -94,16 +94,23 @@ export class CustomArchiveReader {
   private async fill(n: number): Promise<boolean> {
     while (this.buf.length - this.pos < n) {
       if (this.ended) return false;
+      // Copies of what is kept: a source may reuse its buffers once the next one is asked for
+      // (SlabSource).
+      const rest = this.buf.length > this.pos ? Buffer.from(this.buf.subarray(this.pos)) : null;
       const r = await this.source.next();
       if (r.done) {
         this.ended = true;
+        if (rest) {
+          this.base += this.pos;
+          this.buf = rest;
+          this.pos = 0;
+        }
         return false;
       }
       const chunk = r.value;
-      this.record?.push(chunk);
-      const rest = this.buf.length - this.pos;
+      this.record?.push(Buffer.from(chunk));
       this.base += this.pos;
-      this.buf = rest === 0 ? chunk : Buffer.concat([this.buf.subarray(this.pos), chunk]);
+      this.buf = rest ? Buffer.concat([rest, chunk]) : chunk;
       this.pos = 0;
     }
     return true;
@@ -221,8 +228,9 @@ export class CustomArchiveReader {
   /**
    * The current block's data, its chunk headers removed, handed to `sink` a
    * piece at a time as it arrives (pieces follow one another with no regard
-   * for rows). Pieces are views of the stream's own buffers, which are never
-   * written again: `sink` may keep them. Resolves with the data's length.
+   * for rows). Pieces are views of the source's buffers, valid until `sink`'s
+   * promise resolves: a source that reuses its buffers (SlabSource) must be
+   * told of any piece kept longer. Resolves with the data's length.
    */
   async readData(sink: (piece: Buffer) => Promise<void>): Promise<number> {
     const headerSize = 1 + this.intSize;

@@ -20,6 +20,7 @@ import {
 } from "./custom-archive.js";
 import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
+import { SlabSource } from "./slab-source.js";
 import { decompressCommand, type Tools } from "./tools.js";
 
 const READ_CHUNK = 1 << 20;
@@ -72,6 +73,13 @@ function laneSessionSettings(head: ArchiveHead): string | null {
 
 function tableName(e: TocEntry): string {
   return e.namespace ? `${e.namespace}.${e.tag}` : String(e.tag);
+}
+
+/** What a lane load did: the sessions it used, the milliseconds of each step, each table's committed rows. */
+interface LaneLoadResult {
+  sessions: number;
+  stepsMs: Record<string, number>;
+  rowCounts: TableRowCounts;
 }
 
 /** Private directories for the table of contents: `bsvc-restore-<pid>-<random>` in the system's temporary area. */
@@ -339,11 +347,35 @@ export function createRestoreEngine(opts: {
     options: LoadOptions,
     onProgress: (p: LoadProgress) => void,
     signal: AbortSignal,
-  ): Promise<{ sessions: number; stepsMs: Record<string, number>; rowCounts: TableRowCounts } | null> {
+  ): Promise<LaneLoadResult | null> {
+    // The table of contents (the schema's DDL) and the decompressor's socket go to a private
+    // directory of the system's temporary area, never beside the backups, removed whatever happens.
+    const work = await mkdtemp(path.join(os.tmpdir(), `${WORK_PREFIX}${process.pid}-`));
+    try {
+      return await laneLoadIn(work, options, onProgress, signal);
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }
+
+  async function laneLoadIn(
+    work: string,
+    options: LoadOptions,
+    onProgress: (p: LoadProgress) => void,
+    signal: AbortSignal,
+  ): Promise<LaneLoadResult | null> {
     const fileSize = await fileSizeOf(options.path);
     let read = 0;
     const [dcmd, dargs] = decompressCommand(tools, options.compression);
-    const dec = startChild(options.compression, dcmd, dargs, { env: childProcessEnv(), stdio: ["pipe", "pipe", "pipe"], signal });
+    // The decompressor writes into a socket that is read into reused buffers (see SlabSource);
+    // where none can be made (a temporary path too long for a socket's name), into a pipe.
+    const slabs = await SlabSource.open(path.join(work, "out.sock")).catch(() => null);
+    const dec = startChild(options.compression, dcmd, dargs, {
+      env: childProcessEnv(),
+      stdio: ["pipe", slabs ? slabs.childEnd : "pipe", "pipe"],
+      signal,
+    });
+    slabs?.childEnd.destroy(); // the child has its own copy: ours would keep the socket from ending
     // Progress follows the archive as it is loaded when its size is known: how far the file
     // has been read says little, since tables compress very differently and the decompressor
     // reads ahead.
@@ -352,17 +384,18 @@ export function createRestoreEngine(opts: {
       read += n;
       if (!byArchive) onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
     }, signal);
-    const reader = new CustomArchiveReader(dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+    const reader = new CustomArchiveReader(slabs ? slabs.source : (dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>));
     let reported = 0;
     const loaded = () => {
       if (!byArchive || reader.position - reported < PROGRESS_STEP) return;
       reported = reader.position;
       onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * Math.min(1, reported / options.dumpBytes) });
     };
-    // Its output is read by us: unread, the child's exit would wait for it for ever.
+    // Its output is read by us: unread, the child would wait for it for ever.
     const stopDecompressor = () => {
       dec.stop();
-      dec.child.stdout!.destroy();
+      if (slabs) slabs.source.destroy();
+      else dec.child.stdout!.destroy();
     };
     const giveUp = async () => {
       stopDecompressor();
@@ -383,15 +416,6 @@ export function createRestoreEngine(opts: {
     if (fixed === null) {
       await giveUp();
       return null;
-    }
-    // The table of contents (the schema's DDL) goes to a private directory of the system's
-    // temporary area, never beside the backups, and is removed whatever happens.
-    let work: string;
-    try {
-      work = await mkdtemp(path.join(os.tmpdir(), `${WORK_PREFIX}${process.pid}-`));
-    } catch (err) {
-      await giveUp();
-      throw err;
     }
     const tocFile = path.join(work, "toc.dump");
     const clients: pg.Client[] = [];
@@ -433,7 +457,11 @@ export function createRestoreEngine(opts: {
         await c.query(fixed);
       }
       const sessions = clients.length;
-      const lanes = createCopyLanes(clients, { splitAfter: LANE_SPLIT_AFTER });
+      const lanes = createCopyLanes(clients, {
+        splitAfter: LANE_SPLIT_AFTER,
+        // A piece stays in its slab until its session has sent it.
+        hold: slabs ? (piece) => slabs.source.hold(piece) : undefined,
+      });
       const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
       const pending = new Set(head.entries.filter((e) => e.desc === "TABLE DATA" && e.hadDumper).map((e) => e.dumpId));
       // The rows each table's own COPY committed, as the server reported them: the row count of
@@ -504,7 +532,6 @@ export function createRestoreEngine(opts: {
       signal.removeEventListener("abort", onAbort);
       await endClients();
       stopDecompressor();
-      await rm(work, { recursive: true, force: true });
     }
   }
 
