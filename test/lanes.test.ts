@@ -330,4 +330,63 @@ describe("the restore engine", () => {
       expect(await contents(scratch, "t")).toEqual(expected);
     }
   });
+
+  it("loads the biggest table first and builds its keys while the tables before it load from a second pass", async () => {
+    // "a_small" comes first in the archive and references "b_big", the biggest table: b_big's
+    // rows go in first, its primary key and index are built while a_small loads, and the
+    // foreign key between them comes last, as pg_restore would do it.
+    const source = uniqueName("bs_lanes_order");
+    const scratch = uniqueName("bs_lanes_order_dst");
+    targets.push(source, scratch);
+    await createDatabase(source);
+    await sql(
+      source,
+      `CREATE TABLE b_big (id int PRIMARY KEY, label text UNIQUE, body text);
+       CREATE INDEX b_big_body ON b_big (body);
+       INSERT INTO b_big SELECT g, 'b' || g, repeat('y', g % 50) FROM generate_series(1, 60000) g;
+       CREATE TABLE a_small (id int PRIMARY KEY, big_id int REFERENCES b_big (id), note text);
+       INSERT INTO a_small SELECT g, g * 3, 'a' || g FROM generate_series(1, 5000) g;
+       CREATE TABLE c_after (id int PRIMARY KEY);
+       INSERT INTO c_after SELECT generate_series(1, 100);
+       CREATE SEQUENCE s_seq; SELECT setval('s_seq', 4242);`,
+    );
+    const dump = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${source}`]);
+    await writeFile(path.join(dir, "order.dump"), dump);
+    const file = path.join(dir, "order.dump.zst");
+    await writeFile(file, await run("zstd", ["-q", "-c", path.join(dir, "order.dump")]));
+    const engine = createRestoreEngine({
+      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
+      tools: await resolveTools(undefined),
+      jobs: 2,
+    });
+    await engine.createDatabase(scratch, null);
+    const progress: number[] = [];
+    const summary = await engine.load(
+      {
+        path: file,
+        format: "custom",
+        compression: "zstd",
+        database: scratch,
+        expectedBytes: 0,
+        dumpBytes: dump.length,
+        tableRowCounts: { [tableKey("public", "a_small")]: 5000, [tableKey("public", "b_big")]: 60000, [tableKey("public", "c_after")]: 100 },
+      },
+      (p) => progress.push(p.fraction),
+      new AbortController().signal,
+    );
+    expect(summary.how).toBe("over 2 sessions, public.b_big first");
+    expect(summary.rowCounts).toEqual({
+      [tableKey("public", "a_small")]: 5000,
+      [tableKey("public", "b_big")]: 60000,
+      [tableKey("public", "c_after")]: 100,
+    });
+    for (const t of ["a_small", "b_big", "c_after"]) expect(await contents(scratch, t)).toEqual(await contents(source, t));
+    // The same schema: keys, the unique constraint, the index, the foreign key, the sequence.
+    const schema = async (db: string) => (await run("pg_dump", ["-s", `--dbname=${db}`])).toString().replace(/^(--.*|\\(un)?restrict .*)$/gm, "");
+    expect(await schema(scratch)).toBe(await schema(source));
+    const [{ v }] = await sql<{ v: string }>(scratch, "SELECT last_value AS v FROM s_seq");
+    expect(Number(v)).toBe(4242);
+    expect(progress.every((f, i) => i === 0 || f >= progress[i - 1]!)).toBe(true);
+    expect(progress.at(-1)).toBe(1);
+  });
 });

@@ -214,6 +214,8 @@ export interface LoadOptions {
   expectedBytes: number;
   /** Size of the uncompressed archive (pg_dump's output), for progress; 0 if unknown. */
   dumpBytes: number;
+  /** The rows of each table at backup time, if recorded: the biggest table is loaded first. */
+  tableRowCounts?: TableRowCounts;
 }
 
 /** How far a load has come: bytes of the file read, and the fraction of the whole load done. */

@@ -177,6 +177,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           database: name,
           expectedBytes: record.databaseSize ?? 0,
           dumpBytes: record.dumpSize ?? 0,
+          tableRowCounts: record.tableRowCounts ?? undefined,
         },
         onProgress,
         signal,

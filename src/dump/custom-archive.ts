@@ -27,6 +27,8 @@ export interface TocEntry {
   defn: string | null;
   /** For TABLE DATA: the "COPY ... FROM stdin;" statement its data belongs to. */
   copyStmt: string | null;
+  /** The dump ids of the entries this one depends on (some may have no entry of their own). */
+  deps: number[];
 }
 
 export interface ArchiveHead {
@@ -204,12 +206,13 @@ export class CustomArchiveReader {
       if (this.version >= vers(16)) await this.int(what); // relkind
       await this.str(what); // owner
       await this.str(what); // "with oids" (always false now)
-      while ((await this.str(what)) !== null); // dependencies, ended by a null
+      const deps: number[] = [];
+      for (let dep = await this.str(what); dep !== null; dep = await this.str(what)) deps.push(Number(dep));
       // The data offset (custom format): a flag byte and `offSize` bytes.
       await this.byte(what);
       await this.need(this.offSize, what);
       this.pos += this.offSize;
-      entries.push({ dumpId, hadDumper, tag, namespace, desc, section, defn, copyStmt });
+      entries.push({ dumpId, hadDumper, tag, namespace, desc, section, defn, copyStmt, deps });
     }
     const headLength = this.base + this.pos;
     const headBytes = Buffer.concat(this.record!).subarray(0, headLength);

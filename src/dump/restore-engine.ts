@@ -39,6 +39,8 @@ const LANE_DATA_SHARE = 0.85;
 /** A table's rows go over every lane once it has sent this much (small tables stay on one). */
 const LANE_SPLIT_AFTER = 8 << 20;
 const PROGRESS_STEP = 4 << 20;
+const SECTION_PRE_DATA = 2;
+const SECTION_POST_DATA = 4;
 
 /**
  * What pg_restore sets in its session before loading data (its
@@ -80,6 +82,61 @@ interface LaneLoadResult {
   sessions: number;
   stepsMs: Record<string, number>;
   rowCounts: TableRowCounts;
+  /** The table loaded first, with its indexes built while the rest loaded (bigTableFirst), if any. */
+  firstTable: string | null;
+}
+
+/** One read of the archive: its decompressor and the reader of its output. */
+interface ArchivePass {
+  reader: CustomArchiveReader;
+  /** The reused buffers the decompressor's output is read into; null when read from a pipe. */
+  slabs: SlabSource | null;
+  signal: AbortSignal;
+  /** Ends the decompressor and the reading. */
+  stop(): void;
+  /** The decompressor's exit and the file reader's error, once both are done. */
+  settled(): Promise<[ExitInfo, Error | null]>;
+  giveUp(): Promise<void>;
+  /** Stops the pass and throws what explains `err`: the decompressor's failure first. */
+  fail(err: unknown): Promise<never>;
+}
+
+/**
+ * Which table to load first, and which of the post-data entries to run as
+ * soon as it is in: the table with the most rows at backup time (from the
+ * backup's own counts), and the indexes and constraints that belong to it
+ * alone (primary keys, unique and exclusion constraints, indexes; not
+ * foreign keys, nor anything that depends on another table). Tables before it
+ * in the archive are loaded after it, from a second pass over the file (the
+ * decompressor is cheap next to the server's work), so that its index builds,
+ * which leave much of the machine idle, run beside their rows. This is the
+ * order `pg_restore --jobs` chooses too: biggest first. Null when there is
+ * nothing to gain (no counts, or no such entry).
+ */
+function bigTableFirst(head: ArchiveHead, counts: TableRowCounts | undefined): { big: TocEntry; early: TocEntry[] } | null {
+  if (!counts) return null;
+  const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
+  let big: TocEntry | null = null;
+  let bigRows = 0;
+  for (const e of head.entries) {
+    if (e.desc !== "TABLE DATA" || !e.hadDumper || e.namespace === null || e.tag === null) continue;
+    const rows = counts[tableKey(e.namespace, e.tag)] ?? 0;
+    if (rows > bigRows) {
+      big = e;
+      bigRows = rows;
+    }
+  }
+  if (!big) return null;
+  const table = big.deps.find((d) => byId.get(d)?.desc === "TABLE");
+  if (table === undefined) return null;
+  const early = head.entries.filter(
+    (e) =>
+      e.section === SECTION_POST_DATA &&
+      (e.desc === "INDEX" || e.desc === "CONSTRAINT") &&
+      e.deps.includes(table) &&
+      e.deps.every((d) => d === table || (byId.has(d) && byId.get(d)!.section === SECTION_PRE_DATA && byId.get(d)!.desc !== "TABLE")),
+  );
+  return early.length > 0 ? { big, early } : null;
 }
 
 /** Private directories for the table of contents: `bsvc-restore-<pid>-<random>` in the system's temporary area. */
@@ -366,55 +423,43 @@ export function createRestoreEngine(opts: {
   ): Promise<LaneLoadResult | null> {
     const fileSize = await fileSizeOf(options.path);
     let read = 0;
-    const [dcmd, dargs] = decompressCommand(tools, options.compression);
-    // The decompressor writes into a socket that is read into reused buffers (see SlabSource);
-    // where none can be made (a temporary path too long for a socket's name), into a pipe.
-    const slabs = await SlabSource.open(path.join(work, "out.sock")).catch(() => null);
-    const dec = startChild(options.compression, dcmd, dargs, {
-      env: childProcessEnv(),
-      stdio: ["pipe", slabs ? slabs.childEnd : "pipe", "pipe"],
-      signal,
-    });
-    slabs?.childEnd.destroy(); // the child has its own copy: ours would keep the socket from ending
-    // Progress follows the archive as it is loaded when its size is known: how far the file
-    // has been read says little, since tables compress very differently and the decompressor
-    // reads ahead.
+    // Progress follows the archive's data as it is loaded when the archive's size is known: how
+    // far the file has been read says little, since tables compress very differently and the
+    // decompressor reads ahead.
     const byArchive = options.dumpBytes > 0;
-    const reading = feedFile(options.path, dec.child.stdin!, (n) => {
-      read += n;
-      if (!byArchive) onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
-    }, signal);
-    const reader = new CustomArchiveReader(slabs ? slabs.source : (dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>));
+    let sent = 0;
     let reported = 0;
-    const loaded = () => {
-      if (!byArchive || reader.position - reported < PROGRESS_STEP) return;
-      reported = reader.position;
-      onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * Math.min(1, reported / options.dumpBytes) });
+    const loaded = (n: number) => {
+      sent += n;
+      if (!byArchive || sent - reported < PROGRESS_STEP) return;
+      reported = sent;
+      onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * Math.min(1, sent / options.dumpBytes) });
     };
-    // Its output is read by us: unread, the child would wait for it for ever.
-    const stopDecompressor = () => {
-      dec.stop();
-      if (slabs) slabs.source.destroy();
-      else dec.child.stdout!.destroy();
+    const passes: ArchivePass[] = [];
+    const openPass = async (name: string, countFile: boolean): Promise<ArchivePass> => {
+      const pass = await openArchivePass(options, path.join(work, name), signal, (n) => {
+        if (!countFile) return;
+        read += n;
+        if (!byArchive) onProgress({ bytesRead: read, fraction: LANE_DATA_SHARE * (fileSize === 0 ? 1 : read / fileSize) });
+      });
+      passes.push(pass);
+      return pass;
     };
-    const giveUp = async () => {
-      stopDecompressor();
-      await Promise.all([dec.exit, reading]);
-    };
+    const first = await openPass("out.sock", true);
 
     let head: ArchiveHead;
     try {
-      head = await reader.readHead();
+      head = await first.reader.readHead();
     } catch (err) {
       // A damaged archive is reported by the pg_restore path, in pg_restore's words.
-      await giveUp();
+      await first.giveUp();
       signal.throwIfAborted();
       if (err instanceof UnsupportedArchiveError || err instanceof ArchiveFormatError) return null;
       throw err;
     }
     const fixed = laneSessionSettings(head);
     if (fixed === null) {
-      await giveUp();
+      await first.giveUp();
       return null;
     }
     const tocFile = path.join(work, "toc.dump");
@@ -422,6 +467,11 @@ export function createRestoreEngine(opts: {
     const endClients = () => Promise.all(clients.map((c) => endClient(c)));
     const onAbort = () => void endClients();
     signal.addEventListener("abort", onAbort, { once: true });
+    // Ends the early index builds (below) if the load fails.
+    const earlyStop = new AbortController();
+    const stopEarly = () => earlyStop.abort(signal.reason);
+    signal.addEventListener("abort", stopEarly, { once: true });
+    let early: Promise<unknown> | null = null;
     try {
       await writeFile(tocFile, head.headBytes, { mode: 0o600 });
       // The header must be what pg_restore reads too: as many entries, the ones it lists
@@ -429,10 +479,15 @@ export function createRestoreEngine(opts: {
       const listed = await pgRestoreList(tocFile, signal);
       const ours = new Set(head.entries.map((e) => e.dumpId));
       if (listed === null || listed.count !== ours.size || !listed.ids.every((id) => ours.has(id))) {
-        await giveUp();
+        await first.giveUp();
         return null;
       }
-      const restore = (args: string[]) => runPgRestore(options.database, [...args, tocFile], signal);
+      const restore = (args: string[], s = signal) => runPgRestore(options.database, [...args, tocFile], s);
+      const useList = async (name: string, entries: TocEntry[]) => {
+        const list = path.join(work, name);
+        await writeFile(list, entries.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600 });
+        return `--use-list=${list}`;
+      };
       let mark = performance.now();
       const steps: Record<string, number> = {};
       const step = (name: string) => {
@@ -457,43 +512,179 @@ export function createRestoreEngine(opts: {
         await c.query(fixed);
       }
       const sessions = clients.length;
-      const lanes = createCopyLanes(clients, {
-        splitAfter: LANE_SPLIT_AFTER,
-        // A piece stays in its slab until its session has sent it.
-        hold: slabs ? (piece) => slabs.source.hold(piece) : undefined,
-      });
+      const hold = (pass: ArchivePass) => (pass.slabs ? (piece: Buffer) => pass.slabs!.hold(piece) : undefined);
+      let laneClients = clients;
       const byId = new Map(head.entries.map((e) => [e.dumpId, e]));
       const pending = new Set(head.entries.filter((e) => e.desc === "TABLE DATA" && e.hadDumper).map((e) => e.dumpId));
       // The rows each table's own COPY committed, as the server reported them: the row count of
       // a table no one else can reach yet. A COPY into another table (a partition's rows
       // loaded through its root) is left for count(*).
       const rowCounts: TableRowCounts = {};
-      try {
-        for (let id = await reader.nextBlock(); id !== null; id = await reader.nextBlock()) {
-          const entry = byId.get(id);
-          if (!entry || !pending.delete(id)) throw new ArchiveFormatError(`a data block for entry ${id}, which has none`);
-          const feed = (send: (piece: Buffer) => Promise<void>) =>
-            reader.readData((piece) => {
-              loaded();
-              return send(piece);
-            });
-          const perLane = await lanes.table(entry.copyStmt!, feed).catch((err: unknown) => {
-            if (err instanceof ArchiveFormatError || signal.aborted) throw err;
-            throw new DomainError("dump_failed", `loading the rows of table ${tableName(entry)} failed: ${safeReason(err)}`, { cause: err });
+      const loadBlock = async (pass: ArchivePass, entry: TocEntry) => {
+        const lanes = createCopyLanes(laneClients, { splitAfter: LANE_SPLIT_AFTER, hold: hold(pass) });
+        const feed = (send: (piece: Buffer) => Promise<void>) =>
+          pass.reader.readData((piece) => {
+            loaded(piece.length);
+            return send(piece);
           });
-          const into = copyTarget(entry.copyStmt!);
-          if (into && entry.namespace !== null && entry.tag !== null && into.schema === entry.namespace && into.name === entry.tag) {
-            const key = tableKey(entry.namespace, entry.tag);
-            rowCounts[key] = (rowCounts[key] ?? 0) + perLane.reduce((a, b) => a + b, 0);
-          }
+        const perLane = await lanes.table(entry.copyStmt!, feed).catch((err: unknown) => {
+          if (err instanceof ArchiveFormatError || signal.aborted) throw err;
+          throw new DomainError("dump_failed", `loading the rows of table ${tableName(entry)} failed: ${safeReason(err)}`, { cause: err });
+        });
+        const into = copyTarget(entry.copyStmt!);
+        if (into && entry.namespace !== null && entry.tag !== null && into.schema === entry.namespace && into.name === entry.tag) {
+          const key = tableKey(entry.namespace, entry.tag);
+          rowCounts[key] = (rowCounts[key] ?? 0) + perLane.reduce((a, b) => a + b, 0);
         }
-        if (pending.size > 0) {
-          const missing = head.entries.find((e) => pending.has(e.dumpId))!;
-          throw new ArchiveFormatError(`the archive ends before the data of table ${tableName(missing)}`);
+      };
+      const skipBlock = (pass: ArchivePass) => pass.reader.readData(async () => undefined);
+
+      // The biggest table first, and its indexes built while the rest loads (see bigTableFirst).
+      const plan = sessions > 1 ? bigTableFirst(head, options.tableRowCounts) : null;
+      const deferred = new Set<number>();
+      let bigLoaded = false;
+      const earlyFailure: { err?: unknown } = {};
+      await runPass(first, async (entry) => {
+        if (!pending.has(entry.dumpId)) throw new ArchiveFormatError(`a data block for entry ${entry.dumpId}, which has none`);
+        if (plan && !bigLoaded && entry !== plan.big) {
+          // Before the biggest table in the archive: loaded after it, from a second pass.
+          await skipBlock(first);
+          deferred.add(entry.dumpId);
+          return;
         }
-      } catch (err) {
-        stopDecompressor();
-        const [decExit] = await Promise.all([dec.exit, reading]);
+        await loadBlock(first, entry);
+        pending.delete(entry.dumpId);
+        if (plan && entry === plan.big) {
+          bigLoaded = true;
+          // One session fewer for the rest of the rows, so that the index build's own session
+          // stays within what the rows had (a connection limit may allow no more).
+          const freed = clients.pop()!;
+          laneClients = clients.slice();
+          await endClient(freed);
+          early = restore(["--section=post-data", await useList("early", plan.early)], earlyStop.signal).catch(
+            (err: unknown) => (earlyFailure.err = err),
+          );
+        }
+      }, byId);
+      if (deferred.size > 0) {
+        const second = await openPass("out2.sock", false);
+        try {
+          await second.reader.readHead();
+        } catch (err) {
+          await second.fail(err);
+        }
+        await runPass(second, async (entry) => {
+          if (!deferred.delete(entry.dumpId)) return skipBlock(second);
+          await loadBlock(second, entry);
+          pending.delete(entry.dumpId);
+          return deferred.size === 0 ? "stop" : undefined;
+        }, byId);
+      }
+      if (pending.size > 0) {
+        const missing = head.entries.find((e) => pending.has(e.dumpId))!;
+        await first.fail(new ArchiveFormatError(`the archive ends before the data of table ${tableName(missing)}`));
+      }
+      await endClients();
+      clients.length = 0;
+      if (early) {
+        await early;
+        if (earlyFailure.err !== undefined) throw earlyFailure.err;
+      }
+
+      // Sequence values and anything else of the data section that is not a table's rows:
+      // every entry but the tables' rows, of which pg_restore takes the data section's.
+      await restore(["--section=data", await useList("data", head.entries.filter((e) => e.desc !== "TABLE DATA"))]);
+      step("rows");
+      const done = new Set(plan && early ? plan.early.map((e) => e.dumpId) : []);
+      await restore(["--section=post-data", `--jobs=${sessions}`, await useList("post", head.entries.filter((e) => !done.has(e.dumpId)))]);
+      step("indexes");
+      onProgress({ bytesRead: read, fraction: 1 });
+      return { sessions, stepsMs: steps, rowCounts, firstTable: plan && early ? tableName(plan.big) : null };
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      signal.removeEventListener("abort", stopEarly);
+      earlyStop.abort();
+      await early;
+      await endClients();
+      for (const p of passes) p.stop();
+    }
+  }
+
+  /**
+   * Every data block of one pass over the archive, in order, each given to
+   * `onBlock` (which must read or skip its data; "stop" ends the pass there).
+   * The decompressor's own failure, when it has one, is what is reported.
+   */
+  async function runPass(
+    pass: ArchivePass,
+    onBlock: (entry: TocEntry) => Promise<unknown>,
+    byId: Map<number, TocEntry>,
+  ): Promise<void> {
+    let stopped = false;
+    try {
+      for (let id = await pass.reader.nextBlock(); id !== null; id = await pass.reader.nextBlock()) {
+        const entry = byId.get(id);
+        if (!entry) throw new ArchiveFormatError(`a data block for entry ${id}, which has none`);
+        if ((await onBlock(entry)) === "stop") {
+          stopped = true;
+          break;
+        }
+      }
+    } catch (err) {
+      await pass.fail(err);
+    }
+    if (stopped) {
+      pass.stop();
+      await pass.settled();
+      return;
+    }
+    const [decExit, readError] = await pass.settled();
+    pass.signal.throwIfAborted();
+    if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
+    if (readError) {
+      throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
+    }
+  }
+
+  /** The archive streamed from the file through its decompressor into a reader. */
+  async function openArchivePass(
+    options: LoadOptions,
+    socketPath: string,
+    signal: AbortSignal,
+    onFileBytes: (n: number) => void,
+  ): Promise<ArchivePass> {
+    const [dcmd, dargs] = decompressCommand(tools, options.compression);
+    // The decompressor writes into a socket that is read into reused buffers (see SlabSource);
+    // where none can be made (a temporary path too long for a socket's name), into a pipe.
+    const slabs = await SlabSource.open(socketPath).catch(() => null);
+    const dec = startChild(options.compression, dcmd, dargs, {
+      env: childProcessEnv(),
+      stdio: ["pipe", slabs ? slabs.childEnd : "pipe", "pipe"],
+      signal,
+    });
+    slabs?.childEnd.destroy(); // the child has its own copy: ours would keep the socket from ending
+    const reading = feedFile(options.path, dec.child.stdin!, onFileBytes, signal);
+    const reader = new CustomArchiveReader(slabs ? slabs.source : (dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>));
+    // Its output is read by us: unread, the child would wait for it for ever.
+    const stop = () => {
+      dec.stop();
+      if (slabs) slabs.source.destroy();
+      else dec.child.stdout!.destroy();
+    };
+    const settled = () => Promise.all([dec.exit, reading]);
+    return {
+      reader,
+      slabs: slabs?.source ?? null,
+      signal,
+      stop,
+      settled,
+      async giveUp() {
+        stop();
+        await settled();
+      },
+      async fail(err: unknown): Promise<never> {
+        stop();
+        const [decExit] = await settled();
         signal.throwIfAborted();
         // A file that does not decompress is the cause of whatever the reader met. The
         // decompressor may not have said so yet when the reader gave up (it was stopped,
@@ -507,32 +698,8 @@ export function createRestoreEngine(opts: {
           throw new DomainError("dump_failed", `the archive is damaged: ${err.message}`);
         }
         throw err;
-      }
-      const [decExit, readError] = await Promise.all([dec.exit, reading]);
-      signal.throwIfAborted();
-      if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
-      if (readError) {
-        throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
-      }
-      await endClients();
-      clients.length = 0;
-
-      // Sequence values and anything else of the data section that is not a table's rows:
-      // every entry but the tables' rows, of which pg_restore takes the data section's.
-      const list = path.join(work, "list");
-      const rest = head.entries.filter((e) => e.desc !== "TABLE DATA");
-      await writeFile(list, rest.map((e) => `${e.dumpId};\n`).join(""), { mode: 0o600 });
-      await restore(["--section=data", `--use-list=${list}`]);
-      step("rows");
-      await restore(["--section=post-data", `--jobs=${sessions}`]);
-      step("indexes");
-      onProgress({ bytesRead: read, fraction: 1 });
-      return { sessions, stepsMs: steps, rowCounts };
-    } finally {
-      signal.removeEventListener("abort", onAbort);
-      await endClients();
-      stopDecompressor();
-    }
+      },
+    };
   }
 
   /** Why the file does not decompress (the decompressor's exit and words), or null if it does. */
@@ -635,7 +802,9 @@ export function createRestoreEngine(opts: {
         const lanes = await laneLoad(options, onProgress, signal);
         if (lanes) {
           return {
-            how: `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}`,
+            how:
+              `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}` +
+              (lanes.firstTable ? `, ${lanes.firstTable} first` : ""),
             stepsMs: lanes.stepsMs,
             rowCounts: lanes.rowCounts,
           };
