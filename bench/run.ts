@@ -741,6 +741,8 @@ function restoreSteps(r: Record<string, number>): [string, number][] {
   const labels: Record<string, string> = {
     schema: "schema (pg_restore, pre-data)",
     rows: "rows (the service, over the sessions)",
+    bigRows: "rows of the biggest table (over the sessions)",
+    restRows: "other rows, beside the biggest table's keys",
     indexes: "indexes, constraints (pg_restore --jobs)",
     load: "load (pg_restore -f - | psql)",
     counts: "row counts of every table",

@@ -556,6 +556,7 @@ export function createRestoreEngine(opts: {
         pending.delete(entry.dumpId);
         if (plan && entry === plan.big) {
           bigLoaded = true;
+          step("bigRows");
           // One session fewer for the rest of the rows, so that the index build's own session
           // stays within what the rows had (a connection limit may allow no more).
           const freed = clients.pop()!;
@@ -594,7 +595,8 @@ export function createRestoreEngine(opts: {
       // Sequence values and anything else of the data section that is not a table's rows:
       // every entry but the tables' rows, of which pg_restore takes the data section's.
       await restore(["--section=data", await useList("data", head.entries.filter((e) => e.desc !== "TABLE DATA"))]);
-      step("rows");
+      // With the biggest table first: the other tables' rows, beside its keys.
+      step(bigLoaded ? "restRows" : "rows");
       const done = new Set(plan && early ? plan.early.map((e) => e.dumpId) : []);
       await restore(["--section=post-data", `--jobs=${sessions}`, await useList("post", head.entries.filter((e) => !done.has(e.dumpId)))]);
       step("indexes");
