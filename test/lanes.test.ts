@@ -12,7 +12,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createCopyLanes } from "../src/dump/copy-lanes.js";
 import { createRestoreEngine } from "../src/dump/restore-engine.js";
 import { resolveTools } from "../src/dump/tools.js";
-import { tableKey } from "../src/domain/backup.js";
+import { tableKey, type TableRowCounts } from "../src/domain/backup.js";
+import type { LoadProgress, RestoreEngine } from "../src/domain/ports.js";
 import { copyTarget, CustomArchiveReader, type TocEntry } from "../src/dump/custom-archive.js";
 import { connect, createDatabase, dropDatabase, PG_HOST, PG_PORT, PG_USER, sql, uniqueName } from "./helpers.js";
 
@@ -21,6 +22,8 @@ const targets: string[] = [];
 let dir: string;
 let archiveFile: string;
 let archive: Buffer;
+/** The source's archive, compressed as the service stores it. */
+let srcZst: { file: string; dumpBytes: number };
 const ROWS = 40_000;
 const LIMITED = "bs_lanes_limited";
 const BIG_ROWS = 3;
@@ -61,6 +64,49 @@ async function newTarget(): Promise<string> {
 const contents = (db: string, table: string) =>
   sql<{ n: string; h: string }>(db, `SELECT count(*) AS n, md5(string_agg(x::text, '|' ORDER BY x.id)) AS h FROM ${table} x`).then((r) => r[0]);
 
+/** `db` dumped as the service dumps it (pg_dump -Fc -Z0, then zstd), with `args`; the file and its uncompressed size. */
+async function zstdArchive(name: string, db: string, args: string[] = []): Promise<{ file: string; dumpBytes: number }> {
+  const dump = await run("pg_dump", ["-Fc", "-Z0", ...args, `--dbname=${db}`]);
+  const raw = path.join(dir, `${name}.dump`);
+  await writeFile(raw, dump);
+  const file = `${raw}.zst`;
+  await writeFile(file, await run("zstd", ["-q", "-c", raw]));
+  return { file, dumpBytes: dump.length };
+}
+
+/** A restore engine connected as `user`, loading over two sessions. */
+async function engineAs(user = PG_USER) {
+  return createRestoreEngine({
+    target: { host: PG_HOST, port: PG_PORT, user, password: undefined, database: "postgres", sslmode: undefined },
+    tools: await resolveTools(undefined),
+    jobs: 2,
+  });
+}
+
+/** Creates `scratch` (like `like`) and loads the archive into it. */
+async function loadInto(
+  engine: RestoreEngine,
+  scratch: string,
+  archiveOf: { file: string; dumpBytes: number },
+  more: { like?: string; tableRowCounts?: TableRowCounts; onProgress?: (p: LoadProgress) => void } = {},
+) {
+  targets.push(scratch);
+  await engine.createDatabase(scratch, more.like ?? null);
+  return engine.load(
+    {
+      path: archiveOf.file,
+      format: "custom",
+      compression: "zstd",
+      database: scratch,
+      expectedBytes: 0,
+      dumpBytes: archiveOf.dumpBytes,
+      tableRowCounts: more.tableRowCounts,
+    },
+    more.onProgress ?? (() => undefined),
+    new AbortController().signal,
+  );
+}
+
 beforeAll(async () => {
   dir = await mkdtemp(path.join(os.tmpdir(), "bs-lanes-"));
   await createDatabase(src);
@@ -82,6 +128,8 @@ beforeAll(async () => {
   archive = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${src}`]);
   archiveFile = path.join(dir, "src.dump");
   await writeFile(archiveFile, archive);
+  srcZst = { file: `${archiveFile}.zst`, dumpBytes: archive.length };
+  await writeFile(srcZst.file, await run("zstd", ["-q", "-c", archiveFile]));
 }, 120_000);
 
 afterAll(async () => {
@@ -201,21 +249,9 @@ describe("the restore engine", () => {
     // cannot exceed. The load goes over one session instead of failing.
     const like = uniqueName("bs_lanes_like");
     const scratch = uniqueName("bs_lanes_scratch");
-    targets.push(like, scratch);
+    targets.push(like);
     await sql("postgres", `CREATE DATABASE ${like} OWNER ${LIMITED} CONNECTION LIMIT 1`);
-    const file = path.join(dir, "src.dump.zst");
-    await writeFile(file, await run("zstd", ["-q", "-c", archiveFile]));
-    const engine = createRestoreEngine({
-      target: { host: PG_HOST, port: PG_PORT, user: LIMITED, password: undefined, database: "postgres", sslmode: undefined },
-      tools: await resolveTools(undefined),
-      jobs: 2,
-    });
-    await engine.createDatabase(scratch, like);
-    const summary = await engine.load(
-      { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: archive.length },
-      () => undefined,
-      new AbortController().signal,
-    );
+    const summary = await loadInto(await engineAs(LIMITED), scratch, srcZst, { like });
     expect(summary.how).toBe("over 1 session");
     expect(await contents(scratch, "t")).toEqual(await contents(src, "t"));
     const [{ n }] = await sql<{ n: string }>(scratch, "SELECT count(*) AS n FROM pg_indexes WHERE tablename = 's'");
@@ -225,7 +261,7 @@ describe("the restore engine", () => {
   it("reports each table's rows as its own COPY committed them; rows loaded through a partitioned root are counted", async () => {
     const source = uniqueName("bs_lanes_counts");
     const scratch = uniqueName("bs_lanes_counts_dst");
-    targets.push(source, scratch);
+    targets.push(source);
     await createDatabase(source);
     await sql(
       source,
@@ -240,21 +276,8 @@ describe("the restore engine", () => {
        INSERT INTO m SELECT g, g % 200 FROM generate_series(1, 3000) g;`,
     );
     // Partitions' rows go through the root: each COPY names "m", not the partition it fills.
-    const dump = await run("pg_dump", ["-Fc", "-Z0", "--load-via-partition-root", `--dbname=${source}`]);
-    await writeFile(path.join(dir, "counts.dump"), dump);
-    const file = path.join(dir, "counts.dump.zst");
-    await writeFile(file, await run("zstd", ["-q", "-c", path.join(dir, "counts.dump")]));
-    const engine = createRestoreEngine({
-      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
-      tools: await resolveTools(undefined),
-      jobs: 2,
-    });
-    await engine.createDatabase(scratch, null);
-    const summary = await engine.load(
-      { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: dump.length },
-      () => undefined,
-      new AbortController().signal,
-    );
+    const engine = await engineAs();
+    const summary = await loadInto(engine, scratch, await zstdArchive("counts", source, ["--load-via-partition-root"]));
     expect(summary.how).toBe("over 2 sessions");
     expect(summary.rowCounts).toEqual({
       [tableKey('Odd "Schema"', "Mixed Case")]: 1234,
@@ -277,27 +300,14 @@ describe("the restore engine", () => {
 
   it("where the temporary directory's path is too long for a socket, reads the decompressor through a pipe", async () => {
     const scratch = uniqueName("bs_lanes_longtmp");
-    targets.push(scratch);
     const long = path.join(dir, "a-temporary-directory-whose-path-is-longer-than-a-unix-socket-name-may-be".repeat(2));
     await mkdir(long);
-    const file = path.join(dir, "src.dump.zst");
-    await writeFile(file, await run("zstd", ["-q", "-c", archiveFile]));
-    const engine = createRestoreEngine({
-      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
-      tools: await resolveTools(undefined),
-      jobs: 2,
-    });
-    await engine.createDatabase(scratch, null);
+    const engine = await engineAs();
     const saved = process.env.TMPDIR;
     process.env.TMPDIR = long;
     try {
       expect(os.tmpdir()).toBe(long);
-      const summary = await engine.load(
-        { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: archive.length },
-        () => undefined,
-        new AbortController().signal,
-      );
-      expect(summary.how).toBe("over 2 sessions");
+      expect((await loadInto(engine, scratch, srcZst)).how).toBe("over 2 sessions");
     } finally {
       if (saved === undefined) delete process.env.TMPDIR;
       else process.env.TMPDIR = saved;
@@ -309,24 +319,11 @@ describe("the restore engine", () => {
     // The 3 MB rows span several of the 1 MiB buffers the decompressor's output is read into,
     // and stay in a session's socket while later buffers are read: a buffer reused too early
     // shows up as a row loaded twice or cut short. Three loads, since it depends on timing.
-    const file = path.join(dir, "src.dump.zst");
-    await writeFile(file, await run("zstd", ["-q", "-c", archiveFile]));
-    const engine = createRestoreEngine({
-      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
-      tools: await resolveTools(undefined),
-      jobs: 2,
-    });
+    const engine = await engineAs();
     const expected = await contents(src, "t");
     for (let i = 0; i < 3; i++) {
       const scratch = uniqueName("bs_lanes_slabs");
-      targets.push(scratch);
-      await engine.createDatabase(scratch, null);
-      const summary = await engine.load(
-        { path: file, format: "custom", compression: "zstd", database: scratch, expectedBytes: 0, dumpBytes: archive.length },
-        () => undefined,
-        new AbortController().signal,
-      );
-      expect(summary.how).toBe("over 2 sessions");
+      expect((await loadInto(engine, scratch, srcZst)).how).toBe("over 2 sessions");
       expect(await contents(scratch, "t")).toEqual(expected);
     }
   });
@@ -337,7 +334,7 @@ describe("the restore engine", () => {
     // foreign key between them comes last, as pg_restore would do it.
     const source = uniqueName("bs_lanes_order");
     const scratch = uniqueName("bs_lanes_order_dst");
-    targets.push(source, scratch);
+    targets.push(source);
     await createDatabase(source);
     await sql(
       source,
@@ -350,30 +347,11 @@ describe("the restore engine", () => {
        INSERT INTO c_after SELECT generate_series(1, 100);
        CREATE SEQUENCE s_seq; SELECT setval('s_seq', 4242);`,
     );
-    const dump = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${source}`]);
-    await writeFile(path.join(dir, "order.dump"), dump);
-    const file = path.join(dir, "order.dump.zst");
-    await writeFile(file, await run("zstd", ["-q", "-c", path.join(dir, "order.dump")]));
-    const engine = createRestoreEngine({
-      target: { host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined },
-      tools: await resolveTools(undefined),
-      jobs: 2,
-    });
-    await engine.createDatabase(scratch, null);
     const progress: number[] = [];
-    const summary = await engine.load(
-      {
-        path: file,
-        format: "custom",
-        compression: "zstd",
-        database: scratch,
-        expectedBytes: 0,
-        dumpBytes: dump.length,
-        tableRowCounts: { [tableKey("public", "a_small")]: 5000, [tableKey("public", "b_big")]: 60000, [tableKey("public", "c_after")]: 100 },
-      },
-      (p) => progress.push(p.fraction),
-      new AbortController().signal,
-    );
+    const summary = await loadInto(await engineAs(), scratch, await zstdArchive("order", source), {
+      tableRowCounts: { [tableKey("public", "a_small")]: 5000, [tableKey("public", "b_big")]: 60000, [tableKey("public", "c_after")]: 100 },
+      onProgress: (p) => progress.push(p.fraction),
+    });
     expect(summary.how).toBe("over 2 sessions, public.b_big first");
     expect(summary.rowCounts).toEqual({
       [tableKey("public", "a_small")]: 5000,
