@@ -587,21 +587,20 @@ export function createRestoreEngine(opts: {
       }
       await endClients();
       clients.length = 0;
-      if (early) {
-        await early;
-        if (earlyFailure.err !== undefined) throw earlyFailure.err;
-      }
+      await early;
+      if (earlyFailure.err !== undefined) throw earlyFailure.err;
 
       // Sequence values and anything else of the data section that is not a table's rows:
       // every entry but the tables' rows, of which pg_restore takes the data section's.
       await restore(["--section=data", await useList("data", head.entries.filter((e) => e.desc !== "TABLE DATA"))]);
       // With the biggest table first: the other tables' rows, beside its keys.
       step(bigLoaded ? "restRows" : "rows");
-      const done = new Set(plan && early ? plan.early.map((e) => e.dumpId) : []);
+      // The biggest table's own keys and indexes are in already (bigLoaded: its build was started).
+      const done = new Set(plan && bigLoaded ? plan.early.map((e) => e.dumpId) : []);
       await restore(["--section=post-data", `--jobs=${sessions}`, await useList("post", head.entries.filter((e) => !done.has(e.dumpId)))]);
       step("indexes");
       onProgress({ bytesRead: read, fraction: 1 });
-      return { sessions, stepsMs: steps, rowCounts, firstTable: plan && early ? tableName(plan.big) : null };
+      return { sessions, stepsMs: steps, rowCounts, firstTable: plan && bigLoaded ? tableName(plan.big) : null };
     } finally {
       signal.removeEventListener("abort", onAbort);
       signal.removeEventListener("abort", stopEarly);
