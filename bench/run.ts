@@ -43,6 +43,7 @@ const { values: args } = parseArgs({
     "build-only": { type: "boolean", default: false },
     "latency-only": { type: "boolean", default: false },
     "download-only": { type: "string" },
+    "restore-only": { type: "string" },
     "skip-floors": { type: "boolean", default: false },
   },
 });
@@ -59,6 +60,10 @@ if (!["h2", "connect"].includes(args["caller-client"]!)) {
 const callerClient = args["caller-client"] as "h2" | "connect";
 if (args["download-only"] !== undefined && !(Number.isInteger(Number(args["download-only"])) && Number(args["download-only"]) > 0)) {
   process.stderr.write(`--download-only takes a number of downloads (1 or more), not "${args["download-only"]}"\n`);
+  process.exit(2);
+}
+if (args["restore-only"] !== undefined && !(Number.isInteger(Number(args["restore-only"])) && Number(args["restore-only"]) > 0)) {
+  process.stderr.write(`--restore-only takes a number of restores (1 or more), not "${args["restore-only"]}"\n`);
   process.exit(2);
 }
 const thinkMs = Number(args["think-ms"]);
@@ -313,6 +318,10 @@ async function main() {
       await downloadOnly(svc, Number(args["download-only"]), downloadFloor);
       return;
     }
+    if (args["restore-only"]) {
+      await restoreOnly(svc, Number(args["restore-only"]), work, freshDb);
+      return;
+    }
     for (let i = 1; i <= (args["latency-only"] ? 0 : pairs); i++) {
       log(`pair ${i}/${pairs}: backups`);
       const refFile = path.join(work, "ref.sql.gz");
@@ -500,6 +509,55 @@ async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<t
     const mbps = ms.map((t) => Math.round(size / 1e3 / t));
     log(`${key}: median ${Math.round(size / 1e3 / median(ms))} MB/s; each round: ${mbps.join(", ")}`);
   }
+}
+
+/**
+ * `--restore-only N`: one backup of ours and one reference file, then N pairs of restores
+ * into fresh databases, ours and `gunzip -c | psql`, each pair starting with the other one
+ * (a quick check of the restore path, with the steps the service logs).
+ */
+async function restoreOnly(svc: Service, n: number, work: string, freshDb: () => string): Promise<void> {
+  log("restore-only: one backup of ours, one reference file");
+  const { backup } = await svc.client.createBackup({ label: "bench restore" });
+  const refFile = path.join(work, "ref.sql.gz");
+  await sh(`pg_dump --no-owner --no-acl ${benchDb} | gzip > '${refFile}'`);
+  const times: Record<string, number[]> = { reference: [], ours: [] };
+  const steps: Record<string, number[]> = {};
+  let last = "";
+  const kinds = {
+    async reference() {
+      const target = freshDb();
+      await settle();
+      const ms = await sh(`createdb ${target} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${target} > /dev/null`);
+      await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
+      return ms;
+    },
+    async ours() {
+      const target = freshDb();
+      const before = svc.restoreSteps.length;
+      await settle();
+      const t0 = performance.now();
+      for await (const _ of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target })) {
+        // progress
+      }
+      const ms = performance.now() - t0;
+      if (await waitForLog(() => svc.restoreSteps.length > before, 2000)) {
+        const these = Object.entries(svc.restoreSteps.at(-1)!);
+        for (const [step, v] of these) (steps[step] ??= []).push(v);
+        last = these.map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`).join(", ");
+      }
+      await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
+      return ms;
+    },
+  };
+  for (let i = 1; i <= n; i++) {
+    for (const kind of rotate(["reference", "ours"] as const, i - 1)) times[kind]!.push(await kinds[kind]());
+    const ratio = times.ours!.at(-1)! / times.reference!.at(-1)!;
+    log(`pair ${i}/${n}: reference ${(times.reference!.at(-1)! / 1000).toFixed(2)} s, ours ${(times.ours!.at(-1)! / 1000).toFixed(2)} s (${ratio.toFixed(2)}x); ours: ${last}`);
+  }
+  const med = (xs: number[]) => (median(xs) / 1000).toFixed(2);
+  log(`restore: reference ${med(times.reference!)} s, ours ${med(times.ours!)} s, ${(median(times.ours!) / median(times.reference!)).toFixed(2)}x (medians)`);
+  log(`ours, steps (medians): ${Object.entries(steps).map(([k, v]) => `${k} ${med(v)} s`).join(", ")}`);
 }
 
 /**
