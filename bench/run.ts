@@ -196,7 +196,11 @@ async function startService(): Promise<Service> {
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
   // BENCH_NODE_FLAGS="--trace-gc" and the like go to the service's node.
   const flags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
-  const child = spawn(process.execPath, [...profile, ...flags, "dist/src/main.js"], { env, stdio: ["ignore", "pipe", "inherit"] });
+  // The young generation's size `npm start` sets (see the README's "Memory").
+  const child = spawn(process.execPath, [...profile, "--max-semi-space-size=8", ...flags, "dist/src/main.js"], {
+    env,
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   let gotMetricsUrl: (u: string) => void = () => undefined;
   const restoreSteps: Record<string, number>[] = [];
   const metricsUrl = new Promise<string>((r) => (gotMetricsUrl = r));
