@@ -352,30 +352,11 @@ async function main() {
       add("backup.floor", await sh(`pg_dump ${benchDb} > /dev/null`));
 
       log(`pair ${i}/${pairs}: restores`);
-      const refTarget = freshDb();
-      await settle();
-      add(
-        "restore.reference",
-        await sh(`createdb ${refTarget} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${refTarget} > /dev/null`),
-      );
-      await q("postgres", `DROP DATABASE "${refTarget}" WITH (FORCE)`);
-      const ourTarget = freshDb();
-      const stepsBefore = svc.restoreSteps.length;
-      await settle();
-      const restore = await withPeakRss(pid, async () => {
-        const t0 = performance.now();
-        for await (const _ of svc.client.restoreBackup({ id: lastBackupId, confirmRestore: true, targetDatabase: ourTarget })) {
-          // progress
-        }
-        return performance.now() - t0;
-      });
-      add("restore.ours", restore.value);
+      add("restore.reference", await referenceRestore(refFile, freshDb()));
+      const restore = await ourRestore(svc, lastBackupId, freshDb());
+      add("restore.ours", restore.ms);
       peak("restore", restore.peakMb);
-      // Where our restore's time went, as the service logged it (the line may trail the reply).
-      if (await waitForLog(() => svc.restoreSteps.length > stepsBefore, 2000)) {
-        for (const [step, ms] of Object.entries(svc.restoreSteps.at(-1)!)) add(`restore.ours.${step}`, ms);
-      }
-      await q("postgres", `DROP DATABASE "${ourTarget}" WITH (FORCE)`);
+      for (const [step, ms] of Object.entries(restore.steps ?? {})) add(`restore.ours.${step}`, ms);
 
       log(`pair ${i}/${pairs}: deep verification`);
       await settle();
@@ -529,29 +510,13 @@ async function restoreOnly(svc: Service, n: number, work: string, freshDb: () =>
   const steps: Record<string, number[]> = {};
   let last = "";
   const kinds = {
-    async reference() {
-      const target = freshDb();
-      await settle();
-      const ms = await sh(`createdb ${target} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${target} > /dev/null`);
-      await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
-      return ms;
-    },
+    reference: () => referenceRestore(refFile, freshDb()),
     async ours() {
-      const target = freshDb();
-      const before = svc.restoreSteps.length;
-      await settle();
-      const t0 = performance.now();
-      for await (const _ of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target })) {
-        // progress
-      }
-      const ms = performance.now() - t0;
-      if (await waitForLog(() => svc.restoreSteps.length > before, 2000)) {
-        const these = Object.entries(svc.restoreSteps.at(-1)!);
-        for (const [step, v] of these) (steps[step] ??= []).push(v);
-        last = these.map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`).join(", ");
-      }
-      await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
-      return ms;
+      const r = await ourRestore(svc, backup!.id, freshDb());
+      const these = Object.entries(r.steps ?? {});
+      for (const [step, v] of these) (steps[step] ??= []).push(v);
+      last = these.map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`).join(", ");
+      return r.ms;
     },
   };
   for (let i = 1; i <= n; i++) {
@@ -562,6 +527,34 @@ async function restoreOnly(svc: Service, n: number, work: string, freshDb: () =>
   const med = (xs: number[]) => (median(xs) / 1000).toFixed(2);
   log(`restore: reference ${med(times.reference!)} s, ours ${med(times.ours!)} s, ${(median(times.ours!) / median(times.reference!)).toFixed(2)}x (medians)`);
   log(`ours, steps (medians): ${Object.entries(steps).map(([k, v]) => `${k} ${med(v)} s`).join(", ")}`);
+}
+
+/** `gunzip -c | psql` of the reference file into a new database, dropped after: the wall time. */
+async function referenceRestore(refFile: string, target: string): Promise<number> {
+  await settle();
+  const ms = await sh(`createdb ${target} && gunzip -c '${refFile}' | psql -q -X -v ON_ERROR_STOP=1 -d ${target} > /dev/null`);
+  await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
+  return ms;
+}
+
+/**
+ * Our RestoreBackup into a new database, dropped after: the wall time, the service's peak RSS,
+ * and the steps the service logged for it (null if its log line did not come).
+ */
+async function ourRestore(svc: Service, id: string, target: string) {
+  const before = svc.restoreSteps.length;
+  await settle();
+  const { value: ms, peakMb } = await withPeakRss(svc.child.pid!, async () => {
+    const t0 = performance.now();
+    for await (const _ of svc.client.restoreBackup({ id, confirmRestore: true, targetDatabase: target })) {
+      // progress
+    }
+    return performance.now() - t0;
+  });
+  // Where our restore's time went, as the service logged it (the line may trail the reply).
+  const steps = (await waitForLog(() => svc.restoreSteps.length > before, 2000)) ? svc.restoreSteps.at(-1)! : null;
+  await q("postgres", `DROP DATABASE "${target}" WITH (FORCE)`);
+  return { ms, peakMb, steps };
 }
 
 /**
