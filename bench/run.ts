@@ -66,6 +66,13 @@ if (args["restore-only"] !== undefined && !(Number.isInteger(Number(args["restor
   process.stderr.write(`--restore-only takes a number of restores (1 or more), not "${args["restore-only"]}"\n`);
   process.exit(2);
 }
+{
+  const modes = ["latency-only", "download-only", "restore-only"].filter((m) => args[m as keyof typeof args] !== undefined && args[m as keyof typeof args] !== false);
+  if (modes.length > 1) {
+    process.stderr.write(`--${modes.join(" and --")} run different parts of the bench: give one of them\n`);
+    process.exit(2);
+  }
+}
 const thinkMs = Number(args["think-ms"]);
 const warmupMs = Number(args["warmup-ms"]);
 const PG = { host: args.host!, port: Number(args.port), user: args.user! };
@@ -173,7 +180,20 @@ interface Service {
   restoreSteps: Record<string, number>[];
 }
 
+/**
+ * How `npm start` runs the service, read from package.json so that the bench cannot drift from
+ * it: node's flags (the young generation's size among them) and the allocator's setting.
+ */
+async function npmStart(): Promise<{ nodeFlags: string[]; mallocMmapThreshold: string }> {
+  const script = (JSON.parse(await readFile("package.json", "utf8")) as { scripts: { start: string } }).scripts.start;
+  const node = /\bnode((?:\s+--\S+)*)\s+dist\/src\/main\.js/.exec(script);
+  const malloc = /MALLOC_MMAP_THRESHOLD_:-(\d+)/.exec(script);
+  if (!node || !malloc) throw new Error(`package.json's start script is not in the form the bench expects: ${script}`);
+  return { nodeFlags: node[1]!.split(/\s+/).filter(Boolean), mallocMmapThreshold: malloc[1]! };
+}
+
 async function startService(): Promise<Service> {
+  const start = await npmStart();
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "bench-data-"));
   const env = {
     ...process.env,
@@ -190,14 +210,13 @@ async function startService(): Promise<Service> {
     // A free port: the default 9464 may be taken by a service running on the same machine.
     METRICS_PORT: "0",
     // As `npm start` sets it (see the README's "Memory").
-    MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? "131072",
+    MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? start.mallocMmapThreshold,
   };
   // The built service, as `npm start` runs it (npm run bench builds it first).
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
   // BENCH_NODE_FLAGS="--trace-gc" and the like go to the service's node.
   const flags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
-  // The young generation's size `npm start` sets (see the README's "Memory").
-  const child = spawn(process.execPath, [...profile, "--max-semi-space-size=8", ...flags, "dist/src/main.js"], {
+  const child = spawn(process.execPath, [...profile, ...start.nodeFlags, ...flags, "dist/src/main.js"], {
     env,
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -506,7 +525,7 @@ async function restoreOnly(svc: Service, n: number, work: string, freshDb: () =>
   const { backup } = await svc.client.createBackup({ label: "bench restore" });
   const refFile = path.join(work, "ref.sql.gz");
   await sh(`pg_dump --no-owner --no-acl ${benchDb} | gzip > '${refFile}'`);
-  const times: Record<string, number[]> = { reference: [], ours: [] };
+  const times: { reference: number[]; ours: number[] } = { reference: [], ours: [] };
   const steps: Record<string, number[]> = {};
   let last = "";
   const kinds = {
@@ -520,12 +539,12 @@ async function restoreOnly(svc: Service, n: number, work: string, freshDb: () =>
     },
   };
   for (let i = 1; i <= n; i++) {
-    for (const kind of rotate(["reference", "ours"] as const, i - 1)) times[kind]!.push(await kinds[kind]());
-    const ratio = times.ours!.at(-1)! / times.reference!.at(-1)!;
-    log(`pair ${i}/${n}: reference ${(times.reference!.at(-1)! / 1000).toFixed(2)} s, ours ${(times.ours!.at(-1)! / 1000).toFixed(2)} s (${ratio.toFixed(2)}x); ours: ${last}`);
+    for (const kind of rotate(["reference", "ours"] as const, i - 1)) times[kind].push(await kinds[kind]());
+    const [ref, ours] = [times.reference.at(-1)!, times.ours.at(-1)!];
+    log(`pair ${i}/${n}: reference ${(ref / 1000).toFixed(2)} s, ours ${(ours / 1000).toFixed(2)} s (${(ours / ref).toFixed(2)}x); ours: ${last}`);
   }
   const med = (xs: number[]) => (median(xs) / 1000).toFixed(2);
-  log(`restore: reference ${med(times.reference!)} s, ours ${med(times.ours!)} s, ${(median(times.ours!) / median(times.reference!)).toFixed(2)}x (medians)`);
+  log(`restore: reference ${med(times.reference)} s, ours ${med(times.ours)} s, ${(median(times.ours) / median(times.reference)).toFixed(2)}x (medians)`);
   log(`ours, steps (medians): ${Object.entries(steps).map(([k, v]) => `${k} ${med(v)} s`).join(", ")}`);
 }
 
