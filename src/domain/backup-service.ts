@@ -256,11 +256,11 @@ export function createBackupService(deps: BackupServiceDeps) {
     let readBack: DumpResult["readBack"] = null;
     try {
       const info = await preflight(record, signal);
-      current = await backups.update(record.id, {
-        databaseSize: info.databaseSize,
-        serverVersion: info.serverVersion,
-        pgDumpVersion: engine.pgDumpVersion,
-      });
+      current = await backups.update(
+        record.id,
+        { databaseSize: info.databaseSize, serverVersion: info.serverVersion, pgDumpVersion: engine.pgDumpVersion },
+        { intermediate: true },
+      );
       const result = await engine.dump(
         {
           database: record.databaseName,
@@ -274,16 +274,21 @@ export function createBackupService(deps: BackupServiceDeps) {
       readBack = result.readBack;
       await store.commit(record.fileName);
       const counts = Object.values(result.tableRowCounts);
-      current = await backups.update(record.id, {
-        status: "COMPLETED",
-        completedAt: clock.now(),
-        durationMs: result.durationMs,
-        fileSize: result.fileSize,
-        checksum: result.checksum,
-        tableRowCounts: result.tableRowCounts,
-        tableCount: counts.length,
-        rowCount: counts.reduce((a, b) => a + b, 0),
-      });
+      current = await backups.update(
+        record.id,
+        {
+          status: "COMPLETED",
+          completedAt: clock.now(),
+          durationMs: result.durationMs,
+          fileSize: result.fileSize,
+          checksum: result.checksum,
+          tableRowCounts: result.tableRowCounts,
+          tableCount: counts.length,
+          rowCount: counts.reduce((a, b) => a + b, 0),
+        },
+        // The verification follows at once and its update is the one callers must see.
+        { intermediate: true },
+      );
     } catch (err) {
       const failure = failureOf(err, signal);
       await store.discardPartial(record.fileName).catch((e: unknown) => {

@@ -38,8 +38,13 @@ export interface BackupStats {
 export interface BackupRepository {
   /** The stored record, or null when another record already has its file name. */
   insert(record: NewBackupRecord): Promise<BackupRecord | null>;
-  /** Updates a record and returns it as stored; throws not_found if it is gone. */
-  update(id: string, patch: BackupPatch): Promise<BackupRecord>;
+  /**
+   * Updates a record and returns it as stored; throws not_found if it is gone. Listings and
+   * statistics show the change to calls made after it returns, unless `intermediate` says it
+   * is a step of work still running (facts gathered before a dump, a dump done but not yet
+   * verified), which they show at their next re-read: within one query of the next call.
+   */
+  update(id: string, patch: BackupPatch, opts?: { intermediate?: boolean }): Promise<BackupRecord>;
   findById(id: string): Promise<BackupRecord | null>;
   list(filter: BackupFilter, offset: number, limit: number): Promise<Page<BackupRecord>>;
   stats(database?: string): Promise<BackupStats>;
