@@ -75,4 +75,16 @@ describe("ListBackups over 1,234 records", () => {
     expect(past2.backups.map((b) => b.id)).toEqual(after.slice(1100, 1150));
     expect(Number(inside2.total)).toBe(ROWS - 2);
   });
+
+  it("shortens the last page when its last record goes, and keeps the pages before it", async () => {
+    const failed = await expectedIds("NOT is_deleted AND status = 'FAILED'");
+    const last = Math.ceil(failed.length / 100);
+    const read = (page: number) => svc.client.listBackups({ page, pageSize: 100, status: BackupStatus.FAILED });
+    const before = await read(last);
+    expect(before.backups.map((b) => b.id)).toEqual(failed.slice((last - 1) * 100));
+    await svc.client.deleteBackup({ id: failed.at(-1)! });
+    const after = await read(last);
+    expect(after.backups.map((b) => b.id)).toEqual(failed.slice((last - 1) * 100, -1));
+    expect((await read(1)).backups.map((b) => b.id)).toEqual(failed.slice(0, 100));
+  });
 });
