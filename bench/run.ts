@@ -209,7 +209,7 @@ async function startService(): Promise<Service> {
     SCHEDULE_CATCHUP_WINDOW: "0",
     // A free port: the default 9464 may be taken by a service running on the same machine.
     METRICS_PORT: "0",
-    // As `npm start` sets it (see the README's "Memory").
+    // As `npm start` sets it (see bench/NOTES.md, "Memory").
     MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? start.mallocMmapThreshold,
   };
   // The built service, as `npm start` runs it (npm run bench builds it first).

@@ -8,7 +8,7 @@
  * AbortSignals, one aborted without a reason (which builds a DOMException with
  * a stack trace). Node keeps AbortSignals alive through young-generation
  * collections, so each call's garbage was promoted and collected only by full
- * collections, whose pauses set the listing's p99 (see the README, "Listing
+ * collections, whose pauses set the listing's p99 (see bench/NOTES.md, "Listing
  * latency").
  *
  * What stays the same: the call runs through the same interceptors (metrics,
