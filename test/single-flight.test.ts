@@ -26,6 +26,16 @@ function loads() {
   };
 }
 
+/** A cache holding answer 1 for "k", and the load behind it. */
+async function primed() {
+  const cache = createSingleFlight(60_000);
+  const q = loads();
+  const first = cache.get("k", q.load);
+  await q.release();
+  expect(await first).toBe(1);
+  return { cache, q };
+}
+
 describe("single-flight cache", () => {
   it("shares one query between callers asking at once", async () => {
     const cache = createSingleFlight(60_000);
@@ -38,11 +48,7 @@ describe("single-flight cache", () => {
   });
 
   it("after clear(), the next caller waits for a fresh answer", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const first = cache.get("k", q.load);
-    await q.release();
-    expect(await first).toBe(1);
+    const { cache, q } = await primed();
     cache.clear();
     const next = cache.get("k", q.load);
     await q.release();
@@ -62,11 +68,7 @@ describe("single-flight cache", () => {
   });
 
   it("after refreshSoon(), the next caller gets the held answer and starts one fresh query; later callers get the fresh one", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const first = cache.get("k", q.load);
-    await q.release();
-    expect(await first).toBe(1);
+    const { cache, q } = await primed();
 
     cache.refreshSoon();
     expect(await cache.get("k", q.load)).toBe(1);
@@ -90,11 +92,7 @@ describe("single-flight cache", () => {
   });
 
   it("clear() after refreshSoon() still makes the next caller wait for a fresh answer", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const first = cache.get("k", q.load);
-    await q.release();
-    expect(await first).toBe(1);
+    const { cache, q } = await primed();
     cache.refreshSoon();
     const stale = cache.get("k", q.load);
     cache.clear();
