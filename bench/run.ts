@@ -106,11 +106,30 @@ async function settle(): Promise<void> {
   await sh("sync");
 }
 
+/**
+ * Every process the bench starts, stopped when the bench ends however it ends (an error,
+ * SIGTERM, SIGHUP, Ctrl-C): a service left running with its callers keeps polling
+ * PostgreSQL and spoils the runs after it, as it once did (see bench/NOTES.md, "Runs").
+ * SIGTERM lets the service stop its own pg_dump and zstd.
+ */
+const children = new Set<ChildProcess>();
+function own<T extends ChildProcess>(child: T): T {
+  children.add(child);
+  child.once("exit", () => children.delete(child));
+  return child;
+}
+process.once("exit", () => {
+  for (const c of children) c.kill("SIGTERM");
+});
+for (const [signal, code] of [["SIGINT", 130], ["SIGTERM", 143], ["SIGHUP", 129]] as const) {
+  process.once(signal, () => process.exit(code));
+}
+
 /** Runs a shell pipeline; resolves with its wall time in ms. */
 function sh(command: string): Promise<number> {
   const started = performance.now();
   return new Promise((resolve, reject) => {
-    const child = spawn("bash", ["-o", "pipefail", "-c", command], { env: pgEnv, stdio: ["ignore", "ignore", "pipe"] });
+    const child = own(spawn("bash", ["-o", "pipefail", "-c", command], { env: pgEnv, stdio: ["ignore", "ignore", "pipe"] }));
     let err = "";
     child.stderr!.on("data", (d: Buffer) => (err += d.toString()));
     child.once("close", (code) =>
@@ -216,10 +235,12 @@ async function startService(): Promise<Service> {
   const profile = process.env.BENCH_CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${process.env.BENCH_CPU_PROF}`] : [];
   // BENCH_NODE_FLAGS="--trace-gc" and the like go to the service's node.
   const flags = (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean);
-  const child = spawn(process.execPath, [...profile, ...start.nodeFlags, ...flags, "dist/src/main.js"], {
-    env,
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = own(
+    spawn(process.execPath, [...profile, ...start.nodeFlags, ...flags, "dist/src/main.js"], {
+      env,
+      stdio: ["ignore", "pipe", "inherit"],
+    }),
+  );
   let gotMetricsUrl: (u: string) => void = () => undefined;
   const restoreSteps: Record<string, number>[] = [];
   const metricsUrl = new Promise<string>((r) => (gotMetricsUrl = r));
@@ -581,9 +602,9 @@ async function ourRestore(svc: Service, id: string, target: string) {
  * hashing it; returns bytes and wall time.
  */
 function download(svc: Service, id: string, window?: number, url = svc.url): Promise<{ bytes: number; ms: number }> {
-  const child = fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [url, svc.token, id, String(window ?? "default")], {
+  const child = own(fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [url, svc.token, id, String(window ?? "default")], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
+  }));
   return new Promise((resolve, reject) => {
     child.once("message", (m: { result?: { bytes: number; ms: number }; error?: string }) =>
       m.result ? resolve(m.result) : reject(new Error(`download: ${m.error}`)),
@@ -647,9 +668,9 @@ async function latencyFloors(svc: Service) {
 
 /** Starts a floor server (bench/floor-server.ts) with the replies it is to give. */
 async function startFloorServer(mode: "connect" | "http2", list = new Uint8Array(0), stats = new Uint8Array(0)) {
-  const child = fork(fileURLToPath(new URL("./floor-server.ts", import.meta.url)), [mode], {
+  const child = own(fork(fileURLToPath(new URL("./floor-server.ts", import.meta.url)), [mode], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
+  }));
   const url = await new Promise<string>((resolve, reject) => {
     child.once("message", (m: { url: string }) => resolve(m.url));
     child.once("exit", (code) => reject(new Error(`the ${mode} floor server exited with ${code}`)));
@@ -708,9 +729,9 @@ async function pollDuringBackup(svc: Service, target: { url: string; pid: number
     const first = Math.floor((p * callers) / nProcs);
     const count = Math.floor(((p + 1) * callers) / nProcs) - first;
     // fork() runs the file with this process's node flags: tsx's loader, under `tsx bench/run.ts`.
-    return fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [target.url, svc.token, String(count), String(thinkMs), String(first), callerClient], {
+    return own(fork(fileURLToPath(new URL("./callers.ts", import.meta.url)), [target.url, svc.token, String(count), String(thinkMs), String(first), callerClient], {
       stdio: ["ignore", "inherit", "inherit", "ipc"],
-    });
+    }));
   });
   const message = <T>(child: ChildProcess, key: string) =>
     new Promise<T>((resolve, reject) => {
