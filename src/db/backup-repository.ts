@@ -46,7 +46,7 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
   // A step of a backup still running: listings show it at their next re-read, started by the
   // next call, instead of every polling caller waiting on fresh queries at once (measured under
   // the latency bench: each write at a backup's start held up the calls of the next 20-60 ms).
-  const intermediateWrite = process.env.X_HARD ? write : <T>(p: Promise<T>): Promise<T> => p.finally(() => cache.refreshSoon());
+  const intermediateWrite = <T>(p: Promise<T>): Promise<T> => p.finally(() => cache.refreshSoon());
   // A write clears every cached page, and each page's next read would map its rows again; a
   // row whose version (xmin: any change to a row makes a new one) is unchanged keeps its
   // record object, and with it the wire form mappers built for it. Otherwise every backup's
