@@ -175,7 +175,12 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         // this size, more on busy cores): the calls waiting meanwhile are answered between the
         // dump's two processes and the read-back's two. (Not between pg_dump and the
         // compressor: Node starts reading pg_dump's stdout at the next turn of the loop.)
-        if (readsBack) await setImmediate();
+        if (readsBack) {
+          // Until pipeline() below listens, a read error must not go unhandled; pipeline then
+          // finds the stream destroyed and reports it.
+          compressor.child.stdout!.once("error", () => undefined);
+          await setImmediate();
+        }
         const readBack = readsBack ? startReadBack(steps) : null;
         const written = pipeline(
           compressor.child.stdout!,
