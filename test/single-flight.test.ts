@@ -26,11 +26,16 @@ function loads() {
   };
 }
 
-/** A cache holding answer 1 for "k", and the load behind it. */
-async function primed() {
+/** A cache for "k" whose query, started now, will answer 1 once released. */
+function asked() {
   const cache = createSingleFlight(60_000);
   const q = loads();
-  const first = cache.get("k", q.load);
+  return { cache, q, first: cache.get("k", q.load) };
+}
+
+/** A cache holding answer 1 for "k", and the load behind it. */
+async function primed() {
+  const { cache, q, first } = asked();
   await q.release();
   expect(await first).toBe(1);
   return { cache, q };
@@ -38,9 +43,7 @@ async function primed() {
 
 describe("single-flight cache", () => {
   it("shares one query between callers asking at once", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const a = cache.get("k", q.load);
+    const { cache, q, first: a } = asked();
     const b = cache.get("k", q.load);
     await q.release();
     expect([await a, await b]).toEqual([1, 1]);
@@ -56,9 +59,7 @@ describe("single-flight cache", () => {
   });
 
   it("an answer whose query started before clear() is never kept", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const before = cache.get("k", q.load);
+    const { cache, q, first: before } = asked();
     cache.clear();
     await q.release();
     expect(await before).toBe(1);
@@ -80,9 +81,7 @@ describe("single-flight cache", () => {
   });
 
   it("an answer whose query started before refreshSoon() is served, then refreshed at the next call", async () => {
-    const cache = createSingleFlight(60_000);
-    const q = loads();
-    const inFlight = cache.get("k", q.load);
+    const { cache, q, first: inFlight } = asked();
     cache.refreshSoon();
     await q.release();
     expect(await inFlight).toBe(1);
