@@ -32,7 +32,7 @@ import { kClientAddress } from "./rpc/context.js";
 import { createHealth } from "./rpc/health.js";
 import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor } from "./rpc/interceptors.js";
 import { registerReflection } from "./rpc/reflection.js";
-import { createUnaryGrpcPath, READ_MAX_BYTES } from "./rpc/grpc-unary.js";
+import { createLeanGrpcPath, READ_MAX_BYTES } from "./rpc/grpc-lean.js";
 import { startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
 import { loadSanityQueries } from "./sanity.js";
@@ -262,10 +262,10 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         });
       },
     });
-    // Unary gRPC calls to BackupService (grpc-js, grpcurl) take the lean path; the rest, connect-node's.
-    const unaryGrpc = createUnaryGrpcPath({ service: BackupService, impl: backupImpl, interceptors, contextValues });
+    // Unary and server-streaming gRPC calls to BackupService (grpc-js, grpcurl) take the lean path; the rest, connect-node's.
+    const leanGrpc = createLeanGrpcPath({ service: BackupService, impl: backupImpl, interceptors, contextValues });
     const handler = (req: Http2ServerRequest, res: Http2ServerResponse) => {
-      if (!unaryGrpc.handle(req, res)) connectHandler(req, res);
+      if (!leanGrpc.handle(req, res)) connectHandler(req, res);
     };
     const server = await startServer({
       host: config.grpcHost,

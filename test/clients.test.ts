@@ -1,10 +1,11 @@
 import { execFile } from "node:child_process";
+import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
-import { toJson } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
@@ -14,19 +15,26 @@ import {
   BackupService,
   BackupStatus,
   type CreateBackupResponse,
+  type DownloadBackupResponse,
+  DownloadBackupRequestSchema,
+  DownloadBackupResponseSchema,
   type GetStatsResponse,
   type ListBackupsResponse,
+  RestoreBackupRequestSchema,
 } from "../gen/backup/v1/backup_pb.js";
 import { FLOW_CONTROL_WINDOW } from "../src/client/grpc-js.js";
+import { chunkWireParts } from "../src/rpc/mappers.js";
 import {
   createDatabase,
   createFixture,
+  dropDatabase,
   grpcJsClient,
   grpcJsUnary,
   mintToken,
   seedDatabase,
   sql,
   type TestService,
+  uniqueName,
   waitFor,
 } from "./helpers.js";
 
@@ -370,6 +378,157 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
       "a cut-off message": "3",
       "a malformed timeout": "3",
     });
+  });
+
+  describe("server streams", () => {
+    // A database whose backup is several 1 MiB chunks: 6 MB of hex digits, about 3 MB compressed.
+    const source = uniqueName("bs_clients_dl");
+    let backup: { id: string; fileName: string; fileSize: bigint; checksum: string };
+    beforeAll(async () => {
+      await createDatabase(source);
+      await sql(
+        source,
+        `CREATE TABLE noise AS
+           SELECT g AS id, (SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 32) i) AS hex
+             FROM generate_series(1, 6000) g`,
+      );
+      backup = (await svc.client.createBackup({ database: source })).backup!;
+    });
+    afterAll(() => dropDatabase(source));
+
+    const downloadRequest = (id: string, offset = 0n) => frame(Buffer.from(toBinary(DownloadBackupRequestSchema, create(DownloadBackupRequestSchema, { id, offset }))));
+
+    /** The replies of a gRPC response body, decoded. */
+    function replies(hex: string): DownloadBackupResponse[] {
+      const body = Buffer.from(hex, "hex");
+      const out: DownloadBackupResponse[] = [];
+      for (let at = 0; at < body.length; ) {
+        expect(body[at], "an uncompressed message").toBe(0);
+        const length = body.readUInt32BE(at + 1);
+        out.push(fromBinary(DownloadBackupResponseSchema, body.subarray(at + 5, at + 5 + length)));
+        at += 5 + length;
+      }
+      return out;
+    }
+
+    it("downloads with the same bytes both ways: the description, then the file's chunks in order", async () => {
+      const onDisk = await readFile(path.join(svc.backupDir, backup.fileName));
+      expect(onDisk.length).toBeGreaterThan(2 << 20);
+      for (const offset of [0, 1000, onDisk.length]) {
+        const answer = await bothWays("DownloadBackup", downloadRequest(backup.id, BigInt(offset)), authed());
+        expect(answer.trailers["grpc-status"]).toBe("0");
+        expect(answer.contentType).toBe("application/grpc+proto");
+        const [info, ...chunks] = replies(answer.body);
+        expect(info!.payload.case).toBe("info");
+        expect(info!.payload.value).toMatchObject({ fileName: backup.fileName, fileSize: BigInt(onDisk.length), offset: BigInt(offset) });
+        let at = offset;
+        for (const c of chunks) {
+          if (c.payload.case !== "chunk") throw new Error(`a ${c.payload.case} reply after the description`);
+          expect(Number(c.payload.value.offset)).toBe(at);
+          expect(Buffer.from(c.payload.value.data).equals(onDisk.subarray(at, at + c.payload.value.data.length))).toBe(true);
+          at += c.payload.value.data.length;
+        }
+        expect(at).toBe(onDisk.length);
+        if (offset === 0) expect(chunks.length).toBeGreaterThanOrEqual(3);
+      }
+    });
+
+    it("refuses the same streaming calls with the same status and message", async () => {
+      const restoreRequest = (id: string) =>
+        frame(Buffer.from(toBinary(RestoreBackupRequestSchema, create(RestoreBackupRequestSchema, { id, confirmRestore: true, targetDatabase: "bs_never" }))));
+      const unknown = "00000000-0000-4000-8000-000000000000";
+      const cases: [string, string, Buffer, Record<string, string>][] = [
+        ["no token", "DownloadBackup", downloadRequest(backup.id), {}],
+        ["an unknown backup", "DownloadBackup", downloadRequest(unknown), authed()],
+        ["an offset past the end", "DownloadBackup", downloadRequest(backup.id, 1n << 40n), authed()],
+        ["no message", "DownloadBackup", Buffer.alloc(0), authed()],
+        ["two messages", "DownloadBackup", Buffer.concat([downloadRequest(backup.id), downloadRequest(backup.id)]), authed()],
+        ["a message that is not protobuf", "DownloadBackup", frame([0x0a, 0xff, 0xff]), authed()],
+        ["a malformed timeout", "DownloadBackup", downloadRequest(backup.id), { ...authed(), "grpc-timeout": "soon" }],
+        ["a restore without a token", "RestoreBackup", restoreRequest(backup.id), {}],
+      ];
+      const seen = new Map<string, unknown>();
+      for (const [name, method, body, headers] of cases) {
+        const answer = await bothWays(method, body, headers);
+        expect(answer.status, name).toBe(200);
+        expect(answer.body, name).toBe("");
+        seen.set(name, answer.trailers["grpc-status"]);
+      }
+      expect(Object.fromEntries(seen)).toEqual({
+        "no token": "16",
+        "an unknown backup": "5",
+        "an offset past the end": "11",
+        "no message": "12",
+        "two messages": "12",
+        "a message that is not protobuf": "13",
+        "a malformed timeout": "3",
+        "a restore without a token": "16",
+      });
+      // A restore reports its first phase before it fails, with the time it took: the same
+      // status and message both ways.
+      const lean = await call("RestoreBackup", restoreRequest(unknown), authed());
+      const connect = await call("RestoreBackup", restoreRequest(unknown), { ...authed(), "grpc-encoding": "gzip" });
+      expect(lean.trailers).toEqual(connect.trailers);
+      expect(lean.trailers["grpc-status"]).toBe("5");
+      expect(lean.body.length).toBeGreaterThan(0);
+    });
+
+    it("a grpc-js client downloads the file whole, and one that gives up midway is recorded as CANCELED and frees the file", async () => {
+      const client = grpcJsClient(svc.url);
+      const md = new grpc.Metadata();
+      md.set("authorization", `Bearer ${token}`);
+      const start = (onChunk?: (n: number, call: grpc.ClientReadableStream<DownloadBackupResponse>) => void) =>
+        new Promise<{ bytes: Buffer; checksum: string; code: number }>((resolve) => {
+          const call = (client.downloadBackup as (r: unknown, m: grpc.Metadata) => grpc.ClientReadableStream<DownloadBackupResponse>)(
+            { id: backup.id },
+            md,
+          );
+          const parts: Buffer[] = [];
+          let checksum = "";
+          call.on("data", (m: DownloadBackupResponse) => {
+            if (m.payload.case === "info") checksum = m.payload.value.checksum;
+            if (m.payload.case === "chunk") {
+              parts.push(Buffer.from(m.payload.value.data));
+              onChunk?.(parts.length, call);
+            }
+          });
+          call.on("error", (e: grpc.ServiceError) => resolve({ bytes: Buffer.concat(parts), checksum, code: e.code }));
+          call.on("end", () => resolve({ bytes: Buffer.concat(parts), checksum, code: grpc.status.OK }));
+        });
+      try {
+        const whole = await start();
+        expect(whole.code).toBe(grpc.status.OK);
+        expect(whole.bytes.length).toBe(Number(backup.fileSize));
+        expect(createHash("sha256").update(whole.bytes).digest("hex")).toBe(backup.checksum);
+
+        const cut = await start((n, call) => n === 1 && call.cancel());
+        expect(cut.code).toBe(grpc.status.CANCELLED);
+        expect(cut.bytes.length).toBeLessThan(Number(backup.fileSize));
+        const cancelled = await waitFor("the cancelled download in the audit log", async () => {
+          const { events } = await svc.client.listAuditEvents({ backupId: backup.id, action: "DownloadBackup" });
+          return events.find((e) => e.outcome === "CANCELED");
+        });
+        expect(cancelled.message).toMatch(/cancel/);
+        // The download let go of the file: a hard delete is not refused as ABORTED.
+        const deleted = await svc.client.deleteBackup({ id: backup.id, hardDelete: true });
+        expect(deleted.fileRemoved).toBe(true);
+      } finally {
+        client.close();
+      }
+    });
+  });
+
+  it("writes a download chunk's wire form as toBinary does", () => {
+    for (const offset of [0n, 1n, 127n, 128n, 1n << 40n]) {
+      for (const length of [0, 1, 127, 128, 16_383, 16_384, 1 << 20]) {
+        const data = Buffer.alloc(length, 0xa5);
+        const parts = chunkWireParts(offset, data);
+        const expected = toBinary(DownloadBackupResponseSchema, create(DownloadBackupResponseSchema, { payload: { case: "chunk", value: { offset, data } } }));
+        expect(Buffer.concat(parts).equals(Buffer.from(expected)), `offset ${offset}, ${length} bytes`).toBe(true);
+        // The data goes out as the buffer it is, not a copy.
+        if (length > 0) expect(parts.at(-1)).toBe(data);
+      }
+    }
   });
 
   it("refuses a compressed message it was not told how to decompress, and an oversized one", async () => {

@@ -17,7 +17,7 @@ import type { createRestoreUseCase } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
 import { kActor, kAuditBackupId, kAuditNote } from "./context.js";
-import { withEncodedReply } from "./grpc-unary.js";
+import { withEncodedReply } from "./grpc-lean.js";
 import {
   auditEventToProto,
   backupStatusFromProto,

@@ -12,6 +12,7 @@ import {
   Compression,
   type DownloadBackupResponse,
   DownloadBackupResponseSchema,
+  DownloadChunkSchema,
   type RestoreBackupResponse,
   RestoreBackupResponseSchema,
   RestorePhase,
@@ -26,6 +27,7 @@ import type { RestoreProgress } from "../domain/restore.js";
 import type { BackupRecord, BackupStatus as DomainStatus, BackupType as DomainType } from "../domain/backup.js";
 import type { AuditEvent, JobOutcome } from "../domain/ports.js";
 import { invalidArgument } from "../errors.js";
+import { withWireParts } from "./grpc-lean.js";
 
 const TYPE_TO_PROTO: Record<DomainType, BackupType> = {
   FULL: BackupType.FULL,
@@ -197,11 +199,30 @@ export function restoreProgressToProto(p: RestoreProgress): RestoreBackupRespons
   });
 }
 
+const CHUNK_FIELD = DownloadBackupResponseSchema.field.chunk.number;
+const CHUNK_OFFSET_FIELD = DownloadChunkSchema.field.offset.number;
+const CHUNK_DATA_FIELD = DownloadChunkSchema.field.data.number;
+
+/**
+ * The binary form of a DownloadBackupResponse holding a chunk, as parts: the tags and
+ * lengths (a few bytes), then `data` itself, so that the lean gRPC path writes the
+ * file's buffer without copying it (see withWireParts). Concatenated, they are what
+ * toBinary makes of the message.
+ */
+export function chunkWireParts(offset: bigint, data: Uint8Array): Uint8Array[] {
+  const inner = new BinaryWriter();
+  if (offset !== 0n) inner.tag(CHUNK_OFFSET_FIELD, WireType.Varint).int64(offset);
+  if (data.length > 0) inner.tag(CHUNK_DATA_FIELD, WireType.LengthDelimited).uint32(data.length);
+  const head = inner.finish();
+  const outer = new BinaryWriter().tag(CHUNK_FIELD, WireType.LengthDelimited).uint32(head.length + data.length).raw(head).finish();
+  return data.length > 0 ? [outer, data] : [outer];
+}
+
 export function downloadItemToProto(item: DownloadItem): DownloadBackupResponse {
   if (item.kind === "chunk") {
-    return create(DownloadBackupResponseSchema, {
-      payload: { case: "chunk", value: { offset: BigInt(item.offset), data: item.data } },
-    });
+    const offset = BigInt(item.offset);
+    const reply = create(DownloadBackupResponseSchema, { payload: { case: "chunk", value: { offset, data: item.data } } });
+    return withWireParts(reply, chunkWireParts(offset, item.data));
   }
   return create(DownloadBackupResponseSchema, {
     payload: {
