@@ -59,7 +59,7 @@ const CONTENT_TYPES = new Set(["application/grpc", "application/grpc+proto"]);
 const CALL_ENDED = new ConnectError("the call has ended", Code.Canceled);
 
 const encodedReplies = new WeakMap<object, Uint8Array>();
-const wireParts = new WeakMap<object, readonly Uint8Array[]>();
+const wireParts = new WeakMap<object, { parts: readonly Uint8Array[]; written?: () => void }>();
 
 /**
  * Gives the lean path `message` already encoded (`bytes` must be its protobuf binary form),
@@ -75,10 +75,12 @@ export function withEncodedReply<T extends object>(message: T, bytes: Uint8Array
  * Gives the lean path a reply's binary form as parts to be written one after another
  * (their concatenation must be what toBinary makes of `message`), so that a big bytes
  * field goes out as the buffer it is, not copied. The parts must not change until the
- * reply has been written; other paths encode the message as usual.
+ * reply has been written to the connection, which `written` is told (then, or when the
+ * stream is gone, never before). Other paths encode the message as usual and never call
+ * `written`.
  */
-export function withWireParts<T extends object>(message: T, parts: readonly Uint8Array[]): T {
-  wireParts.set(message, parts);
+export function withWireParts<T extends object>(message: T, parts: readonly Uint8Array[], written?: () => void): T {
+  wireParts.set(message, { parts, written });
   return message;
 }
 
@@ -223,7 +225,7 @@ async function serveUnary(
   } finally {
     finish();
   }
-  if (res.destroyed || res.writableEnded) return;
+  if (gone(res) || res.writableEnded) return;
   res.writeHead(200, header ? nodeHeaders(header) : REPLY_HEADERS);
   res.addTrailers(trailer ? nodeHeaders(trailer) : OK_TRAILERS);
   if (reply) res.end(reply);
@@ -282,10 +284,11 @@ async function serveStream(
     }, interceptors)(request);
     const replies = response.message;
     for await (const message of replies) {
-      if (res.destroyed) break;
+      if (gone(res)) break;
       sendHead();
-      await writeReply(res, wireParts.get(message) ?? [encodedReplies.get(message) ?? serialize(spec.method.output, message)]);
-      if (res.destroyed) break;
+      const wire = wireParts.get(message);
+      await writeReply(res, wire?.parts ?? [encodedReplies.get(message) ?? serialize(spec.method.output, message)], wire?.written);
+      if (gone(res)) break;
     }
     trailer = own() ? response!.trailer : call.touched ? call.responseTrailer : undefined;
   } catch (err) {
@@ -293,7 +296,7 @@ async function serveStream(
   } finally {
     finish();
   }
-  if (res.destroyed || res.writableEnded) return;
+  if (gone(res) || res.writableEnded) return;
   sendHead();
   res.addTrailers(trailer ? nodeHeaders(trailer) : OK_TRAILERS);
   res.end();
@@ -312,9 +315,10 @@ function errorTrailer(call: CallState, err: unknown): Headers {
 /**
  * Writes one enveloped reply of the given parts; resolves once the stream has taken it
  * (at once while it is under its buffer's mark, otherwise at "drain"), or when the stream
- * is closed.
+ * is closed. `written` is called once the last part has gone to the connection (node's
+ * http2 holds a written buffer, uncopied, until its socket write completes) or failed.
  */
-function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[]): Promise<void> {
+function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[], written?: () => void): Promise<void> {
   let length = 0;
   for (const p of parts) length += p.length;
   const first = parts[0] ?? new Uint8Array(0);
@@ -324,9 +328,10 @@ function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[]
   head[0] = 0;
   head.writeUInt32BE(length, 1);
   if (small) head.set(first, 5);
-  let ok = res.write(head);
-  for (let i = small ? 1 : 0; i < parts.length; i++) ok = res.write(parts[i]!);
-  if (ok || res.destroyed) return Promise.resolve();
+  const from = small ? 1 : 0;
+  let ok = res.write(head, from === parts.length ? written : undefined);
+  for (let i = from; i < parts.length; i++) ok = res.write(parts[i]!, i === parts.length - 1 ? written : undefined);
+  if (ok || gone(res)) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {
       res.off("drain", done);
@@ -336,6 +341,15 @@ function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[]
     res.on("drain", done);
     res.on("close", done);
   });
+}
+
+/**
+ * Whether the call's stream is closed (the client reset it, or it ended). Node's
+ * Http2ServerResponse has no `destroyed`; a write to a closed stream returns false and
+ * no "drain" or "close" follows it, so this is asked before waiting on one.
+ */
+function gone(res: http2.Http2ServerResponse): boolean {
+  return res.stream.destroyed || res.stream.closed;
 }
 
 /** The request's one message, as the stream of messages a streaming request carries. */
