@@ -14,7 +14,8 @@ export type DownloadItem =
       compression: CompressionKind;
       offset: number;
     }
-  | { kind: "chunk"; offset: number; data: Buffer };
+  /** `release()`: the data has been sent (or copied) and its buffer may be read into again. */
+  | { kind: "chunk"; offset: number; data: Buffer; release(): void };
 
 export interface DownloadDeps {
   backups: BackupRepository;
@@ -65,8 +66,8 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
         let at = offset;
         if (at === stat.size) return;
         try {
-          for await (const data of store.read(record.fileName, offset, signal)) {
-            yield { kind: "chunk", offset: at, data };
+          for await (const { data, release } of store.read(record.fileName, offset, signal)) {
+            yield { kind: "chunk", offset: at, data, release };
             at += data.length;
           }
         } catch (err) {

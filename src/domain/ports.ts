@@ -125,8 +125,18 @@ export interface BlobStore {
   diskSpace(): Promise<{ freeBytes: number; totalBytes: number }>;
   /** Names (without `.partial`) of the partial files present. */
   listPartials(): Promise<string[]>;
-  /** The file's bytes from `offset` on, in chunks of at most 1 MiB. */
-  read(name: string, offset: number, signal?: AbortSignal): AsyncIterable<Buffer>;
+  /** The file's bytes from `offset` on, in chunks of at most 1 MiB (see FileChunk). */
+  read(name: string, offset: number, signal?: AbortSignal): AsyncIterable<FileChunk>;
+}
+
+/**
+ * A piece of a file. Its buffer is read into again, for a later chunk, once `release()`
+ * says nothing needs it any more; a chunk never released is left to the garbage
+ * collector, so a reader that keeps the bytes simply does not call it.
+ */
+export interface FileChunk {
+  data: Buffer;
+  release(): void;
 }
 
 export interface TargetInfo {

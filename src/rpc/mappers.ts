@@ -222,7 +222,8 @@ export function downloadItemToProto(item: DownloadItem): DownloadBackupResponse 
   if (item.kind === "chunk") {
     const offset = BigInt(item.offset);
     const reply = create(DownloadBackupResponseSchema, { payload: { case: "chunk", value: { offset, data: item.data } } });
-    return withWireParts(reply, chunkWireParts(offset, item.data));
+    // The lean gRPC path writes the read buffer itself and hands it back once written.
+    return withWireParts(reply, chunkWireParts(offset, item.data), item.release);
   }
   return create(DownloadBackupResponseSchema, {
     payload: {
