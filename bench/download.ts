@@ -5,20 +5,27 @@
  * arrives, checks the hash against the one the service announced, and sends
  * {result: {bytes, ms}} or {error} to the parent.
  *
- *   callers: fork("bench/download.ts", [url, token, backupId, window | "default"])
+ *   callers: fork("bench/download.ts", [url, token, backupId, window | "default", "lean" | "connect"])
+ *
+ * "connect" sends the request gzip-compressed, which the service's lean gRPC path leaves
+ * to connect-node (src/rpc/grpc-lean.ts): the path every download took before the lean
+ * path served server streams, measured beside it. (grpc-js hands on no header that tells
+ * the two apart; test/clients.test.ts checks which path answers such a request.)
  */
 import { createHash } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { BackupService, type DownloadBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import { createGrpcJsClient } from "../src/client/grpc-js.js";
 
-const [url, token, id, windowArg] = process.argv.slice(2);
+const [url, token, id, windowArg, pathArg = "lean"] = process.argv.slice(2);
 
 function download(): Promise<{ bytes: number; ms: number }> {
   const client = createGrpcJsClient(url!, BackupService, undefined, {
     "grpc.max_receive_message_length": 8 << 20,
     // "default": our client's own window (4 MiB); a number: that window, e.g. grpc-js's 65535.
     ...(windowArg === "default" ? {} : { "grpc-node.flow_control_window": Number(windowArg) }),
+    // 2: gzip (grpc-js's CompressionAlgorithms).
+    ...(pathArg === "connect" ? { "grpc.default_compression_algorithm": 2 } : {}),
   });
   const md = new grpc.Metadata();
   md.set("authorization", `Bearer ${token}`);

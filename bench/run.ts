@@ -304,8 +304,9 @@ function serverView(before: Map<string, number>, after: Map<string, number>, met
 }
 
 /** Samples the service's resident memory while `fn` runs; returns fn's result and the peak in MB. */
-async function withPeakRss<T>(pid: number, fn: () => Promise<T>): Promise<{ value: T; peakMb: number }> {
+async function withPeakRss<T>(pid: number, fn: () => Promise<T>): Promise<{ value: T; peakMb: number; startMb: number }> {
   let peak = 0;
+  let start = 0;
   const sample = async () => {
     try {
       const status = await readFile(`/proc/${pid}/status`, "utf8");
@@ -316,11 +317,12 @@ async function withPeakRss<T>(pid: number, fn: () => Promise<T>): Promise<{ valu
     }
   };
   await sample();
+  start = peak;
   const timer = setInterval(() => void sample(), 50);
   try {
     const value = await fn();
     await sample();
-    return { value, peakMb: peak / 1024 };
+    return { value, peakMb: peak / 1024, startMb: start / 1024 };
   } finally {
     clearInterval(timer);
   }
@@ -414,11 +416,11 @@ async function main() {
       // the floor: the same file and client, from connect-node with nothing else to do.
       // Each pair starts with a different one: the first download after the restores is slower.
       await downloadFloor.register(backupFile(svc, ours.value.backup));
-      for (const [key, window, url] of rotate(downloadKinds(svc.url, downloadFloor.url), i - 1)) {
+      for (const [key, window, url, via, rssRow] of rotate(downloadKinds(svc.url, downloadFloor.url), i - 1)) {
         await settle();
-        const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window, url));
+        const dl = await withPeakRss(pid, () => download(svc, lastBackupId, window, url, via));
         add(key, dl.value.ms);
-        if (url === svc.url) peak("download", dl.peakMb);
+        if (rssRow) peak(rssRow, dl.peakMb);
         if (dl.value.bytes !== ourSize) throw new Error(`download size mismatch (${key})`);
       }
     }
@@ -496,12 +498,24 @@ async function main() {
   }
 }
 
-/** The downloads each pair measures: [result key, flow-control window, server]. */
-function downloadKinds(serviceUrl: string, floorUrl: string): [string, number | undefined, string][] {
+/**
+ * The downloads each pair measures: [result key, flow-control window, server, the service's
+ * path, the peak-RSS row (null: not the service's)]: our grpc-js client's window and grpc-js's
+ * own on the lean path, and the connect-node floor; with `before`, also our client's window on
+ * connect-node's path (the request compressed, see bench/download.ts), the path all downloads
+ * took before the lean path served them. Only --download-only measures that one: it leaves the
+ * service 25-50 MB larger, which would show in every later phase's peak.
+ */
+function downloadKinds(
+  serviceUrl: string,
+  floorUrl: string,
+  before = false,
+): [string, number | undefined, string, "lean" | "connect", string | null][] {
   return [
-    ["download.ms", undefined, serviceUrl],
-    ["download.defaultWindow.ms", 65535, serviceUrl],
-    ["download.floor.ms", undefined, floorUrl],
+    ["download.ms", undefined, serviceUrl, "lean", "download"],
+    ["download.defaultWindow.ms", 65535, serviceUrl, "lean", "download"],
+    ...(before ? [["download.connectPath.ms", undefined, serviceUrl, "connect", "downloadConnectPath"] as [string, undefined, string, "connect", string]] : []),
+    ["download.floor.ms", undefined, floorUrl, "connect", null],
   ];
 }
 
@@ -512,9 +526,10 @@ function rotate<T>(xs: T[], k: number): T[] {
 }
 
 /**
- * `--download-only N`: one backup, then N rounds of downloads: with each window, and
- * from the connect-node floor server, each round starting with a different one (a
- * quick check of the download path).
+ * `--download-only N`: one backup, then N rounds of downloads: with each window, on
+ * connect-node's path (as before the lean path served downloads), and from the
+ * connect-node floor server, each round starting with a different one (a quick check of
+ * the download path), with the service's RSS at each download's start and its peak.
  */
 async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<typeof startFloorServer>>): Promise<void> {
   log("download-only: one backup");
@@ -522,17 +537,20 @@ async function downloadOnly(svc: Service, n: number, floor: Awaited<ReturnType<t
   const size = Number(backup!.fileSize);
   await floor.register(backupFile(svc, backup!));
   const times: Record<string, number[]> = {};
+  const peaks: Record<string, [number, number][]> = {};
   for (let i = 1; i <= n; i++) {
-    for (const [key, window, url] of rotate(downloadKinds(svc.url, floor.url), i - 1)) {
+    for (const [key, window, url, via, rssRow] of rotate(downloadKinds(svc.url, floor.url, true), i - 1)) {
       await settle();
-      const dl = await download(svc, backup!.id, window, url);
-      if (dl.bytes !== size) throw new Error("download size mismatch");
-      (times[key] ??= []).push(dl.ms);
+      const dl = await withPeakRss(svc.child.pid!, () => download(svc, backup!.id, window, url, via));
+      if (dl.value.bytes !== size) throw new Error("download size mismatch");
+      (times[key] ??= []).push(dl.value.ms);
+      if (rssRow) (peaks[key] ??= []).push([dl.startMb, dl.peakMb]);
     }
   }
   for (const [key, ms] of Object.entries(times)) {
     const mbps = ms.map((t) => Math.round(size / 1e3 / t));
-    log(`${key}: median ${Math.round(size / 1e3 / median(ms))} MB/s; each round: ${mbps.join(", ")}`);
+    const rss = peaks[key] ? `; the service's RSS at the start and its peak ${peaks[key].map(([a, b]) => `${a.toFixed(0)}->${b.toFixed(0)}`).join(", ")} MB` : "";
+    log(`${key}: median ${Math.round(size / 1e3 / median(ms))} MB/s; each round: ${mbps.join(", ")}${rss}`);
   }
 }
 
@@ -601,8 +619,8 @@ async function ourRestore(svc: Service, id: string, target: string) {
  * Downloads a backup to a @grpc/grpc-js client in a process of its own (bench/download.ts),
  * hashing it; returns bytes and wall time.
  */
-function download(svc: Service, id: string, window?: number, url = svc.url): Promise<{ bytes: number; ms: number }> {
-  const child = own(fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [url, svc.token, id, String(window ?? "default")], {
+function download(svc: Service, id: string, window?: number, url = svc.url, via: "lean" | "connect" = "lean"): Promise<{ bytes: number; ms: number }> {
+  const child = own(fork(fileURLToPath(new URL("./download.ts", import.meta.url)), [url, svc.token, id, String(window ?? "default"), via], {
     stdio: ["ignore", "inherit", "inherit", "ipc"],
   }));
   return new Promise((resolve, reject) => {
