@@ -270,7 +270,7 @@ describe("buf curl, by reflection", () => {
 });
 
 describe("unary gRPC: the lean path and connect-node's answer alike", () => {
-  // Unary gRPC calls with uncompressed requests take src/rpc/grpc-unary.ts; the rest go through
+  // Unary and server-streaming gRPC calls with uncompressed requests take src/rpc/grpc-lean.ts; the rest go through
   // connect-node. A request that names `grpc-encoding: gzip` but sends an uncompressed message
   // (flag 0, which gRPC allows) is the same call for connect-node, so each case is sent both ways
   // and the answers must agree: HTTP status, content type, grpc-status, grpc-message, details, body.
@@ -335,6 +335,19 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
 
   const authed = () => ({ authorization: `Bearer ${token}` });
 
+  /** Sends each refused call both ways; the grpc-status of each, by name (no reply, never OK). */
+  async function refusals(cases: [string, string, Buffer, Record<string, string>][]) {
+    const seen: Record<string, unknown> = {};
+    for (const [name, method, body, headers] of cases) {
+      const answer = await bothWays(method, body, headers);
+      expect(answer.status, name).toBe(200);
+      expect(answer.trailers["grpc-status"], name).not.toBe("0");
+      expect(answer.body, name).toBe("");
+      seen[name] = answer.trailers["grpc-status"];
+    }
+    return seen;
+  }
+
   it("answers successful calls with the same bytes", async () => {
     await svc.client.createBackup({ label: "lean path" });
     const stats = await bothWays("GetStats", frame([]), authed());
@@ -359,15 +372,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
       ["a cut-off message", "GetBackup", frame([0x0a, 0x03, 0x61, 0x62, 0x63]).subarray(0, 7), authed()],
       ["a malformed timeout", "GetStats", frame([]), { ...authed(), "grpc-timeout": "soon" }],
     ];
-    const seen = new Map<string, unknown>();
-    for (const [name, method, body, headers] of cases) {
-      const answer = await bothWays(method, body, headers);
-      expect(answer.status, name).toBe(200);
-      expect(answer.trailers["grpc-status"], name).not.toBe("0");
-      expect(answer.body, name).toBe("");
-      seen.set(name, answer.trailers["grpc-status"]);
-    }
-    expect(Object.fromEntries(seen)).toEqual({
+    expect(await refusals(cases)).toEqual({
       "no token": "16",
       "a token that is not a JWT": "16",
       "a bad page size": "3",
@@ -447,14 +452,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         ["a malformed timeout", "DownloadBackup", downloadRequest(backup.id), { ...authed(), "grpc-timeout": "soon" }],
         ["a restore without a token", "RestoreBackup", restoreRequest(backup.id), {}],
       ];
-      const seen = new Map<string, unknown>();
-      for (const [name, method, body, headers] of cases) {
-        const answer = await bothWays(method, body, headers);
-        expect(answer.status, name).toBe(200);
-        expect(answer.body, name).toBe("");
-        seen.set(name, answer.trailers["grpc-status"]);
-      }
-      expect(Object.fromEntries(seen)).toEqual({
+      expect(await refusals(cases)).toEqual({
         "no token": "16",
         "an unknown backup": "5",
         "an offset past the end": "11",

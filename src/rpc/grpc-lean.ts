@@ -114,14 +114,19 @@ export function createLeanGrpcPath<S extends DescService>(opts: {
       if (encoding !== undefined && encoding !== "identity") return false;
       // The call turns every failure into a gRPC status; should writing the reply itself
       // throw, the stream is reset rather than the rejection left to end the process.
-      const served =
-        method.kind === "unary"
-          ? serveUnary(method, req, res, opts.interceptors, opts.contextValues(req), readMaxBytes)
-          : serveStream(method, req, res, opts.interceptors, opts.contextValues(req), readMaxBytes);
+      const env: CallEnv = { interceptors: opts.interceptors, contextValues: opts.contextValues(req), readMaxBytes };
+      const served = method.kind === "unary" ? serveUnary(method, req, res, env) : serveStream(method, req, res, env);
       served.catch((err: unknown) => res.stream.destroy(err instanceof Error ? err : new Error(String(err))));
       return true;
     },
   };
+}
+
+/** What a call runs with besides its request. */
+interface CallEnv {
+  interceptors: Interceptor[];
+  contextValues: ContextValues;
+  readMaxBytes: number;
 }
 
 /** What both kinds of call start with: the deadline, the call's state, and a client that goes away. */
@@ -185,9 +190,7 @@ async function serveUnary(
   spec: UnarySpec,
   req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
-  interceptors: Interceptor[],
-  contextValues: ContextValues,
-  readMaxBytes: number,
+  { interceptors, contextValues, readMaxBytes }: CallEnv,
 ): Promise<void> {
   const { call, timeoutError, finish } = startCall(req, res);
   let reply: Uint8Array | undefined;
@@ -244,9 +247,7 @@ async function serveStream(
   spec: ServerStreamSpec,
   req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
-  interceptors: Interceptor[],
-  contextValues: ContextValues,
-  readMaxBytes: number,
+  { interceptors, contextValues, readMaxBytes }: CallEnv,
 ): Promise<void> {
   const { call, timeoutError, finish } = startCall(req, res);
   let headSent = false;
