@@ -45,6 +45,7 @@ import {
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 
 type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
@@ -265,7 +266,7 @@ async function serveStream(
   try {
     if (timeoutError) throw timeoutError;
     const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes, "server-streaming"));
-    const request: StreamRequest = { stream: true, method: spec.method, message: once(input), ...requestCommon(spec, req, contextValues, call) };
+    const request: StreamRequest = { stream: true, method: spec.method, message: createAsyncIterable([input]), ...requestCommon(spec, req, contextValues, call) };
     // As connect's invokeStreamImplementation for a server stream.
     response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<StreamResponse> => {
       const message = await single(r.message as AsyncIterable<Message>);
@@ -353,15 +354,6 @@ function gone(res: http2.Http2ServerResponse): boolean {
   return res.stream.destroyed || res.stream.closed;
 }
 
-/** The request's one message, as the stream of messages a streaming request carries. */
-function once(message: Message): AsyncIterable<Message> {
-  return {
-    async *[Symbol.asyncIterator]() {
-      yield message;
-    },
-  };
-}
-
 /** The one message of a server-streaming request, with connect's errors for none or more. */
 async function single(messages: AsyncIterable<Message>): Promise<Message> {
   const it = messages[Symbol.asyncIterator]();
@@ -376,20 +368,12 @@ async function single(messages: AsyncIterable<Message>): Promise<Message> {
   return first.value;
 }
 
-/** The handler's replies as messages of the method's output (connect's normalizeIterable). */
-function normalized(schema: DescMessage, replies: AsyncIterable<unknown>): AsyncIterable<Message> {
-  return {
-    [Symbol.asyncIterator]() {
-      const it = replies[Symbol.asyncIterator]();
-      const map = (r: IteratorResult<unknown>): IteratorResult<Message> =>
-        r.done === true ? r : { done: false, value: create(schema, r.value as never) as Message };
-      return {
-        next: () => it.next().then(map),
-        ...(it.throw ? { throw: (e?: unknown) => it.throw!(e).then(map) } : {}),
-        ...(it.return ? { return: (v?: unknown) => it.return!(v).then(map) } : {}),
-      };
-    },
-  };
+/**
+ * The handler's replies as messages of the method's output (connect's normalizeIterable,
+ * which it does not export); closing this closes the handler's stream.
+ */
+async function* normalized(schema: DescMessage, replies: AsyncIterable<unknown>): AsyncGenerator<Message> {
+  for await (const r of replies) yield create(schema, r as never) as Message;
 }
 
 const REPLY_HEADERS = { "content-type": "application/grpc+proto" } as const;
