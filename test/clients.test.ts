@@ -6,7 +6,7 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import { promisify } from "node:util";
 import { create, fromBinary, toBinary, toJson } from "@bufbuild/protobuf";
-import { createClient, type Transport } from "@connectrpc/connect";
+import { createClient, createContextValues, type Transport } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -23,7 +23,9 @@ import {
   RestoreBackupRequestSchema,
 } from "../gen/backup/v1/backup_pb.js";
 import { FLOW_CONTROL_WINDOW } from "../src/client/grpc-js.js";
+import { createLeanGrpcPath } from "../src/rpc/grpc-lean.js";
 import { chunkWireParts } from "../src/rpc/mappers.js";
+import { startServer } from "../src/rpc/server.js";
 import {
   createDatabase,
   createFixture,
@@ -526,6 +528,69 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         // The data goes out as the buffer it is, not a copy.
         if (length > 0) expect(parts.at(-1)).toBe(data);
       }
+    }
+  });
+
+  it("makes a call's AbortSignal only for a handler or interceptor that asks for it", async () => {
+    // Node keeps AbortSignals through young-generation collections, so one made per call is
+    // garbage for the full collector (bench/NOTES.md, "Listing latency"). The lean path makes
+    // it on demand: nothing here may read it unless the call asks.
+    let seen: AbortSignal | undefined;
+    let interceptorSignal: PropertyDescriptor | undefined;
+    const lean = createLeanGrpcPath({
+      service: BackupService,
+      impl: {
+        getStats: (_req, ctx) => {
+          if (ctx.requestHeader.get("x-read-signal") === "1") seen = ctx.signal;
+          return {};
+        },
+      },
+      interceptors: [
+        (next) => (req) => {
+          interceptorSignal = Object.getOwnPropertyDescriptor(req, "signal");
+          return next(req);
+        },
+      ],
+      contextValues: () => createContextValues(),
+    });
+    const server = await startServer({
+      host: "127.0.0.1",
+      port: 0,
+      handler: (req, res) => {
+        if (!lean.handle(req, res)) res.writeHead(404).end();
+      },
+    });
+    const client = http2.connect(server.url);
+    const Original = globalThis.AbortController;
+    let made = 0;
+    globalThis.AbortController = class extends Original {
+      constructor() {
+        super();
+        made++;
+      }
+    };
+    try {
+      const getStats = (headers: Record<string, string>) =>
+        new Promise<unknown>((resolve, reject) => {
+          const req = client.request({ ":method": "POST", ":path": "/backup.v1.BackupService/GetStats", "content-type": "application/grpc", te: "trailers", ...headers });
+          req.on("trailers", (t) => resolve(t["grpc-status"]));
+          req.on("error", reject);
+          req.resume();
+          req.end(Buffer.alloc(5));
+        });
+      expect(await getStats({})).toBe("0");
+      expect(await getStats({})).toBe("0");
+      expect(made).toBe(0);
+      expect(typeof interceptorSignal?.get).toBe("function");
+      expect(seen).toBeUndefined();
+      expect(await getStats({ "x-read-signal": "1" })).toBe("0");
+      expect(made).toBe(1);
+      // The signal a handler kept is aborted once the call is over.
+      expect(seen?.aborted).toBe(true);
+    } finally {
+      globalThis.AbortController = Original;
+      client.close();
+      await server.close(100);
     }
   });
 

@@ -150,9 +150,20 @@ function startCall(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse
   };
 }
 
-/** The fields every request shape shares, as connect's requestCommon makes them. */
-function requestCommon(spec: UnarySpec | ServerStreamSpec, req: http2.Http2ServerRequest, contextValues: ContextValues, call: CallState) {
+/**
+ * A request of either shape with the fields they share, as connect's requestCommon makes
+ * them. The signal stays a getter on the request itself: spreading an object with a
+ * getter would read it, making every call's AbortSignal (see CallState).
+ */
+function callRequest<R extends UnaryRequest | StreamRequest>(
+  own: Pick<R, "stream" | "method" | "message">,
+  spec: UnarySpec | ServerStreamSpec,
+  req: http2.Http2ServerRequest,
+  contextValues: ContextValues,
+  call: CallState,
+): R {
   return {
+    ...own,
     service: spec.method.parent,
     requestMethod: "POST",
     url: `http://${req.authority}${req.url}`,
@@ -161,7 +172,7 @@ function requestCommon(spec: UnarySpec | ServerStreamSpec, req: http2.Http2Serve
     get signal() {
       return call.signal;
     },
-  };
+  } as R;
 }
 
 /** The handler's context for request `r`, as connect's mergeRequest makes it. */
@@ -200,7 +211,7 @@ async function serveUnary(
   try {
     if (timeoutError) throw timeoutError;
     const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes, "unary"));
-    const request: UnaryRequest = { stream: false, method: spec.method, message: input, ...requestCommon(spec, req, contextValues, call) };
+    const request = callRequest<UnaryRequest>({ stream: false, method: spec.method, message: input }, spec, req, contextValues, call);
     // As connect's invokeUnaryImplementation, with the signal and response headers made on demand.
     let made: UnaryResponse | undefined;
     const response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<UnaryResponse> => {
@@ -266,7 +277,13 @@ async function serveStream(
   try {
     if (timeoutError) throw timeoutError;
     const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes, "server-streaming"));
-    const request: StreamRequest = { stream: true, method: spec.method, message: createAsyncIterable([input]), ...requestCommon(spec, req, contextValues, call) };
+    const request = callRequest<StreamRequest>(
+      { stream: true, method: spec.method, message: createAsyncIterable([input]) },
+      spec,
+      req,
+      contextValues,
+      call,
+    );
     // As connect's invokeStreamImplementation for a server stream.
     response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<StreamResponse> => {
       const message = await single(r.message as AsyncIterable<Message>);
