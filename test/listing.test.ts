@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
-import { createDatabase, createFixture, sql, type TestService } from "./helpers.js";
+import { createDatabase, createFixture, sql, type TestService, waitFor } from "./helpers.js";
 
 const fx = createFixture("listing");
 let svc: TestService;
@@ -86,5 +86,32 @@ describe("ListBackups over 1,234 records", () => {
     const after = await read(last);
     expect(after.backups.map((b) => b.id)).toEqual(failed.slice((last - 1) * 100, -1));
     expect((await read(1)).backups.map((b) => b.id)).toEqual(failed.slice(0, 100));
+  });
+
+  it("lists an async backup at once and a synchronous one, in its final state, when its call returns", async () => {
+    const top = async () => (await svc.client.listBackups({ page: 1, pageSize: 50 })).backups;
+    const total = async () => Number((await svc.client.getStats({})).totalBackups);
+    // A dashboard's pages and totals, read and cached first.
+    await top();
+    const before = await total();
+
+    // The caller is answered right after the record is made: every listing shows it from then on.
+    const { backup: started } = await svc.client.createBackup({ async: true, label: "async, listed at once" });
+    expect((await top())[0]?.id).toBe(started!.id);
+    expect(await total()).toBe(before + 1);
+    await waitFor("the async backup to finish", async () => {
+      const { backup } = await svc.client.getBackup({ id: started!.id });
+      return backup!.status === BackupStatus.VERIFIED ? backup : null;
+    });
+
+    // The caller is answered at the end: the final state shows at once, whatever was cached meanwhile.
+    const running = svc.client.createBackup({ label: "sync, listed when it returns" });
+    await top();
+    await total();
+    const { backup: done } = await running;
+    const first = (await top())[0];
+    expect(first?.id).toBe(done!.id);
+    expect(first?.status).toBe(BackupStatus.VERIFIED);
+    expect(await total()).toBe(before + 2);
   });
 });

@@ -167,8 +167,10 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
   }
 
   return {
-    async insert(record) {
-      const [row] = await write(db.insert(t).values(record).onConflictDoNothing({ target: t.fileName }).returning());
+    async insert(record, opts) {
+      const [row] = await (opts?.intermediate ? intermediateWrite : write)(
+        db.insert(t).values(record).onConflictDoNothing({ target: t.fileName }).returning(),
+      );
       return row ? toRecord(row) : null;
     },
 

@@ -496,24 +496,34 @@ export function createBackupService(deps: BackupServiceDeps) {
     database: string;
     actor: Actor;
     metadata?: Record<string, unknown>;
+    /**
+     * The one who asked is answered only once the backup has ended, by a write that every
+     * listing shows at once: the record's creation need not make every polling caller wait
+     * on fresh queries (measured: most calls in a backup's first 0.25 s, under the latency
+     * bench). Listings show the running backup at their next re-read.
+     */
+    answeredAtEnd: boolean;
   }): Promise<BackupRecord> {
     const startedAt = clock.now();
     for (let attempt = 1; attempt <= 20; attempt++) {
-      const record = await backups.insert({
-        backupType: p.backupType,
-        fileName: backupFileName(p.database, startedAt, options.format, options.compression, attempt),
-        status: "IN_PROGRESS",
-        startedAt,
-        triggeredBy: p.actor.sub,
-        triggeredByUsername: p.actor.username,
-        retentionDays: p.retentionDays,
-        expiresAt: expiryOf(startedAt, p.retentionDays),
-        databaseName: p.database,
-        archiveFormat: options.format,
-        compression: options.compression,
-        label: p.label,
-        metadata: p.metadata ?? {},
-      });
+      const record = await backups.insert(
+        {
+          backupType: p.backupType,
+          fileName: backupFileName(p.database, startedAt, options.format, options.compression, attempt),
+          status: "IN_PROGRESS",
+          startedAt,
+          triggeredBy: p.actor.sub,
+          triggeredByUsername: p.actor.username,
+          retentionDays: p.retentionDays,
+          expiresAt: expiryOf(startedAt, p.retentionDays),
+          databaseName: p.database,
+          archiveFormat: options.format,
+          compression: options.compression,
+          label: p.label,
+          metadata: p.metadata ?? {},
+        },
+        { intermediate: p.answeredAtEnd },
+      );
       if (record) return record;
     }
     throw new DomainError("busy", `could not find a free file name for a backup of "${p.database}"; try again`);
@@ -540,6 +550,7 @@ export function createBackupService(deps: BackupServiceDeps) {
         database: p.database,
         actor: p.actor,
         metadata: p.metadata,
+        answeredAtEnd: true,
       });
       logger.info({ backupId: record.id, database: p.database, label: p.label }, "backup started");
       return runBackup(record, signal);
@@ -577,7 +588,15 @@ export function createBackupService(deps: BackupServiceDeps) {
       const lock = await lockDatabase(database);
       let record: BackupRecord;
       try {
-        record = await insertRecord({ backupType, retentionDays, label, database, actor: input.actor, metadata: input.metadata });
+        record = await insertRecord({
+          backupType,
+          retentionDays,
+          label,
+          database,
+          actor: input.actor,
+          metadata: input.metadata,
+          answeredAtEnd: !input.async,
+        });
       } catch (err) {
         await lock.release();
         throw err;

@@ -36,8 +36,13 @@ export interface BackupStats {
 
 /** The backup history, kept in the control database. */
 export interface BackupRepository {
-  /** The stored record, or null when another record already has its file name. */
-  insert(record: NewBackupRecord): Promise<BackupRecord | null>;
+  /**
+   * The stored record, or null when another record already has its file name. Listings and
+   * statistics show it to calls made after this returns, unless `intermediate` says that
+   * whoever asked for it is answered only after a later write to the record (a synchronous
+   * backup's final state): then they show it at their next re-read, as for update().
+   */
+  insert(record: NewBackupRecord, opts?: { intermediate?: boolean }): Promise<BackupRecord | null>;
   /**
    * Updates a record and returns it as stored; throws not_found if it is gone. Listings and
    * statistics show the change to calls made after it returns, unless `intermediate` says it
