@@ -770,7 +770,7 @@ async function pollDuringBackup(svc: Service, target: { url: string; pid: number
   // process took 50-160 ms of a core in the first 0.2 s of the window.
   if (serviceView) await scrape(svc);
   await new Promise((r) => setTimeout(r, warmupMs));
-  if (!process.env.BENCH_NO_BACKUP) await svc.client.getStats({});
+  await svc.client.getStats({});
   const before = serviceView ? await scrape(svc) : new Map<string, number>(); // also restarts the service's event-loop lag sampling
   const results = procs.map((c) => message<CallersResult>(c, "result"));
   for (const c of procs) c.send({ measure: true });
