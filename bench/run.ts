@@ -9,7 +9,7 @@
  * Needs the local PostgreSQL (as for the tests) and pgbench (postgresql-contrib on Debian,
  * installed with the server). The benchmark database is built once and reused.
  */
-import { appendFileSync, writeFileSync } from "node:fs";
+import { appendFileSync, readFileSync, writeFileSync } from "node:fs";
 import { fork, spawn, type ChildProcess } from "node:child_process";
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from "node:fs/promises";
 import os from "node:os";
@@ -241,6 +241,7 @@ async function startService(): Promise<Service> {
       stdio: ["ignore", "pipe", "inherit"],
     }),
   );
+  if (process.env.BENCH_SCHEDSTAT) recordSchedstat(child, process.env.BENCH_SCHEDSTAT);
   let gotMetricsUrl: (u: string) => void = () => undefined;
   const restoreSteps: Record<string, number>[] = [];
   const metricsUrl = new Promise<string>((r) => (gotMetricsUrl = r));
@@ -273,6 +274,29 @@ async function startService(): Promise<Service> {
     }),
   );
   return { child, url, metricsUrl, client, token, dataDir, restoreSteps };
+}
+
+/**
+ * BENCH_SCHEDSTAT=file: every 5 ms, the service's main thread's time on a core and its time
+ * runnable but waiting for one (the kernel's /proc/<pid>/task/<pid>/schedstat, cumulative ns),
+ * written as "<ms since the epoch> <on-CPU ns> <waiting ns>" lines when the service exits.
+ * Linux only; it tells a busy event loop from one that waits for a core.
+ */
+function recordSchedstat(child: ChildProcess, file: string): void {
+  const lines: string[] = [];
+  const source = `/proc/${child.pid}/task/${child.pid}/schedstat`;
+  const timer = setInterval(() => {
+    try {
+      const [onCpu, waiting] = readFileSync(source, "utf8").split(" ");
+      lines.push(`${Date.now()} ${onCpu} ${waiting}`);
+    } catch {
+      clearInterval(timer);
+    }
+  }, 5);
+  child.once("exit", () => {
+    clearInterval(timer);
+    writeFileSync(file, `${lines.join("\n")}\n`);
+  });
 }
 
 /** Parses the Prometheus text format into series -> value. */
