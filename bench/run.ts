@@ -289,13 +289,16 @@ function recordSchedstat(child: ChildProcess, file: string): void {
     try {
       const [onCpu, waiting] = readFileSync(source, "utf8").split(" ");
       lines.push(`${Date.now()} ${onCpu} ${waiting}`);
-    } catch {
+    } catch (err) {
       clearInterval(timer);
+      // Not Linux, or a kernel without schedstats: say so rather than leave an empty file.
+      if (lines.length === 0) log(`BENCH_SCHEDSTAT: cannot read ${source} (${(err as Error).message}); nothing recorded`);
     }
   }, 5);
+  timer.unref();
   child.once("exit", () => {
     clearInterval(timer);
-    writeFileSync(file, `${lines.join("\n")}\n`);
+    if (lines.length > 0) writeFileSync(file, `${lines.join("\n")}\n`);
   });
 }
 
