@@ -32,7 +32,14 @@ export function createAdvisoryLocks(control: PgTarget, pool: pg.Pool, logger: Lo
     };
     client.on("error", (err) => onLost(err.message));
     client.on("end", () => onLost("connection ended"));
-    await client.connect();
+    try {
+      await client.connect();
+    } catch (err) {
+      released = true;
+      await client.end().catch(() => undefined);
+      // A retryable outage, not a bug: callers get UNAVAILABLE rather than INTERNAL.
+      throw new DomainError("unavailable", "the control database is unreachable; retry when it is back", { cause: err });
+    }
     try {
       const res = await client.query<{ ok: boolean }>(`SELECT ${fn}($1, $2) AS ok`, [NAMESPACE, keyOf(key)]);
       if (!res.rows[0]?.ok) {

@@ -254,6 +254,7 @@ export function createBackupService(deps: BackupServiceDeps) {
     const started = performance.now();
     let current = record;
     let readBack: DumpResult["readBack"] = null;
+    let committed = false;
     try {
       const info = await preflight(record, signal);
       current = await backups.update(
@@ -273,6 +274,7 @@ export function createBackupService(deps: BackupServiceDeps) {
       signal.throwIfAborted();
       readBack = result.readBack;
       await store.commit(record.fileName);
+      committed = true;
       const counts = Object.values(result.tableRowCounts);
       current = await backups.update(
         record.id,
@@ -294,6 +296,13 @@ export function createBackupService(deps: BackupServiceDeps) {
       await store.discardPartial(record.fileName).catch((e: unknown) => {
         logger.error({ err: e, backupId: record.id }, "could not remove partial backup file");
       });
+      // Renamed to its final name, but never recorded as COMPLETED (the control database failed
+      // in between): a file with no checksum on record is no backup, and nothing would remove it.
+      if (committed) {
+        await store.remove(record.fileName).catch((e: unknown) => {
+          logger.error({ err: e, backupId: record.id }, "could not remove the unrecorded backup file");
+        });
+      }
       await backups
         .update(record.id, {
           status: "FAILED",
@@ -714,6 +723,9 @@ export function createBackupService(deps: BackupServiceDeps) {
           const fresh = await backups.findById(record.id);
           if (fresh?.status !== "IN_PROGRESS") continue;
           await store.discardPartial(record.fileName);
+          // A crash between the rename and the COMPLETED update leaves the final name on disk,
+          // with no checksum or row counts on record: no backup, so it goes with the partial.
+          await store.remove(record.fileName);
           await backups.update(record.id, {
             status: "FAILED",
             errorMessage: "interrupted: the service stopped before the backup finished",

@@ -101,7 +101,9 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         let freedBytes = 0;
         try {
           for (const r of candidates) {
-            const freed = r.status === "FAILED" ? 0 : await removeFile(r);
+            // A FAILED backup normally has no file; if one was left (a failure after the rename),
+            // it goes too, so that what a dry run counts is what the run frees.
+            const freed = await removeFile(r);
             if (freed === null) {
               logger.warn({ backupId: r.id }, "expired backup is in use; cleanup will retry next time");
               continue;

@@ -1,0 +1,139 @@
+import { writeFile } from "node:fs/promises";
+import path from "node:path";
+import { Code } from "@connectrpc/connect";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { createAdvisoryLocks } from "../src/db/locks.js";
+import { DomainError } from "../src/errors.js";
+import { createLogger } from "../src/logger.js";
+import pg from "pg";
+import {
+  backupFiles,
+  callFailure,
+  createDatabase,
+  createFixture,
+  seedDatabase,
+  sql,
+  startService,
+  uniqueName,
+} from "./helpers.js";
+
+const fx = createFixture("edges");
+
+beforeAll(async () => {
+  await createDatabase(fx.target);
+  await seedDatabase(fx.target, 200);
+});
+
+afterAll(() => fx.cleanup());
+
+/** Makes the control database refuse every backup record's move out of IN_PROGRESS to `status`. */
+async function refuseStatus(control: string, status: string): Promise<void> {
+  await sql(
+    control,
+    `CREATE FUNCTION backup_service.refuse_status() RETURNS trigger LANGUAGE plpgsql AS $$
+     BEGIN
+       IF NEW.status::text = '${status}' THEN RAISE EXCEPTION 'test: % refused', NEW.status; END IF;
+       RETURN NEW;
+     END $$`,
+  );
+  await sql(
+    control,
+    `CREATE TRIGGER refuse_status BEFORE UPDATE ON backup_service.backup_history
+       FOR EACH ROW EXECUTE FUNCTION backup_service.refuse_status()`,
+  );
+}
+
+describe("a backup file is never left behind unrecorded", () => {
+  it("a failure after the rename (the COMPLETED update) removes the final file and records FAILED", async () => {
+    const svc = await fx.service();
+    await refuseStatus(svc.control, "COMPLETED");
+    const err = await callFailure(svc.client.createBackup({}));
+    expect(err.code).toBe(Code.Internal);
+    const { backups } = await svc.client.listBackups({});
+    expect(backups).toHaveLength(1);
+    expect(backups[0]!.status).toBe(BackupStatus.FAILED);
+    // Neither the partial nor the final name: no file with no checksum on record.
+    expect(await backupFiles(svc.backupDir)).toEqual([]);
+  });
+
+  it("start-up recovery removes the final-named file of a backup left IN_PROGRESS", async () => {
+    const svc = await fx.service();
+    // The run stays IN_PROGRESS, as after a crash between the rename and the COMPLETED update.
+    await refuseStatus(svc.control, "COMPLETED");
+    await sql(svc.control, `CREATE OR REPLACE FUNCTION backup_service.refuse_status() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF OLD.status::text = 'IN_PROGRESS' AND NEW.status::text <> 'IN_PROGRESS' THEN RAISE EXCEPTION 'test: refused'; END IF;
+      RETURN NEW; END $$`);
+    await callFailure(svc.client.createBackup({}));
+    const [row] = await sql<{ id: string; file_name: string; status: string }>(
+      svc.control,
+      "SELECT id, file_name, status FROM backup_service.backup_history",
+    );
+    expect(row!.status).toBe("IN_PROGRESS");
+    await svc.close();
+    // What a crash in that window leaves: the file under its final name.
+    await writeFile(path.join(svc.backupDir, row!.file_name), "committed, never recorded");
+    await sql(svc.control, "DROP TRIGGER refuse_status ON backup_service.backup_history");
+
+    const restarted = await startService(svc.control, fx.target, {}, svc.dataDir);
+    try {
+      const { backup } = await restarted.client.getBackup({ id: row!.id });
+      expect(backup!.status).toBe(BackupStatus.FAILED);
+      expect(backup!.errorMessage).toMatch(/^interrupted/);
+      expect(await backupFiles(restarted.backupDir)).toEqual([]);
+    } finally {
+      await restarted.close();
+    }
+  });
+
+  it("cleanup removes an expired FAILED backup's leftover file, and its dry run counts the same bytes", async () => {
+    const svc = await fx.service();
+    await refuseStatus(svc.control, "COMPLETED");
+    await callFailure(svc.client.createBackup({}));
+    const [row] = await sql<{ id: string; file_name: string }>(
+      svc.control,
+      "UPDATE backup_service.backup_history SET expires_at = now() - interval '1 day' RETURNING id, file_name",
+    );
+    // A file left by an earlier version of the service, which kept such files.
+    const leftover = Buffer.alloc(4096, 1);
+    await writeFile(path.join(svc.backupDir, row!.file_name), leftover);
+
+    const dry = await svc.client.cleanupExpiredBackups({ dryRun: true });
+    expect(Number(dry.freedBytes)).toBe(leftover.length);
+    expect(await backupFiles(svc.backupDir)).toEqual([row!.file_name]);
+    const real = await svc.client.cleanupExpiredBackups({});
+    expect(Number(real.freedBytes)).toBe(leftover.length);
+    expect(await backupFiles(svc.backupDir)).toEqual([]);
+  });
+});
+
+describe("locks when the control database is unreachable", () => {
+  it("taking a lock fails as UNAVAILABLE, not as an internal error", async () => {
+    // A port nothing listens on: a real refused connection.
+    const server = await new Promise<import("node:net").Server>((resolve) => {
+      import("node:net").then(({ createServer }) => {
+        const s = createServer();
+        s.listen(0, "127.0.0.1", () => resolve(s));
+      });
+    });
+    const port = (server.address() as import("node:net").AddressInfo).port;
+    await new Promise((r) => server.close(r));
+    const pool = new pg.Pool({ host: "127.0.0.1", port });
+    const locks = createAdvisoryLocks(
+      { host: "127.0.0.1", port, user: "root", password: undefined, database: uniqueName("nowhere"), sslmode: undefined },
+      pool,
+      createLogger("silent"),
+    );
+    try {
+      const err = await locks.tryAcquire("anything").then(
+        () => null,
+        (e: unknown) => e,
+      );
+      expect(err).toBeInstanceOf(DomainError);
+      expect((err as DomainError).kind).toBe("unavailable");
+      expect((err as DomainError).message).toMatch(/control database is unreachable/);
+    } finally {
+      await pool.end();
+    }
+  });
+});
