@@ -306,8 +306,13 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           health.setServing(false);
           const serverClosed = server.close(config.shutdownGraceMs);
           const metricsClosed = metricsServer?.close();
-          await scheduler.stop();
-          await backupService.shutdown();
+          // Both at once: the scheduler first marks its jobs stopped (so a job cut short is
+          // recorded INTERRUPTED), then the service cancels every backup and verification, which
+          // a scheduled backup's job would otherwise wait for to the end.
+          const schedulerStopped = scheduler.stop();
+          const backupsStopped = backupService.shutdown();
+          await schedulerStopped;
+          await backupsStopped;
           // Outcomes of the work just stopped still go out, within the grace period.
           await alerts.close(Math.min(config.shutdownGraceMs, 5000));
           await serverClosed;
