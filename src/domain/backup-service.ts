@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, isDomainError, notFound, safeReason } from "../errors.js";
 import {
@@ -229,24 +230,36 @@ export function createBackupService(deps: BackupServiceDeps) {
     return info;
   }
 
-  /** The dump, then the verification; always leaves the record in a final state. */
   /**
-   * Runs one backup under its own run lock: start-up recovery on any replica
-   * can then tell a dead run (lock free) from a live one.
+   * A new backup's id with its run lock already held, taken before its record exists: start-up
+   * recovery on any replica tells a dead run (lock free) from a live one, and there is no moment
+   * when a live backup's IN_PROGRESS record is there without its lock.
    */
-  async function runBackup(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
-    let runLock: Lock | null = null;
+  async function claimRun(): Promise<{ id: string; runLock: Lock }> {
+    const id = randomUUID();
+    const runLock = await locks.tryAcquire(runKey(id));
+    if (!runLock) throw new DomainError("unavailable", "could not take a new backup's run lock; retry");
+    return { id, runLock };
+  }
+
+  /** Inserts the record of a claimed run; the run lock is released if that fails. */
+  async function insertClaimed(claim: { id: string; runLock: Lock }, p: Omit<Parameters<typeof insertRecord>[0], "id">) {
     try {
-      runLock = await locks.tryAcquire(runKey(record.id));
+      return await insertRecord({ ...p, id: claim.id });
     } catch (err) {
-      logger.error({ err, backupId: record.id }, "could not take the run lock");
+      await claim.runLock.release();
+      throw err;
     }
-    const stopper = createStopper(signal, runLock?.lost);
+  }
+
+  /** The dump, then the verification, under the run's lock; always leaves the record in a final state. */
+  async function runBackup(record: BackupRecord, runLock: Lock, signal: AbortSignal): Promise<BackupRecord> {
+    const stopper = createStopper(signal, runLock.lost);
     try {
       return await dumpAndVerify(record, stopper.signal);
     } finally {
       stopper.dispose();
-      await runLock?.release();
+      await runLock.release();
     }
   }
 
@@ -499,6 +512,7 @@ export function createBackupService(deps: BackupServiceDeps) {
   }
 
   async function insertRecord(p: {
+    id: string;
     backupType: BackupType;
     retentionDays: number;
     label: string | null;
@@ -517,6 +531,7 @@ export function createBackupService(deps: BackupServiceDeps) {
     for (let attempt = 1; attempt <= 20; attempt++) {
       const record = await backups.insert(
         {
+          id: p.id,
           backupType: p.backupType,
           fileName: backupFileName(p.database, startedAt, options.format, options.compression, attempt),
           status: "IN_PROGRESS",
@@ -552,7 +567,8 @@ export function createBackupService(deps: BackupServiceDeps) {
       p: { database: string; label: string; actor: Actor; metadata?: Record<string, unknown> },
       signal: AbortSignal,
     ): Promise<BackupRecord> {
-      const record = await insertRecord({
+      const claim = await claimRun();
+      const record = await insertClaimed(claim, {
         backupType: "MANUAL",
         retentionDays: options.retentionDays,
         label: p.label,
@@ -562,7 +578,7 @@ export function createBackupService(deps: BackupServiceDeps) {
         answeredAtEnd: true,
       });
       logger.info({ backupId: record.id, database: p.database, label: p.label }, "backup started");
-      return runBackup(record, signal);
+      return runBackup(record, claim.runLock, signal);
     },
   };
 
@@ -596,8 +612,10 @@ export function createBackupService(deps: BackupServiceDeps) {
 
       const lock = await lockDatabase(database);
       let record: BackupRecord;
+      let claim: { id: string; runLock: Lock };
       try {
-        record = await insertRecord({
+        claim = await claimRun();
+        record = await insertClaimed(claim, {
           backupType,
           retentionDays,
           label,
@@ -614,7 +632,7 @@ export function createBackupService(deps: BackupServiceDeps) {
 
       const stopper = createStopper(shutdownController.signal, lock.lost, input.async ? undefined : signal);
       const job = track(
-        runBackup(record, stopper.signal).finally(() => {
+        runBackup(record, claim.runLock, stopper.signal).finally(() => {
           stopper.dispose();
           return lock.release();
         }),

@@ -98,6 +98,7 @@ export interface BackupRecord {
 
 export type NewBackupRecord = Pick<
   BackupRecord,
+  | "id"
   | "backupType"
   | "fileName"
   | "status"
