@@ -755,8 +755,11 @@ export function createBackupService(deps: BackupServiceDeps) {
           await lock.release();
         }
       }
+      // The directory first, then the records: a partial file is only made after its record is
+      // written, so every partial listed here that a live backup owns has its record in the list.
+      const partials = await store.listPartials();
       const owned = new Set((await backups.findInProgress()).map((r) => r.fileName));
-      for (const name of await store.listPartials()) {
+      for (const name of partials) {
         if (owned.has(name)) continue;
         await store.discardPartial(name);
         logger.warn({ file: `${name}.partial` }, "removed orphaned partial backup file");
