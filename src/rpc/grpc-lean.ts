@@ -24,10 +24,12 @@
  * response and handler-context shapes, as connect's invokeUnaryImplementation
  * and invokeStreamImplementation run them; the deadline comes from connect's
  * `parseTimeout`, the error trailers from its `setTrailerStatus`, and the
- * errors for malformed requests are connect's. Only the framing of the request
- * and the replies is done here, on node:http2's compatibility API.
- * test/clients.test.ts sends the same bytes down this path and connect-node's
- * and compares what comes back.
+ * errors for malformed requests are connect's, raised at the same point: before
+ * the interceptors for a unary call, inside them (when the handler takes its
+ * message) for a server stream. Only the framing of the request and the
+ * replies is done here, on node:http2's compatibility API.
+ * test/clients.test.ts and test/rpc-edges.test.ts send the same bytes down this
+ * path and connect-node's and compare what comes back.
  */
 import type http2 from "node:http2";
 import { create, fromBinary, toBinary, type DescMessage, type DescService, type Message } from "@bufbuild/protobuf";
@@ -45,7 +47,6 @@ import {
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
-import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 
 type UnarySpec = Extract<MethodImplSpec, { kind: "unary" }>;
@@ -214,7 +215,7 @@ async function serveUnary(
   let trailer: Headers | undefined;
   try {
     if (timeoutError) throw timeoutError;
-    const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes, "unary"));
+    const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes, call), readMaxBytes, "unary"));
     const request = callRequest<UnaryRequest>(false, spec.method, input, req, contextValues, call);
     // As connect's invokeUnaryImplementation, with the signal and response headers made on demand.
     let made: UnaryResponse | undefined;
@@ -279,9 +280,12 @@ async function serveStream(
     res.writeHead(200, header ? nodeHeaders(header) : REPLY_HEADERS);
   };
   try {
-    if (timeoutError) throw timeoutError;
-    const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes), readMaxBytes, "server-streaming"));
-    const request = callRequest<StreamRequest>(true, spec.method, createAsyncIterable([input]), req, contextValues, call);
+    // The request's message is read when the handler asks for it, inside the interceptors,
+    // as connect-node reads a stream's input: a call the token check refuses is answered
+    // without its body being read (nor waited for), and a malformed body fails a call that
+    // was let in, audited and counted as connect-node's path does.
+    const input = streamInput(spec.method.input, req, call, timeoutError, readMaxBytes);
+    const request = callRequest<StreamRequest>(true, spec.method, input, req, contextValues, call);
     // As connect's invokeStreamImplementation for a server stream.
     response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<StreamResponse> => {
       const message = await single(r.message as AsyncIterable<Message>);
@@ -369,6 +373,22 @@ function gone(res: http2.Http2ServerResponse): boolean {
   return res.stream.destroyed || res.stream.closed;
 }
 
+/**
+ * A server stream's input as connect-node's is: nothing happens until the first next(),
+ * which raises the call's malformed timeout (connect raises it on reading the input, too),
+ * then reads and checks the body, with the same errors as a unary call's.
+ */
+async function* streamInput(
+  schema: DescMessage,
+  req: http2.Http2ServerRequest,
+  call: CallState,
+  timeoutError: ConnectError | undefined,
+  readMaxBytes: number,
+): AsyncGenerator<Message> {
+  if (timeoutError) throw timeoutError;
+  yield parse(schema, singleMessage(await readBody(req, readMaxBytes, call), readMaxBytes, "server-streaming"));
+}
+
 /** The one message of a server-streaming request, with connect's errors for none or more. */
 async function single(messages: AsyncIterable<Message>): Promise<Message> {
   const it = messages[Symbol.asyncIterator]();
@@ -419,6 +439,7 @@ class CallState {
   private readonly deadline: number | undefined;
   private header: Headers | undefined;
   private trailer: Headers | undefined;
+  private onAbort: ((reason: unknown) => void) | undefined;
   touched = false;
   /** Set when the call's outcome is decided: a stream closing after that is no cancellation. */
   ended = false;
@@ -459,6 +480,19 @@ class CallState {
     this.reason = reason;
     clearTimeout(this.timer);
     this.controller?.abort(reason);
+    const onAbort = this.onAbort;
+    this.onAbort = undefined;
+    onAbort?.(reason);
+  }
+
+  /**
+   * Calls `fn` with the reason once the call is aborted (at once if it already was), or no
+   * longer if `fn` is undefined: one listener at a time, for readBody, without making the
+   * signal (see above).
+   */
+  whenAborted(fn: ((reason: unknown) => void) | undefined): void {
+    if (fn !== undefined && this.reason !== undefined) fn(this.reason);
+    else this.onAbort = fn;
   }
 
   /** The call is over: whatever still listens is told so, and the deadline timer goes. */
@@ -467,8 +501,13 @@ class CallState {
   }
 }
 
-/** Reads the request body, refusing more than one message of at most readMaxBytes can need. */
-function readBody(req: http2.Http2ServerRequest, readMaxBytes: number): Promise<Buffer> {
+/**
+ * Reads the request body, refusing more than one message of at most readMaxBytes can need.
+ * Gives up when the call is aborted (its deadline passed, or the client went away), so a
+ * client that never ends its request holds nothing past its deadline; what it has not sent
+ * is left unread, for HTTP/2 flow control to hold back.
+ */
+function readBody(req: http2.Http2ServerRequest, readMaxBytes: number, call: CallState): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
@@ -477,6 +516,7 @@ function readBody(req: http2.Http2ServerRequest, readMaxBytes: number): Promise<
       req.off("end", onEnd);
       req.off("error", onError);
       req.off("close", onClose);
+      call.whenAborted(undefined);
     };
     const onData = (chunk: Buffer) => {
       size += chunk.length;
@@ -506,6 +546,11 @@ function readBody(req: http2.Http2ServerRequest, readMaxBytes: number): Promise<
     req.on("end", onEnd);
     req.on("error", onError);
     req.on("close", onClose);
+    call.whenAborted((reason) => {
+      done();
+      req.pause();
+      reject(reason);
+    });
   });
 }
 

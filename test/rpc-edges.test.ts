@@ -1,0 +1,326 @@
+/**
+ * Edges of the RPC layer and of start-up: what a caller without a token can make the
+ * service do before it is refused, deadlines that pass while a request is still coming,
+ * and settings that must stop the service at once, naming the setting.
+ */
+import { spawn } from "node:child_process";
+import { mkdir, writeFile } from "node:fs/promises";
+import http2 from "node:http2";
+import path from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { KeyConfigError, loadJwtKeys } from "../src/auth/keys.js";
+import { ConfigError, loadConfig } from "../src/config.js";
+import { MAX_CONCURRENT_STREAMS } from "../src/rpc/server.js";
+import { createDatabase, createFixture, mintToken, type TestService } from "./helpers.js";
+
+const fx = createFixture("rpcedges");
+let svc: TestService;
+let token: string;
+
+beforeAll(async () => {
+  await createDatabase(fx.target);
+  svc = await fx.service();
+  token = await mintToken({ sub: "edges", role: "admin" });
+});
+
+afterAll(() => fx.cleanup());
+
+type Answer = { status: number; contentType: unknown; trailers: Record<string, unknown>; body: string; encoding?: unknown };
+
+const frame = (payload: number[] | Buffer, flags = 0) => {
+  const body = Buffer.from(payload);
+  const head = Buffer.alloc(5);
+  head[0] = flags;
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+};
+
+const authed = () => ({ authorization: `Bearer ${token}` });
+
+describe("gRPC calls before the body: the lean path and connect-node's answer alike", () => {
+  // As test/clients.test.ts does: `grpc-encoding: gzip` with an uncompressed message (flag 0)
+  // is the same call for connect-node, which the lean path (src/rpc/grpc-lean.ts) leaves to it.
+  let session: http2.ClientHttp2Session;
+  beforeAll(() => {
+    session = http2.connect(svc.url);
+  });
+  afterAll(() => session.close());
+
+  /**
+   * One raw gRPC call. With `end: false` the request's body is sent but never ended, as a
+   * client that holds the stream open would; the answer must come anyway, within `waitMs`.
+   */
+  function call(method: string, body: Buffer, headers: Record<string, string>, opts: { end?: boolean; waitMs?: number } = {}): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      const req = session.request({
+        ":method": "POST",
+        ":path": `/backup.v1.BackupService/${method}`,
+        "content-type": "application/grpc",
+        te: "trailers",
+        ...headers,
+      });
+      const timer = setTimeout(() => {
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        reject(new Error(`${method}: no answer within ${opts.waitMs ?? 5000} ms`));
+      }, opts.waitMs ?? 5000);
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      req.on("response", (h) => (head = h));
+      req.on("trailers", (t) => (trailers = t));
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("error", reject);
+      req.on("end", () => {
+        clearTimeout(timer);
+        // A request left open is the client's to close once answered.
+        if (opts.end === false) req.close();
+        resolve({
+          status: Number(head[":status"]),
+          contentType: head["content-type"],
+          trailers: {
+            "grpc-status": trailers["grpc-status"] ?? head["grpc-status"],
+            "grpc-message": trailers["grpc-message"] ?? head["grpc-message"],
+            "grpc-status-details-bin": trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"],
+          },
+          body: Buffer.concat(chunks).toString("hex"),
+          encoding: head["grpc-encoding"],
+        });
+      });
+      if (opts.end === false) req.write(body);
+      else req.end(body);
+    });
+  }
+
+  /** The newest audit event and how many there are. */
+  async function auditHead() {
+    const { events, total } = await svc.client.listAuditEvents({ pageSize: 1 });
+    const e = events[0];
+    return { total: Number(total), newest: e && { actor: e.actor, action: e.action, outcome: e.outcome, message: e.message, backupId: e.backupId } };
+  }
+
+  /** A call and the audit event it wrote, if any. */
+  async function audited(method: string, body: Buffer, headers: Record<string, string>, opts?: { end?: boolean }) {
+    const before = await auditHead();
+    const answer = await call(method, body, headers, opts);
+    const after = await auditHead();
+    expect(after.total - before.total, "audit events written").toBeLessThanOrEqual(1);
+    return { answer, audit: after.total > before.total ? after.newest : null };
+  }
+
+  /** Sends a call both ways: the answers and the audit events they wrote must agree. */
+  async function bothWays(method: string, body: Buffer, headers: Record<string, string> = {}, opts?: { end?: boolean }) {
+    const lean = await audited(method, body, headers, opts);
+    const connect = await audited(method, body, { ...headers, "grpc-encoding": "gzip" }, opts);
+    const { encoding: leanEncoding, ...leanAnswer } = lean.answer;
+    const { encoding: connectEncoding, ...connectAnswer } = connect.answer;
+    expect(leanAnswer).toEqual(connectAnswer);
+    expect(lean.audit).toEqual(connect.audit);
+    // Two different paths answered (see test/clients.test.ts).
+    expect([leanEncoding, connectEncoding]).toEqual([undefined, "gzip"]);
+    return { answer: leanAnswer, audit: lean.audit };
+  }
+
+  const oversized = () => {
+    const head = Buffer.alloc(5);
+    head.writeUInt32BE(64 * 1024 * 1024, 1);
+    return head;
+  };
+
+  for (const method of ["RestoreBackup", "DownloadBackup"]) {
+    it(`${method}: a call without a token is refused as UNAUTHENTICATED and audited whatever its body or timeout`, async () => {
+      const cases: [string, Buffer, Record<string, string>][] = [
+        ["no body", Buffer.alloc(0), {}],
+        ["a body that is not gRPC", Buffer.from("not a gRPC body at all"), {}],
+        ["a message that is not protobuf", frame([0x0a, 0xff, 0xff]), {}],
+        ["a cut-off envelope", Buffer.from([0, 0, 0]), {}],
+        ["an oversized message", oversized(), {}],
+        ["a malformed timeout", frame([]), { "grpc-timeout": "soon" }],
+        ["a token that is not a JWT, and a malformed timeout", Buffer.alloc(0), { authorization: "Bearer nope", "grpc-timeout": "soon" }],
+      ];
+      for (const [name, body, headers] of cases) {
+        const { answer, audit } = await bothWays(method, body, headers);
+        expect(answer.status, name).toBe(200);
+        expect(answer.trailers["grpc-status"], name).toBe("16");
+        expect(answer.body, name).toBe("");
+        expect(audit, name).toMatchObject({ actor: "", action: method, outcome: "UNAUTHENTICATED" });
+      }
+    });
+
+    it(`${method}: an admin's malformed request fails the same way both ways, and is audited`, async () => {
+      const cases: [string, Buffer, Record<string, string>][] = [
+        ["no message", Buffer.alloc(0), authed()],
+        ["a cut-off envelope", Buffer.from([0, 0, 0]), authed()],
+        ["a cut-off message", frame([0x0a, 0x03, 0x61, 0x62, 0x63]).subarray(0, 7), authed()],
+        ["a message that is not protobuf", frame([0x0a, 0xff, 0xff]), authed()],
+        ["two messages", Buffer.concat([frame([]), frame([])]), authed()],
+        ["an oversized message", oversized(), authed()],
+        ["a malformed timeout", frame([]), { ...authed(), "grpc-timeout": "soon" }],
+      ];
+      const seen: Record<string, unknown> = {};
+      for (const [name, body, headers] of cases) {
+        const { answer, audit } = await bothWays(method, body, headers);
+        expect(answer.status, name).toBe(200);
+        expect(answer.body, name).toBe("");
+        expect(audit, name).toMatchObject({ actor: "edges", action: method, outcome: expect.not.stringMatching(/^OK$/) });
+        seen[name] = answer.trailers["grpc-status"];
+      }
+      expect(seen).toEqual({
+        "no message": "12",
+        "a cut-off envelope": "3",
+        "a cut-off message": "3",
+        "a message that is not protobuf": "13",
+        "two messages": "12",
+        "an oversized message": "8",
+        "a malformed timeout": "3",
+      });
+    });
+
+    it(`${method}: a call without a token is refused at once, though its body never ends`, async () => {
+      const { answer, audit } = await bothWays(method, frame([0x0a, 0x01]), {}, { end: false });
+      expect(answer.trailers["grpc-status"]).toBe("16");
+      expect(audit).toMatchObject({ action: method, outcome: "UNAUTHENTICATED" });
+    });
+  }
+
+  it("ends a call whose body has not come by its deadline with DEADLINE_EXCEEDED", async () => {
+    // An admin's calls (the body is read before the handler runs), unary and streaming,
+    // on the lean path: the deadline ends the wait for the body.
+    for (const method of ["GetStats", "DownloadBackup"]) {
+      const started = Date.now();
+      const answer = await call(method, frame([0x0a, 0x01]), { ...authed(), "grpc-timeout": "300m" }, { end: false, waitMs: 5000 });
+      expect(answer.trailers["grpc-status"], method).toBe("4");
+      expect(Date.now() - started, method).toBeLessThan(3000);
+    }
+  });
+
+  it("limits the streams a client may open at once on one connection", async () => {
+    const client = http2.connect(svc.url);
+    try {
+      const settings = await new Promise<http2.Settings>((resolve) => client.once("remoteSettings", resolve));
+      expect(settings.maxConcurrentStreams).toBe(MAX_CONCURRENT_STREAMS);
+      // Above the bench's 50 callers on one connection (bench/callers.ts), far below node's default of 2^32-1.
+      expect(MAX_CONCURRENT_STREAMS).toBeGreaterThanOrEqual(100);
+      expect(MAX_CONCURRENT_STREAMS).toBeLessThanOrEqual(1000);
+    } finally {
+      client.close();
+    }
+  });
+});
+
+/** Runs the service's entry point with `env` added; for settings that must stop it at once. */
+function startMain(env: Record<string, string>): Promise<{ code: number | null; stderr: string; stdout: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+      env: { ...process.env, LOG_LEVEL: "info", GRPC_PORT: "0", METRICS_PORT: "off", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    let stdout = "";
+    child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
+    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`the service did not stop: ${stdout}${stderr}`));
+    }, 20_000);
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      resolve({ code, stderr, stdout });
+    });
+  });
+}
+
+function configError(env: Record<string, string>): Error {
+  try {
+    loadConfig(env);
+  } catch (e) {
+    expect(e, JSON.stringify(Object.keys(env))).toBeInstanceOf(ConfigError);
+    return e as Error;
+  }
+  throw new Error(`loadConfig accepted ${JSON.stringify(Object.keys(env))}`);
+}
+
+describe("database URLs with a stray %", () => {
+  it("names the setting and the hint, never the password", () => {
+    const cases: [Record<string, string>, RegExp][] = [
+      [{ TARGET_DATABASE_URL: "postgres://app:50%off@db/prod" }, /TARGET_DATABASE_URL: .*password.*%25/],
+      [{ CONTROL_DATABASE_URL: "postgres://app:hunter%2@db/ctl" }, /CONTROL_DATABASE_URL: .*password.*%25/],
+      [{ TARGET_DATABASE_URL: "postgres://ap%p:x@db/prod" }, /TARGET_DATABASE_URL: .*user.*%25/],
+      [{ TARGET_DATABASE_URL: "postgres://db/100%sure" }, /TARGET_DATABASE_URL: .*database.*%25/],
+      [{ TARGET_DATABASE_URL: "postgres://d%zb/prod" }, /TARGET_DATABASE_URL: .*host.*%25/],
+    ];
+    for (const [env, message] of cases) {
+      const err = configError(env);
+      expect(err.message).toMatch(message);
+      expect(err.message).not.toMatch(/50%off|hunter|%2@|100%sure|ap%p|d%zb/);
+    }
+    // A % written as %25 is a %.
+    expect(loadConfig({ TARGET_DATABASE_URL: "postgres://app:50%25off@db/prod" }).target.password).toBe("50%off");
+  });
+
+  it("stops the service with exit code 2 and the message, no stack trace", async () => {
+    const { code, stderr } = await startMain({ TARGET_DATABASE_URL: "postgres://app:50%off@db/prod" });
+    expect(stderr).toMatch(/^invalid configuration: TARGET_DATABASE_URL: .*%25/);
+    expect(stderr).not.toMatch(/URIError|    at |50%off/);
+    expect(code).toBe(2);
+  });
+});
+
+describe("TLS files", () => {
+  it("are checked when the configuration is loaded: each unreadable one is named, its path is not", async () => {
+    const dir = await fx.tempDir();
+    const cert = path.join(dir, "cert-hunter2.pem");
+    await writeFile(cert, "not checked here, only read\n");
+    const asDir = path.join(dir, "key-hunter2.pem");
+    await mkdir(asDir);
+    const missing = path.join(dir, "missing-hunter2.pem");
+    const cases: [Record<string, string>, RegExp[]][] = [
+      [{ TLS_CERT_FILE: missing, TLS_KEY_FILE: cert }, [/TLS_CERT_FILE: cannot read the file \(ENOENT\)/]],
+      [{ TLS_CERT_FILE: cert, TLS_KEY_FILE: asDir }, [/TLS_KEY_FILE: cannot read the file \(EISDIR\)/]],
+      [{ TLS_CERT_FILE: missing, TLS_KEY_FILE: missing }, [/TLS_CERT_FILE: cannot read/, /TLS_KEY_FILE: cannot read/]],
+    ];
+    for (const [env, messages] of cases) {
+      const err = configError(env);
+      for (const m of messages) expect(err.message).toMatch(m);
+      expect(err.message).not.toMatch(/hunter2/);
+    }
+    const ok = loadConfig({ TLS_CERT_FILE: cert, TLS_KEY_FILE: cert });
+    expect([ok.tlsCertFile, ok.tlsKeyFile]).toEqual([cert, cert]);
+  });
+
+  it("stop the service at start, before it touches a database, with exit code 2", async () => {
+    const dir = await fx.tempDir();
+    const { code, stderr, stdout } = await startMain({
+      TLS_CERT_FILE: path.join(dir, "cert.pem"),
+      TLS_KEY_FILE: path.join(dir, "key.pem"),
+      CONTROL_DATABASE_URL: "postgres://127.0.0.1:1/never_reached",
+    });
+    expect(stderr).toMatch(/TLS_CERT_FILE: cannot read the file \(ENOENT\)/);
+    expect(stdout).not.toMatch(/migrat|never_reached/);
+    expect(code).toBe(2);
+  });
+});
+
+describe("JWKS files of the wrong shape", () => {
+  it("are refused with the key-configuration error naming the setting", async () => {
+    const dir = await fx.tempDir();
+    const cases: [string, RegExp][] = [
+      ['{"keys":{}}', /JWT_PUBLIC_KEY_FILE: .*list/],
+      ['{"keys":"abc"}', /JWT_PUBLIC_KEY_FILE: .*list/],
+      ['{"keys":[null]}', /JWT_PUBLIC_KEY_FILE: .*object/],
+      ['{"keys":[1, "x"]}', /JWT_PUBLIC_KEY_FILE: .*object/],
+      ['{"keys":[[]]}', /JWT_PUBLIC_KEY_FILE: .*object/],
+      ['{"kty":"EC","crv":"P-256"}', /JWT_PUBLIC_KEY_FILE: /],
+      ['{"keys":[]}', /JWT_PUBLIC_KEY_FILE: the JWKS holds no keys/],
+    ];
+    for (const [i, [text, message]] of cases.entries()) {
+      const file = path.join(dir, `jwks-${i}.json`);
+      await writeFile(file, text);
+      const err = await loadJwtKeys(loadConfig({ JWT_PUBLIC_KEY_FILE: file, DATA_DIR: dir })).then(
+        () => new Error("accepted"),
+        (e: unknown) => e as Error,
+      );
+      expect(err, text).toBeInstanceOf(KeyConfigError);
+      expect(err.message, text).toMatch(message);
+    }
+  });
+});
