@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
@@ -163,21 +164,47 @@ export function parsePgUrl(raw: string): PgTarget | string {
   if (url.protocol !== "postgres:" && url.protocol !== "postgresql:") {
     return "must start with postgres:// or postgresql://";
   }
-  const database = decodeURIComponent(url.pathname.replace(/^\//, ""));
+  // URL keeps a % that starts no escape as it is, and decodeURIComponent throws on it
+  // (a password such as 50%off): that is a setting to fix, not a crash.
+  const parts: Record<"database" | "host" | "user" | "password", string> = { database: "", host: "", user: "", password: "" };
+  for (const [part, raw] of [
+    ["database", url.pathname.replace(/^\//, "")],
+    ["host", url.hostname],
+    ["user", url.username],
+    ["password", url.password],
+  ] as const) {
+    try {
+      parts[part] = decodeURIComponent(raw);
+    } catch {
+      return `has a % not followed by two hex digits in its ${part} (hint: write a % as %25)`;
+    }
+  }
+  const { database, user, password } = parts;
   if (database === "" || database.includes("/")) {
     return "must name a database in its path, e.g. postgres://127.0.0.1:5432/mydb";
   }
-  const host = url.searchParams.get("host") ?? (decodeURIComponent(url.hostname) || "127.0.0.1");
+  const host = url.searchParams.get("host") ?? (parts.host || "127.0.0.1");
   const port = url.port === "" ? 5432 : Number(url.port);
   if (!Number.isInteger(port) || port < 1 || port > 65535) return "has an invalid port";
   return {
     host: host.replace(/^\[(.*)\]$/, "$1"),
     port,
-    user: url.username === "" ? undefined : decodeURIComponent(url.username),
-    password: url.password === "" ? undefined : decodeURIComponent(url.password),
+    user: user === "" ? undefined : user,
+    password: password === "" ? undefined : password,
     database,
     sslmode: url.searchParams.get("sslmode") ?? undefined,
   };
+}
+
+/** Why a file the service reads at start cannot be read (its error code), or null; never its path. */
+function unreadableFile(file: string): string | null {
+  try {
+    // Read, not only access(): a directory passes access() and fails the read at listen time.
+    readFileSync(file);
+    return null;
+  } catch (err) {
+    return `cannot read the file (${(err as NodeJS.ErrnoException).code ?? "error"})`;
+  }
 }
 
 const envSchema = z.object({
@@ -275,6 +302,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if ((e.TLS_CERT_FILE === undefined) !== (e.TLS_KEY_FILE === undefined)) {
     problems.push("TLS_CERT_FILE, TLS_KEY_FILE: set both to serve TLS, or neither");
+  }
+  // The server reads them only when it starts listening, after migrations and recovery:
+  // a file it cannot read must stop the start here, not there.
+  for (const [name, file] of [["TLS_CERT_FILE", e.TLS_CERT_FILE], ["TLS_KEY_FILE", e.TLS_KEY_FILE]] as const) {
+    const problem = file === undefined ? null : unreadableFile(file);
+    if (problem) problems.push(`${name}: ${problem}`);
   }
   const keySources = [e.JWT_SECRET, e.JWT_SECRET_FILE, e.JWT_PUBLIC_KEY_FILE].filter((v) => v !== undefined);
   if (keySources.length > 1) {

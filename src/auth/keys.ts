@@ -53,7 +53,15 @@ function algorithmOf(key: KeyObject, setting: string): string {
 function algorithmOfJwk(jwk: JWK, setting: string): string {
   if (jwk.alg) return jwk.alg;
   if (jwk.kty === "RSA") return "RS256";
-  if (jwk.kty === "EC") return algorithmOf(createPublicKey({ key: jwk as never, format: "jwk" }), setting);
+  if (jwk.kty === "EC") {
+    let key: KeyObject;
+    try {
+      key = createPublicKey({ key: jwk as never, format: "jwk" });
+    } catch {
+      throw new KeyConfigError(`${setting}: an EC key of the JWKS is not a valid JWK (crv, x and y are needed)`);
+    }
+    return algorithmOf(key, setting);
+  }
   if (jwk.kty === "OKP" && jwk.crv === "Ed25519") return "EdDSA";
   throw new KeyConfigError(`${setting}: unsupported JWK (kty ${jwk.kty ?? "missing"})`);
 }
@@ -159,6 +167,12 @@ async function loadKeys(config: Config): Promise<JwtKeys> {
         throw new KeyConfigError("JWT_PUBLIC_KEY_FILE: neither a PEM public key nor valid JWKS JSON");
       }
       const set: JSONWebKeySet = "keys" in parsed ? parsed : { keys: [parsed as JWK] };
+      // JSON says nothing of the shape: {"keys": {}} or {"keys": [null]} must be refused
+      // here, naming the setting, not fail as a TypeError further on.
+      if (!Array.isArray(set.keys)) throw new KeyConfigError("JWT_PUBLIC_KEY_FILE: the JWKS's \"keys\" must be a list of keys");
+      if (set.keys.some((k: unknown) => typeof k !== "object" || k === null || Array.isArray(k))) {
+        throw new KeyConfigError("JWT_PUBLIC_KEY_FILE: each key of the JWKS must be a JSON object (a JWK)");
+      }
       if (set.keys.length === 0) throw new KeyConfigError("JWT_PUBLIC_KEY_FILE: the JWKS holds no keys");
       const algorithms = [...new Set(set.keys.map((k) => algorithmOfJwk(k, "JWT_PUBLIC_KEY_FILE")))];
       if (algorithms.some((a) => a.startsWith("HS"))) {
