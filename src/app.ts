@@ -227,6 +227,28 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     );
     backupService.verifyPending();
     await scheduler.recoverStale();
+    // The same, while the service runs: a backup whose final write failed (the control database
+    // dropped) stays IN_PROGRESS, and one whose verification could not run stays COMPLETED,
+    // until something looks again; their run locks keep live backups out of it.
+    let sweeping = false;
+    const sweep =
+      config.recoveryIntervalMs > 0
+        ? setInterval(() => {
+            if (sweeping) return;
+            sweeping = true;
+            backupService
+              .recoverInterrupted()
+              .then((n) => {
+                if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
+                backupService.verifyPending();
+              })
+              .catch((err: unknown) => logger.warn({ reason: (err as Error).message }, "recovery sweep failed; it runs again later"))
+              .finally(() => {
+                sweeping = false;
+              });
+          }, config.recoveryIntervalMs)
+        : undefined;
+    sweep?.unref();
 
     const health = createHealth([BackupService.typeName]);
     const backupImpl = createBackupHandlers(service);
@@ -304,6 +326,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       close() {
         closing ??= (async () => {
           health.setServing(false);
+          clearInterval(sweep);
           const serverClosed = server.close(config.shutdownGraceMs);
           const metricsClosed = metricsServer?.close();
           // Both at once: the scheduler first marks its jobs stopped (so a job cut short is

@@ -16,6 +16,7 @@ import {
   sql,
   startService,
   uniqueName,
+  waitFor,
 } from "./helpers.js";
 
 const fx = createFixture("edges");
@@ -135,5 +136,29 @@ describe("locks when the control database is unreachable", () => {
     } finally {
       await pool.end();
     }
+  });
+});
+
+describe("recovery while the service runs", () => {
+  it("a backup whose final writes failed is marked FAILED by the next sweep, without a restart", async () => {
+    const svc = await fx.service({ RECOVERY_INTERVAL_MS: "200" });
+    await refuseStatus(svc.control, "COMPLETED");
+    await sql(svc.control, `CREATE OR REPLACE FUNCTION backup_service.refuse_status() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN IF OLD.status::text = 'IN_PROGRESS' AND NEW.status::text <> 'IN_PROGRESS' THEN RAISE EXCEPTION 'test: refused'; END IF;
+      RETURN NEW; END $$`);
+    await callFailure(svc.client.createBackup({}));
+    const [row] = await sql<{ id: string }>(svc.control, "SELECT id FROM backup_service.backup_history");
+    // The sweeps fail while the control database refuses the write, and the record waits.
+    await new Promise((r) => setTimeout(r, 500));
+    expect((await svc.client.getBackup({ id: row!.id })).backup!.status).toBe(BackupStatus.IN_PROGRESS);
+    await sql(svc.control, "DROP TRIGGER refuse_status ON backup_service.backup_history");
+    const backup = await waitFor("the sweep to mark the backup failed", async () => {
+      const { backup } = await svc.client.getBackup({ id: row!.id });
+      return backup!.status === BackupStatus.FAILED ? backup : null;
+    });
+    expect(backup!.errorMessage).toMatch(/^interrupted: its run ended without recording the outcome/);
+    expect(await backupFiles(svc.backupDir)).toEqual([]);
+    // And the database is free for the next backup.
+    expect((await svc.client.createBackup({})).backup!.status).toBe(BackupStatus.VERIFIED);
   });
 });

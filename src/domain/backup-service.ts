@@ -746,7 +746,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           await store.remove(record.fileName);
           await backups.update(record.id, {
             status: "FAILED",
-            errorMessage: "interrupted: the service stopped before the backup finished",
+            errorMessage: "interrupted: its run ended without recording the outcome (the service stopped, or its last write failed)",
             completedAt: clock.now(),
           });
           recovered++;
