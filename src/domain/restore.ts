@@ -78,6 +78,18 @@ export interface RestoreDeps {
   events?: EventBus;
 }
 
+/** The refusal to replace a database that holds objects (`what`) without drop_existing. */
+function holdsObjects(target: string, what: string): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    `database "${target}" ${what}; nothing was changed ` +
+      "(hint: set drop_existing to replace it, a safety backup is taken first, or restore into another target_database)",
+  );
+}
+
+/** Noted on a restore's run just before its swap: after a crash, recovery cannot tell whether it happened. */
+const SWAPPING = "swapping the restored database in";
+
 function restoreRunKey(id: string): string {
   return `restore-run:${id}`;
 }
@@ -398,13 +410,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
           );
         }
-        const replacing = state.exists && state.objectCount > 0;
-        if (replacing && !input.dropExisting) {
-          throw new DomainError(
-            "failed_precondition",
-            `database "${target}" already holds ${state.objectCount} objects; nothing was changed ` +
-              "(hint: set drop_existing to replace it, a safety backup is taken first, or restore into another target_database)",
-          );
+        if (state.exists && state.objectCount > 0 && !input.dropExisting) {
+          throw holdsObjects(target, `already holds ${state.objectCount} objects`);
         }
         if (state.exists && state.sessions > 0 && !input.dropExisting) {
           throw new DomainError(
@@ -456,11 +463,33 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         send({ within: 1, message: "counts match the backup" });
 
         let safetyBackupId: string | null = null;
-        if (replacing) {
-          // From here nobody writes to the old database: the safety backup is its last state.
+        if (state.exists) {
+          // From here nobody writes to the old database: the safety backup is its last state, and
+          // what is inspected below is what the swap replaces. (The swap ends its sessions anyway.)
           const holding = await restorer.holdSessions(target);
           blocked = { database: target, restore: holding };
           await runs.update(runId, { connectionsBlocked: true, originalConnectionLimit: holding.originalLimit });
+        }
+        // The target again, as the swap will find it: the load may have taken hours, and someone may
+        // have created the database, or objects in it, meanwhile. The swap must not drop those
+        // without drop_existing, nor without the safety backup.
+        const now = await restorer.inspectDatabase(target, signal);
+        if (!state.exists && now.exists) {
+          throw new DomainError(
+            "failed_precondition",
+            `database "${target}" was created while the backup was loading; nothing was changed ` +
+              "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
+          );
+        }
+        if (now.holdsServiceRecords) {
+          throw new DomainError(
+            "failed_precondition",
+            `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
+          );
+        }
+        const replacing = now.exists && now.objectCount > 0;
+        if (replacing && !input.dropExisting) {
+          throw holdsObjects(target, `now holds ${now.objectCount} objects, created while the backup was loading`);
         }
         if (replacing && !input.skipSafetyBackup) {
           send({ phase: "SAFETY_BACKUP", within: 0, bytesDone: 0, bytesTotal: 0, message: `taking a safety backup of "${target}"` });
@@ -489,10 +518,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
 
         send({ phase: "FINALIZING", within: 0, message: `swapping the restored database in as "${target}"` });
         const retired = `${retiredPrefix}${randomBytes(4).toString("hex")}`;
+        // Written ahead: should the outcome below never be recorded, recovery must not say the target
+        // was left as it was.
+        await runs.update(runId, { error: SWAPPING });
         await restorer.swapIn(scratch, target, retired, signal);
         scratch = null; // it is the target now
         blocked = null; // the new database has the old one's connection limit
-        if (state.exists) {
+        if (now.exists) {
           await restorer.dropDatabase(retired).catch((err: unknown) =>
             logger.warn({ err, database: retired }, "could not drop the replaced database; start-up will retry"),
           );
@@ -514,7 +546,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           durationMs: elapsed(),
           actor: input.actor.sub,
         });
-        await runs.update(runId, { outcome: "SUCCEEDED", finishedAt: new Date(), connectionsBlocked: false });
+        // The caller is told it succeeded, as it did: a failing control database only leaves the run's
+        // record behind (RUNNING, noting the swap), which recovery closes at the next start.
+        await runs
+          .update(runId, { outcome: "SUCCEEDED", error: null, finishedAt: new Date(), connectionsBlocked: false })
+          .catch((err: unknown) =>
+            logger.error({ err, runId, target }, "the restore succeeded but its outcome could not be recorded"),
+          );
         logger.info(
                     {
             backupId: record.id,
@@ -615,7 +653,10 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           await runs.update(run.id, {
             outcome: "INTERRUPTED",
             connectionsBlocked: false,
-            error: "interrupted: the service stopped before the restore finished; the target was not replaced",
+            error:
+              run.error === SWAPPING
+                ? `interrupted while or after swapping the restored database in; check whether "${run.targetDatabase}" holds the restored backup`
+                : "interrupted: the service stopped before the restore finished; the target was not replaced",
             finishedAt: new Date(),
           });
           fixed++;

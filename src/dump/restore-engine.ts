@@ -46,7 +46,8 @@ const SECTION_POST_DATA = 4;
  * What pg_restore sets in its session before loading data (its
  * _doSetFixedOutputState), with the archive's encoding and string syntax, for
  * a session that loads table data itself; null when the archive is not one
- * the lanes load (large objects, compressed data, data not in COPY form).
+ * the lanes load (large objects, compressed data, data not in COPY form, an
+ * encoding other than UTF8).
  */
 function laneSessionSettings(head: ArchiveHead): string | null {
   if (head.compression !== 0) return null;
@@ -55,7 +56,10 @@ function laneSessionSettings(head: ArchiveHead): string | null {
   if (head.entries.some((e) => e.desc === "TABLE DATA" && e.hadDumper && !copyForm.test(e.copyStmt ?? ""))) return null;
   const encoding = head.entries.find((e) => e.desc === "ENCODING")?.defn?.trim() ?? "";
   const strings = head.entries.find((e) => e.desc === "STDSTRINGS")?.defn?.trim() ?? "";
-  if (!/^SET client_encoding = '[A-Za-z0-9_]+';$/.test(encoding)) return null;
+  // UTF8 only: node-postgres sends statements (a COPY naming its table) as UTF-8 whatever the
+  // session's client_encoding, and the reader decodes the table of contents as UTF-8; an archive
+  // in another encoding (a LATIN1 table named café) is pg_restore's to load, in its own encoding.
+  if (encoding !== "SET client_encoding = 'UTF8';") return null;
   if (!/^SET standard_conforming_strings = '(on|off)';$/.test(strings)) return null;
   return [
     "SET statement_timeout = 0",
@@ -235,6 +239,63 @@ function createOptions(src: SourceDatabase): string {
   return o;
 }
 
+/**
+ * Settings whose stored value is a list of items each quoted as needed
+ * (GUC_LIST_QUOTE): set from one string, the whole list would become a single
+ * item ("app, public" one schema). pg_dump's variable_is_guc_list_quote.
+ */
+const LIST_QUOTE_SETTINGS = new Set([
+  "local_preload_libraries",
+  "search_path",
+  "session_preload_libraries",
+  "shared_preload_libraries",
+  "temp_tablespaces",
+  "unix_socket_directories",
+]);
+
+/**
+ * The items of such a stored list, as PostgreSQL's SplitGUCList reads it:
+ * comma-separated, whitespace around items dropped, a double-quoted item may
+ * hold commas and spaces ("" for a quote), unquoted items kept as they are (not
+ * downcased). Null if the value is not such a list (the server stores none such).
+ */
+function splitGucList(value: string): string[] | null {
+  const items: string[] = [];
+  // C's isspace, as the server's own reading of it.
+  const space = /[ \t\n\v\f\r]/;
+  let i = 0;
+  const skipSpace = () => {
+    while (i < value.length && space.test(value[i]!)) i++;
+  };
+  skipSpace();
+  if (i === value.length) return items;
+  for (;;) {
+    let item = "";
+    if (value[i] === '"') {
+      for (i++; ; i++) {
+        if (i >= value.length) return null; // mismatched quotes
+        if (value[i] === '"') {
+          if (value[i + 1] !== '"') break;
+          i++;
+        }
+        item += value[i];
+      }
+      i++;
+    } else {
+      const start = i;
+      while (i < value.length && value[i] !== "," && !space.test(value[i]!)) i++;
+      if (i === start) return null; // an empty unquoted item
+      item = value.slice(start, i);
+    }
+    items.push(item);
+    skipSpace();
+    if (i === value.length) return items;
+    if (value[i] !== ",") return null;
+    i++;
+    skipSpace();
+  }
+}
+
 /** Privileges, comment and per-database settings of `src`, onto the database `name`. */
 async function copyDatabaseSettings(c: pg.Client, src: SourceDatabase, name: string): Promise<void> {
   const db = quoteIdent(name);
@@ -255,7 +316,11 @@ async function copyDatabaseSettings(c: pg.Client, src: SourceDatabase, name: str
       const value = item.slice(eq + 1);
       if (!/^[A-Za-z_][A-Za-z0-9_.]*$/.test(key)) continue;
       const scope = s.role === null ? `DATABASE ${db}` : `ROLE ${quoteIdent(s.role)} IN DATABASE ${db}`;
-      await c.query(`ALTER ${scope} SET ${key} TO ${quoteLiteral(value)}`);
+      // A list is set item by item, each its own literal, as pg_dump's makeAlterConfigCommand does
+      // (an empty one, or one that does not split, as the one string it is).
+      const items = LIST_QUOTE_SETTINGS.has(key.toLowerCase()) ? splitGucList(value) : null;
+      const literal = items && items.length > 0 ? items.map(quoteLiteral).join(", ") : quoteLiteral(value);
+      await c.query(`ALTER ${scope} SET ${key} TO ${literal}`);
     }
   }
 }
@@ -740,6 +805,14 @@ export function createRestoreEngine(opts: {
     if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
   }
 
+  /** Whether a swap committed: its scratch database no longer exists by that name (false if that cannot be told). */
+  async function swapped(scratch: string): Promise<boolean> {
+    return withAdmin([scratch], async (c) => {
+      const res = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [scratch]);
+      return res.rowCount === 0;
+    }).catch(() => false);
+  }
+
   return {
     async inspectDatabase(name, signal): Promise<DatabaseState> {
       const sessions = await withAdmin([name], async (c) => {
@@ -875,6 +948,7 @@ export function createRestoreEngine(opts: {
       await withAdmin([scratch, target, retired], async (c) => {
         for (let attempt = 1; ; attempt++) {
           await terminate(c, target);
+          let committing = false;
           try {
             await c.query("BEGIN");
             const exists = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [target]);
@@ -885,10 +959,14 @@ export function createRestoreEngine(opts: {
               await c.query("ROLLBACK");
               signal.throwIfAborted();
             }
+            committing = true;
             await c.query("COMMIT");
             return;
           } catch (err) {
             await c.query("ROLLBACK").catch(() => undefined);
+            // A COMMIT whose answer was lost (the session dropped) may have gone through: then the
+            // target is replaced, and saying "nothing was changed" would be false.
+            if (committing && (await swapped(scratch))) return;
             if (signal.aborted) throw signal.reason;
             // 55006: a session connected between the termination and the rename.
             const inUse = (err as { code?: string }).code === "55006";
