@@ -5,7 +5,7 @@
  */
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { RestorePhase, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
+import { BackupStatus, RestorePhase, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import {
   callFailure,
   createDatabase,
@@ -106,15 +106,16 @@ describe("a LATIN1 database", () => {
     const db = newDbName("bs_edges_latin1");
     await sql("postgres", `CREATE DATABASE "${db}" ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`);
     await sql(db, "CREATE TABLE café (id int PRIMARY KEY, s text); INSERT INTO café VALUES (1, 'é'), (2, 'crème brûlée')");
-    // The backup's own archive check reads pg_restore --list's LATIN1 output as UTF-8 and so
-    // misses public."café" (src/dump/engine.ts, not the restore path): force past its verdict.
-    await svc.client.createBackup({ database: db }).catch(() => undefined);
-    const { backups } = await svc.client.listBackups({ database: db, pageSize: 1 });
-    const backup = backups[0]!;
-    expect(backup.fileName).not.toBe("");
+    // The archive is written in UTF-8, so its table of contents names public."café" as the row
+    // counts do: the backup verifies, and so does its deep verification.
+    const { backup } = await svc.client.createBackup({ database: db });
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    const deep = await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(deep.status).toBe(BackupStatus.VERIFIED);
+    expect(deep.verified).toBe(true);
 
     await sql(db, "UPDATE café SET s = 'changed'");
-    const msgs = await drain({ id: backup.id, dropExisting: true, skipSafetyBackup: true, force: true });
+    const msgs = await drain({ id: backup!.id, dropExisting: true, skipSafetyBackup: true });
     expect(msgs.at(-1)!.phase).toBe(RestorePhase.DONE);
     const [d] = await sql<{ encoding: string; collate: string; ctype: string }>(
       "postgres",

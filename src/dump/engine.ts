@@ -126,7 +126,9 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         // from JIT, which cost up to 0.1 s of compiling per big table.
         await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off");
         await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-        const snap = await client.query<{ id: string }>("SELECT pg_export_snapshot() AS id");
+        const snap = await client.query<{ id: string; encoding: string }>(
+          "SELECT pg_export_snapshot() AS id, current_setting('server_encoding') AS encoding",
+        );
         const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
         const tables = await listTables(client, excluded);
 
@@ -143,10 +145,17 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
         const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
         const excludeArgs = excluded.map((s) => `--exclude-schema=${s}`);
+        // The archive in UTF-8 whatever the database's encoding (the server converts; for a UTF8
+        // database nothing changes): its table of contents then names the tables as the row
+        // counts do, and a LATIN1 table named café is found in it. Not for SQL_ASCII, whose bytes
+        // have no known encoding (a UTF8 restore would refuse them), nor for MULE_INTERNAL, which
+        // has no conversion to UTF8.
+        const encoding = snap.rows[0]!.encoding;
+        const encodingArgs = encoding === "SQL_ASCII" || encoding === "MULE_INTERNAL" ? [] : ["--encoding=UTF8"];
         const dump = startChild(
           "pg_dump",
           tools.pgDump,
-          [...formatArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
+          [...formatArgs, ...encodingArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
           {
             env: libpq.env(options.database),
             stdio: ["ignore", "pipe", "pipe"],
