@@ -66,9 +66,14 @@ export interface App {
 }
 
 const LOCAL_HOSTS = new Set(["127.0.0.1", "localhost", "::1"]);
+/** One spelling per server address: host names are case-blind, and loopback is loopback. */
+function serverHost(h: string): string {
+  if (h.startsWith("/")) return h; // a socket directory
+  const lower = h.toLowerCase();
+  return LOCAL_HOSTS.has(lower) ? "localhost" : lower;
+}
 function sameServer(a: PgTarget, b: PgTarget): boolean {
-  const host = (h: string) => (LOCAL_HOSTS.has(h) ? "localhost" : h);
-  return host(a.host) === host(b.host) && a.port === b.port;
+  return serverHost(a.host) === serverHost(b.host) && a.port === b.port;
 }
 function sameDatabase(a: PgTarget, b: PgTarget): boolean {
   return sameServer(a, b) && a.database === b.database;
@@ -117,7 +122,9 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       logger,
       options: {
         defaultDatabase: config.target.database,
-        targetServer: `${config.target.host}:${config.target.port}`,
+        // The databases' lock keys: replicas that spell the server differently (localhost,
+        // 127.0.0.1) must still take the same lock.
+        targetServer: `${serverHost(config.target.host)}:${config.target.port}`,
         format: config.backupFormat,
         compression: config.backupCompression,
         retentionDays: config.retentionDays,

@@ -9,14 +9,17 @@ import { createLogger } from "../src/logger.js";
 import pg from "pg";
 import {
   backupFiles,
+  blockTable,
   callFailure,
   createDatabase,
   createFixture,
+  pgUrl,
   seedDatabase,
   sql,
   startService,
   uniqueName,
   waitFor,
+  waitForBlockedDump,
 } from "./helpers.js";
 
 const fx = createFixture("edges");
@@ -160,5 +163,30 @@ describe("recovery while the service runs", () => {
     expect(await backupFiles(svc.backupDir)).toEqual([]);
     // And the database is free for the next backup.
     expect((await svc.client.createBackup({})).backup!.status).toBe(BackupStatus.VERIFIED);
+  });
+});
+
+describe("the database lock across replicas", () => {
+  it("replicas that spell the target server differently (127.0.0.1, localhost) still take one lock", async () => {
+    const a = await fx.service();
+    const otherSpelling = pgUrl(fx.target).replace("@127.0.0.1:", "@LocalHost:");
+    expect(otherSpelling).not.toBe(pgUrl(fx.target));
+    const b = await startService(a.control, fx.target, { TARGET_DATABASE_URL: otherSpelling });
+    const lock = await blockTable(fx.target, "customers");
+    try {
+      const first = await a.client.createBackup({ async: true });
+      await waitForBlockedDump(fx.target);
+      const err = await callFailure(b.client.createBackup({}));
+      expect(err.code).toBe(Code.Aborted);
+      expect(err.rawMessage).toMatch(/already running/);
+      await lock.release();
+      await waitFor("the first backup to finish", async () => {
+        const { backup } = await a.client.getBackup({ id: first.backup!.id });
+        return backup!.status === BackupStatus.VERIFIED;
+      });
+    } finally {
+      await lock.release();
+      await b.close();
+    }
   });
 });
