@@ -439,6 +439,9 @@ export function createBackupService(deps: BackupServiceDeps) {
     const lock = await locks.tryAcquireShared(fileLockKey(record.id));
     if (!lock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to verify`);
     try {
+      // Again under the lock: a hard delete that finished just before it leaves nothing to check,
+      // and its missing file must not read as corruption.
+      if (!(await backups.findById(record.id))) throw notFound(`backup ${record.id} not found`);
       const result = await verifyHeld(record, signal, deep, readBack);
       events.emit({
         type: "verification.finished",

@@ -43,6 +43,11 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
       const lock = await locks.tryAcquireShared(fileLockKey(backupId));
       if (!lock) throw new DomainError("busy", `backup ${backupId} is being deleted`);
       try {
+        // Again under the lock: a delete that finished between the read above and the lock
+        // leaves no record (or a deleted one), and is NOT_FOUND, not a missing file.
+        const held = await backups.findById(backupId);
+        if (!held) throw notFound(`backup ${backupId} not found`);
+        if (held.isDeleted) throw notFound(`backup ${backupId} was deleted`);
         const stat = await store.stat(record.fileName);
         if (!stat) {
           throw new DomainError(

@@ -101,6 +101,12 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         let freedBytes = 0;
         try {
           for (const r of candidates) {
+            // The floor again, just before each removal: a verification that found a newer backup
+            // CORRUPTED meanwhile makes this one part of it, and it must stay.
+            if (r.status === "VERIFIED" && (await backups.newestVerifiedIds(minKeep)).has(r.id)) {
+              kept.push(r);
+              continue;
+            }
             // A FAILED backup normally has no file; if one was left (a failure after the rename),
             // it goes too, so that what a dry run counts is what the run frees.
             const freed = await removeFile(r);
