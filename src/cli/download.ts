@@ -113,14 +113,24 @@ export async function downloadBackup(client: BackupClient, opts: DownloadOptions
         if (Number(chunk.offset) !== at) {
           throw new CliError(`the service sent bytes from offset ${chunk.offset} where ${at} was expected`, Exit.FAILED);
         }
-        // The file handle writes everything it is given; awaiting each chunk keeps memory flat.
-        await fh.write(chunk.data);
+        // One write may take fewer bytes than given (a disk filling up): write until all are down,
+        // so that what is hashed is what the file holds. Awaiting each chunk keeps memory flat.
+        for (let done = 0; done < chunk.data.length; ) {
+          const { bytesWritten } = await fh.write(chunk.data, done, chunk.data.length - done, null);
+          if (bytesWritten === 0) throw new CliError(`could not write to ${part} (no space left?)`, Exit.FAILED);
+          done += bytesWritten;
+        }
         hash.update(chunk.data);
         at += chunk.data.length;
         opts.onProgress?.(at);
       }
     }
     await fh.sync();
+    // The file itself, not only our count, must end where the service's does.
+    const { size } = await fh.stat();
+    if (checksum && size !== at) {
+      throw new CliError(`${part} holds ${size} bytes where ${at} were written (continue it with --resume)`, Exit.FAILED);
+    }
   } finally {
     await fh.close();
   }
