@@ -782,7 +782,10 @@ export function createBackupService(deps: BackupServiceDeps) {
           const lock = await locks.tryAcquire(runKey(record.id));
           if (!lock) continue; // its own run is still going
           try {
-            const r = await verifyRecord(record, shutdownController.signal, undefined, "backup");
+            // Again under the lock: another replica's sweep may have verified it since the list.
+            const fresh = await backups.findById(record.id);
+            if (fresh?.status !== "COMPLETED" || fresh.isDeleted) continue;
+            const r = await verifyRecord(fresh, shutdownController.signal, undefined, "backup");
             logger.info({ backupId: record.id, status: r.status }, "verified a backup left unverified by an earlier stop");
           } finally {
             await lock.release();
