@@ -442,6 +442,56 @@ describe("delivery", () => {
     }
   });
 
+  it("an alert check sending to a hanging channel does not hold up shutdown", async () => {
+    let requests = 0;
+    const hanging = createServer(() => {
+      requests++;
+    });
+    await new Promise<void>((r) => hanging.listen(0, "127.0.0.1", r));
+    const db = uniqueName("bs_alert_hang");
+    extraDbs.push(db);
+    await createDatabase(db);
+    const s = await startService(
+      svc.control,
+      fx.target,
+      {
+        ALERT_WEBHOOK_URL: `http://127.0.0.1:${(hanging.address() as AddressInfo).port}/hook`,
+        ALERT_TIMEOUT_MS: "600000",
+        ALERT_CHECK_CRON: "* * * * *",
+        ALERT_MAX_BACKUP_AGE: "100ms",
+        ALERT_MIN_FREE_PERCENT: "0",
+        BACKUP_DATABASES: db,
+        REPLICA_ID: "hang-1",
+      },
+      svc.dataDir,
+    );
+    try {
+      // The first check only sees the database; the second, past the limit, raises the alert.
+      expect(await s.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      await new Promise((r) => setTimeout(r, 200));
+      const firing = s.app.scheduler.fire("alert-check", new Date(Date.now() + 60_000));
+      await waitFor("the alert to reach the hanging webhook", async () => requests > 0);
+      const stopping = Date.now();
+      const closed = await Promise.race([
+        s.close().then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), 20_000)),
+      ]);
+      expect(closed, "shutdown waited for the hanging alert").toBe(true);
+      // The grace period for queued alerts (2 s here), not the channel's 10-minute timeout.
+      expect(Date.now() - stopping).toBeLessThan(6_000);
+      expect(await firing).toBe("ran");
+      const [run] = await sql<{ outcome: string }>(
+        svc.control,
+        "SELECT outcome FROM backup_service.job_runs WHERE job = 'alert-check' AND replica_id = 'hang-1' ORDER BY started_at DESC LIMIT 1",
+      );
+      expect(run!.outcome).toBe("INTERRUPTED");
+    } finally {
+      await s.close();
+      hanging.closeAllConnections();
+      await new Promise<void>((r) => hanging.close(() => r()));
+    }
+  });
+
   it("credentials in the webhook URL go in an Authorization header and never into the logs", async () => {
     const seen: (string | undefined)[] = [];
     const server = createServer((req, res) => {

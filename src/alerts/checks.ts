@@ -39,6 +39,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
   async function raise(
     key: string,
     n: Notification,
+    signal: AbortSignal,
     isDue: (openedAt: Date) => boolean = () => true,
   ): Promise<"alerted" | "open" | "pending" | "undelivered"> {
     const incident = await incidents.open(key, n.title);
@@ -46,7 +47,11 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     if (!isDue(incident.openedAt)) return "pending";
     // Marked only once a channel took it: if none did, the next check sends it again. (Checks
     // never overlap: the job runs under its lock, so two replicas cannot both send it.)
-    if (!(await notifier.deliver(n))) return "undelivered";
+    // A job being stopped does not wait out a hanging channel's retries (shutdown would): the
+    // delivery goes on in the background, bounded by the notifier's close, and an alert not
+    // marked sent is sent again by the next check.
+    if (!(await untilAborted(notifier.deliver(n), signal))) return "undelivered";
+    signal.throwIfAborted();
     await incidents.markNotified(incident.id, n.title);
     return "alerted";
   }
@@ -60,10 +65,11 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     return false;
   }
 
-  async function checkBackupAge(now: Date, maxAgeMs: number) {
+  async function checkBackupAge(now: Date, maxAgeMs: number, signal: AbortSignal) {
     const newest = await opts.newestVerifiedCompletion(opts.databases);
     const overdue: { database: string; newest: string | null; state: string }[] = [];
     for (const database of opts.databases) {
+      signal.throwIfAborted();
       const key = backupAgeIncident(database);
       const last = newest.get(database) ?? null;
       const age = last ? now.getTime() - last.getTime() : null;
@@ -96,13 +102,13 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
           "take one now with: backupctl create --database " + database,
         database,
         at: now,
-      }, isDue);
+      }, signal, isDue);
       overdue.push({ database, newest: last?.toISOString() ?? null, state });
     }
     return overdue;
   }
 
-  async function checkDisk(now: Date) {
+  async function checkDisk(now: Date, signal: AbortSignal) {
     const { freeBytes, totalBytes } = await opts.store.diskSpace();
     const percent = totalBytes > 0 ? (freeBytes / totalBytes) * 100 : 100;
     const low =
@@ -125,7 +131,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
           "Backups refuse to start when they would not fit. Free space: backupctl cleanup --dry-run shows what retention " +
           "would remove; backupctl delete --hard <id> removes a backup and its file; or move BACKUP_DIR to a larger disk.",
         at: now,
-      });
+      }, signal);
     } else {
       await clear(diskIncident, {
         kind: "disk_low",
@@ -144,10 +150,10 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     offReason: opts.offReason,
     async run({ signal }) {
       const now = clock.now();
-      const overdue = opts.maxBackupAgeMs === null ? [] : await checkBackupAge(now, opts.maxBackupAgeMs);
+      const overdue = opts.maxBackupAgeMs === null ? [] : await checkBackupAge(now, opts.maxBackupAgeMs, signal);
       signal.throwIfAborted();
       const watchesDisk = opts.minFreeBytes > 0 || opts.minFreePercent > 0;
-      const disk = watchesDisk ? await checkDisk(now) : null;
+      const disk = watchesDisk ? await checkDisk(now, signal) : null;
       const problems = [
         ...overdue.filter((o) => o.state !== "pending").map((o) => `no recent verified backup of "${o.database}"`),
         ...(disk?.low ? ["backup disk low on space"] : []),
@@ -160,4 +166,17 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       };
     },
   };
+}
+
+/** `p`'s result, or false as soon as `signal` aborts (p goes on unwatched). */
+function untilAborted(p: Promise<boolean>, signal: AbortSignal): Promise<boolean> {
+  if (signal.aborted) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const onAbort = () => resolve(false);
+    signal.addEventListener("abort", onAbort, { once: true });
+    void p.then(
+      (v) => resolve(v),
+      () => resolve(false),
+    ).finally(() => signal.removeEventListener("abort", onAbort));
+  });
 }
