@@ -4,13 +4,18 @@
  * target someone created, or wrote into, while the backup was loading).
  */
 import { Code } from "@connectrpc/connect";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, RestorePhase, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import {
   callFailure,
+  connect,
   createDatabase,
   createFixture,
   dropDatabase,
+  PG_HOST,
+  PG_PORT,
+  spawnService,
   sql,
   startService,
   uniqueName,
@@ -233,4 +238,228 @@ describe("a restore whose outcome was never recorded", () => {
       await again.close();
     }
   });
+});
+
+/** The service's sessions in `db` that wait on a lock, running a query like `like`. */
+async function lockWaiters(db: string, like: string): Promise<number> {
+  const [{ n }] = await sql<{ n: string }>(
+    "postgres",
+    `SELECT count(*) AS n FROM pg_stat_activity
+      WHERE datname = $1 AND application_name = 'backup-service' AND wait_event_type = 'Lock' AND query ILIKE $2`,
+    [db, like],
+  );
+  return Number(n);
+}
+
+async function connLimitOf(db: string): Promise<number> {
+  const [{ limit }] = await sql<{ limit: number }>("postgres", "SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [db]);
+  return limit;
+}
+
+describe("a crash while the target's sessions are held off", () => {
+  it("leaves the next start what it needs to put the connection limit back", async () => {
+    const db = newDbName("bs_edges_held");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2)");
+    await sql("postgres", `ALTER DATABASE "${db}" CONNECTION LIMIT 7`);
+    const { backup } = await svc.client.createBackup({ database: db });
+    // An open transaction that changed the target's pg_database row: the restore's
+    // ALTER DATABASE ... CONNECTION LIMIT 0 waits for it, so the service can be killed right there.
+    const blocker = await connect("postgres");
+    await blocker.query("BEGIN");
+    await blocker.query(`ALTER DATABASE "${db}" CONNECTION LIMIT 7`);
+    const [{ spawned }] = await sql<{ spawned: Date }>("postgres", "SELECT now() AS spawned");
+    const child = await spawnService(svc.control, fx.target, svc.dataDir);
+    try {
+      void (async () => {
+        for await (const _ of child.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          // drain
+        }
+      })().catch(() => undefined);
+      await waitFor("the restore to wait on the connection limit", async () => (await lockWaiters("postgres", "ALTER DATABASE%CONNECTION LIMIT 0")) > 0);
+      child.child.kill("SIGKILL");
+      await child.exited;
+    } finally {
+      if (child.child.exitCode === null) child.child.kill("SIGKILL");
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      await blocker.end().catch(() => undefined);
+    }
+    // The killed service's ALTER goes through once the blocker is gone: the target is left at 0.
+    await waitFor("the connection limit to be 0", async () => (await connLimitOf(db)) === 0);
+    // And the killed service's sessions (its run lock) are gone, so that recovery may act.
+    await waitFor("the killed service's sessions to end", async () => {
+      const [{ n }] = await sql<{ n: string }>(
+        "postgres",
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND backend_start >= $2",
+        [svc.control, spawned],
+      );
+      return Number(n) === 0;
+    });
+    const again = await startService(svc.control, fx.target, {}, svc.dataDir);
+    try {
+      expect(await connLimitOf(db)).toBe(7);
+      const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
+        svc.control,
+        "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
+        [db],
+      );
+      expect(run).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 2 }]);
+    } finally {
+      await again.close();
+    }
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+  }, 120_000);
+});
+
+describe("a service role that is not a superuser", () => {
+  const creator = uniqueName("bs_edges_creator");
+  let limited: TestService;
+  beforeAll(async () => {
+    // May create databases, but not change other roles' settings.
+    await sql("postgres", `CREATE ROLE ${creator} LOGIN CREATEDB`);
+    limited = await startService(
+      svc.control,
+      fx.target,
+      { TARGET_DATABASE_URL: `postgres://${creator}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
+      svc.dataDir,
+    );
+  });
+  const owned: string[] = [];
+  afterAll(async () => {
+    await limited?.close();
+    for (const d of owned) await dropDatabase(d);
+    await sql("postgres", `DROP ROLE IF EXISTS ${creator}`).catch(() => undefined);
+  });
+
+  async function restoreAs(id: string) {
+    return callFailure(
+      (async () => {
+        for await (const _ of limited.client.restoreBackup({ id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          // drain
+        }
+      })(),
+    );
+  }
+
+  it("a setting of another role in the target it may not copy: FAILED_PRECONDITION in the server's words, nothing left", async () => {
+    const db = newDbName("bs_edges_roleset");
+    owned.push(db);
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(db, `CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ${creator}`);
+    await sql("postgres", `ALTER ROLE ${role} IN DATABASE "${db}" SET work_mem = '8MB'`);
+    const { backup } = await svc.client.createBackup({ database: db });
+    const err = await restoreAs(backup!.id);
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(new RegExp(`settings of "${db}" onto the scratch database: permission denied; nothing was changed \\(hint: .*CREATEROLE`));
+    expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
+    expect(await leftovers()).toEqual([]);
+  }, 60_000);
+
+  it("a target owned by a role it is not a member of: the server's reason, not a missing CREATEDB", async () => {
+    const db = newDbName("bs_edges_owner");
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${role}`);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    const err = await restoreAs(backup!.id);
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(new RegExp(`must be (a )?member of role "${role}"|SET ROLE "${role}"`));
+    expect(err.rawMessage).not.toMatch(/may not create databases/);
+    expect(err.rawMessage).toMatch(/hint: .*owner/);
+    expect(await leftovers()).toEqual([]);
+  }, 60_000);
+});
+
+describe("cancelling a restore whose row count waits on a lock", () => {
+  it("ends the count: the scratch database is dropped at once, the target never appears", async () => {
+    const src = newDbName("bs_edges_countsrc");
+    await sql("postgres", `CREATE DATABASE "${src}" TEMPLATE "${big}"`);
+    // Loaded before payload (table data goes by name) and never touched again by the load: a lock
+    // taken on it while payload loads blocks only the row count.
+    await sql(src, "CREATE TABLE aaa_side (x int); INSERT INTO aaa_side VALUES (1), (2), (3)");
+    const { backup } = await svc.client.createBackup({ database: src });
+    const psqlPath = await startService(svc.control, fx.target, { RESTORE_JOBS: "1" }, svc.dataDir);
+    const target = newDbName("bs_edges_counttgt");
+    const ac = new AbortController();
+    let locker: Awaited<ReturnType<typeof connect>> | null = null;
+    try {
+      const call = (async () => {
+        for await (const _ of psqlPath.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target }, { signal: ac.signal })) {
+          // drain
+        }
+      })().catch(() => undefined);
+      const scratch = await waitFor("payload to be loading through psql", async () => {
+        const rows = await sql<{ datname: string }>(
+          "postgres",
+          "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY public.payload %'",
+          [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`],
+        );
+        return rows[0]?.datname;
+      });
+      locker = await connect(scratch);
+      await locker.query("BEGIN");
+      await locker.query("LOCK TABLE public.aaa_side IN ACCESS EXCLUSIVE MODE");
+      await waitFor("the row count to wait on the lock", async () => (await lockWaiters(scratch, "SELECT count(*)%")) > 0, 60_000);
+      ac.abort();
+      await call;
+      // Well before the lock is given up (the finally below).
+      await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0, 10_000);
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
+    } finally {
+      await locker?.end().catch(() => undefined);
+      await psqlPath.close();
+    }
+  }, 120_000);
+});
+
+describe("the scratch database while it loads", () => {
+  it("takes no sessions of roles the target lets in; after the swap it has exactly the target's privileges", async () => {
+    const reader = uniqueName("bs_edges_reader");
+    const target = newDbName("bs_edges_acl");
+    await sql("postgres", `CREATE ROLE ${reader} LOGIN`);
+    try {
+      await createDatabase(target);
+      await sql("postgres", `REVOKE CONNECT ON DATABASE "${target}" FROM PUBLIC; GRANT CONNECT ON DATABASE "${target}" TO ${reader}`);
+      const aclOf = async (db: string) =>
+        (await sql<{ acl: string }>("postgres", "SELECT datacl::text AS acl FROM pg_database WHERE datname = $1", [db]))[0]!.acl;
+      const before = await aclOf(target);
+      expect(before).toContain(`${reader}=c/`);
+      const { backup } = await svc.client.createBackup({ database: big });
+      const msgs: RestoreBackupResponse[] = [];
+      const call = (async () => {
+        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target, dropExisting: true, skipSafetyBackup: true })) {
+          msgs.push(m);
+        }
+      })().then(
+        () => null,
+        (e: unknown) => e,
+      );
+      const scratch = await waitFor("the rows to be loading", async () => {
+        const rows = await sql<{ datname: string }>(
+          "postgres",
+          "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY %'",
+          [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`],
+        );
+        return rows[0]?.datname;
+      });
+      const attempt = new pg.Client({ host: PG_HOST, port: PG_PORT, user: reader, database: scratch });
+      const refused = await attempt.connect().then(
+        () => null,
+        (e: { code?: string; message?: string }) => e,
+      );
+      await attempt.end().catch(() => undefined);
+      // Still loading when it tried, or the test proves nothing.
+      expect(msgs.some((m) => m.phase === RestorePhase.FINALIZING)).toBe(false);
+      expect(refused?.code, "a role granted CONNECT on the target got into the scratch database").toBe("42501");
+      expect(await call).toBeNull();
+      expect(msgs.at(-1)!.phase).toBe(RestorePhase.DONE);
+      expect(await aclOf(target)).toBe(before);
+      const ok = new pg.Client({ host: PG_HOST, port: PG_PORT, user: reader, database: target });
+      await ok.connect();
+      await ok.end();
+    } finally {
+      await dropDatabase(target); // its privileges name the role
+      await sql("postgres", `DROP ROLE IF EXISTS ${reader}`).catch(() => undefined);
+    }
+  }, 120_000);
 });

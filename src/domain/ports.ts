@@ -274,7 +274,11 @@ export interface RestoreEngine {
    * which the service's role passes only if it is a superuser) until
    * `release`, which puts the original limit back.
    */
-  holdSessions(name: string): Promise<{ originalLimit: number; release(): Promise<void> }>;
+  holdSessions(
+    name: string,
+    /** Awaited with the original limit before it is set to 0, so that recovery can put it back. */
+    intent: (originalLimit: number) => Promise<void>,
+  ): Promise<{ originalLimit: number; release(): Promise<void> }>;
   /** After a crash: puts back the connection limit a restore had set to 0. */
   releaseSessions(name: string, originalLimit: number): Promise<void>;
   /**
@@ -353,7 +357,8 @@ export interface RestoreRun {
 
 /** Restores in progress and done, so that a crash mid-restore can be cleaned up. */
 export interface RestoreRunRepository {
-  start(run: { backupId: string; targetDatabase: string; replicaId: string; actor: string | null }): Promise<RestoreRun>;
+  /** Inserts a RUNNING run with the given id, whose run lock the caller already holds. */
+  start(run: { id: string; backupId: string; targetDatabase: string; replicaId: string; actor: string | null }): Promise<RestoreRun>;
   update(
     id: string,
     patch: Partial<

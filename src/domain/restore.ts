@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, notFound } from "../errors.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
@@ -369,15 +369,20 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         const fileLock = await locks.tryAcquireShared(fileLockKey(record.id));
         if (!fileLock) throw new DomainError("busy", `backup ${record.id} is being deleted; nothing to restore`);
         held.push(fileLock);
+        // The run's lock is held before its row exists, as claimRun does for backups: recovery (on any
+        // replica, at any time) takes a RUNNING run whose lock is free for one whose replica died.
+        const claimedId = randomUUID();
+        const runLock = await locks.tryAcquire(restoreRunKey(claimedId));
+        if (!runLock) throw new DomainError("unavailable", "could not take a new restore's run lock; nothing was changed (retry)");
+        held.push(runLock);
         const restoreRun = await runs.start({
+          id: claimedId,
           backupId: record.id,
           targetDatabase: target,
           replicaId: deps.replicaId,
           actor: input.actor.sub,
         });
         runId = restoreRun.id;
-        const runLock = await locks.tryAcquire(restoreRunKey(runId));
-        if (runLock) held.push(runLock);
         // Losing a lock (its connection dropped) stops the restore before anything is swapped.
         for (const l of held) stopper.follow(l.lost);
 
@@ -466,9 +471,14 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         if (state.exists) {
           // From here nobody writes to the old database: the safety backup is its last state, and
           // what is inspected below is what the swap replaces. (The swap ends its sessions anyway.)
-          const holding = await restorer.holdSessions(target);
+          const id = runId;
+          const holding = await restorer.holdSessions(target, async (originalLimit) => {
+            // Before the limit is set to 0: recovery puts it back after a crash, and the finally
+            // below if holdSessions fails once it is set.
+            await runs.update(id, { connectionsBlocked: true, originalConnectionLimit: originalLimit });
+            blocked = { database: target, restore: { release: () => restorer.releaseSessions(target, originalLimit) } };
+          });
           blocked = { database: target, restore: holding };
-          await runs.update(runId, { connectionsBlocked: true, originalConnectionLimit: holding.originalLimit });
         }
         // The target again, as the swap will find it: the load may have taken hours, and someone may
         // have created the database, or objects in it, meanwhile. The swap must not drop those

@@ -61,20 +61,27 @@ export function createLibpq(target: PgTarget) {
       return env;
     },
 
-    /** A connection that is ended when `signal` aborts; failures become domain errors. */
+    /**
+     * A connection that is ended when `signal` aborts, for as long as it lives;
+     * failures become domain errors.
+     */
     async connect(database: string, signal?: AbortSignal, appName = APP_NAME): Promise<pg.Client> {
+      signal?.throwIfAborted();
       const client = new pg.Client(pgConfigOf({ ...target, database }, { application_name: appName }));
       client.on("error", () => undefined); // reported through the failing query instead
+      // Not only while connecting: a query already running (a count waiting on a lock) must end on
+      // a cancel, a deadline or shutdown too, or the caller's clean-up waits for it. (node-postgres
+      // closes the socket of a client ended mid-query, so the query fails at once.)
       const onAbort = () => void client.end().catch(() => undefined);
       signal?.addEventListener("abort", onAbort, { once: true });
+      client.once("end", () => signal?.removeEventListener("abort", onAbort));
       try {
         await client.connect();
       } catch (err) {
+        signal?.removeEventListener("abort", onAbort);
         await client.end().catch(() => undefined);
         signal?.throwIfAborted();
         throw connectionFailure(err, where, database);
-      } finally {
-        signal?.removeEventListener("abort", onAbort);
       }
       return client;
     },

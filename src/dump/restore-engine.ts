@@ -296,18 +296,30 @@ function splitGucList(value: string): string[] | null {
   }
 }
 
-/** Privileges, comment and per-database settings of `src`, onto the database `name`. */
+/**
+ * The privileges of `src` (null: a database that did not exist, which gets the
+ * defaults), onto the scratch database `name`, which was created with CONNECT
+ * revoked from PUBLIC (see createDatabase).
+ */
+async function copyPrivileges(c: pg.Client, src: SourceDatabase | null, name: string): Promise<void> {
+  const db = quoteIdent(name);
+  if (src === null || src.acl === null) {
+    // The default ACL (PUBLIC may connect and create temporary tables), written out.
+    await c.query(`GRANT CONNECT ON DATABASE ${db} TO PUBLIC`);
+    return;
+  }
+  // An explicit ACL replaces the defaults: start from none.
+  await c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
+  await c.query(`REVOKE ALL ON DATABASE ${db} FROM ${quoteIdent(src.owner)}`);
+  for (const a of src.acl) {
+    const grantee = a.grantee === null ? "PUBLIC" : quoteIdent(a.grantee);
+    await c.query(`GRANT ${a.privilege} ON DATABASE ${db} TO ${grantee}${a.grantable ? " WITH GRANT OPTION" : ""}`);
+  }
+}
+
+/** Comment and per-database settings of `src`, onto the database `name` (privileges: copyPrivileges, at the swap). */
 async function copyDatabaseSettings(c: pg.Client, src: SourceDatabase, name: string): Promise<void> {
   const db = quoteIdent(name);
-  if (src.acl !== null) {
-    // An explicit ACL replaces the defaults (PUBLIC may connect): start from none.
-    await c.query(`REVOKE ALL ON DATABASE ${db} FROM PUBLIC`);
-    await c.query(`REVOKE ALL ON DATABASE ${db} FROM ${quoteIdent(src.owner)}`);
-    for (const a of src.acl) {
-      const grantee = a.grantee === null ? "PUBLIC" : quoteIdent(a.grantee);
-      await c.query(`GRANT ${a.privilege} ON DATABASE ${db} TO ${grantee}${a.grantable ? " WITH GRANT OPTION" : ""}`);
-    }
-  }
   if (src.comment !== null) await c.query(`COMMENT ON DATABASE ${db} IS ${quoteLiteral(src.comment)}`);
   for (const s of src.settings) {
     for (const item of s.config) {
@@ -323,6 +335,23 @@ async function copyDatabaseSettings(c: pg.Client, src: SourceDatabase, name: str
       await c.query(`ALTER ${scope} SET ${key} TO ${literal}`);
     }
   }
+}
+
+function insufficientPrivilege(err: unknown): boolean {
+  return (err as { code?: string }).code === "42501";
+}
+
+/** What to do about CREATE DATABASE's "permission denied" (`reason`, the server's words). */
+function createHint(reason: string, source: SourceDatabase | null): string {
+  const who = "the role in TARGET_DATABASE_URL";
+  if (/create database/.test(reason)) return `ALTER ROLE ... CREATEDB for ${who}`;
+  if (source && /member of role|SET ROLE/.test(reason)) {
+    return `the scratch database gets the target's owner, so ${who} must be a member of "${source.owner}" (GRANT "${source.owner}" TO ...), or restore as a superuser`;
+  }
+  if (source && /tablespace/.test(reason)) {
+    return `GRANT CREATE ON TABLESPACE ${quoteIdent(source.tablespace)} to ${who}, or restore as a superuser`;
+  }
+  return `${who} needs CREATEDB, membership in the target's owner and CREATE on its tablespace`;
 }
 
 /** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
@@ -805,6 +834,16 @@ export function createRestoreEngine(opts: {
     if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
   }
 
+  /** Puts back the connection limit a restore set to 0; a limit that is not 0 is left alone. */
+  async function putBackLimit(name: string, originalLimit: number): Promise<void> {
+    await withAdmin([name], async (c) => {
+      const res = await c.query<{ limit: number }>("SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [name]);
+      if (res.rows[0]?.limit === 0) {
+        await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(originalLimit)}`);
+      }
+    });
+  }
+
   /** Whether a swap committed: its scratch database no longer exists by that name (false if that cannot be told). */
   async function swapped(scratch: string): Promise<boolean> {
     return withAdmin([scratch], async (c) => {
@@ -859,15 +898,33 @@ export function createRestoreEngine(opts: {
         try {
           await c.query(`CREATE DATABASE ${quoteIdent(name)} ${source ? createOptions(source) : "TEMPLATE template0"}`);
         } catch (err) {
-          if ((err as { code?: string }).code === "42501") {
-            throw new DomainError(
-              "failed_precondition",
-              "the role in TARGET_DATABASE_URL may not create databases (hint: ALTER ROLE ... CREATEDB)",
-            );
-          }
-          throw err;
+          if (!insufficientPrivilege(err)) throw err;
+          throw new DomainError(
+            "failed_precondition",
+            `could not create the scratch database: ${safeReason(err)}; nothing was changed (hint: ${createHint(safeReason(err), source)})`,
+            { cause: err },
+          );
         }
-        if (source) await copyDatabaseSettings(c, source, name);
+        // Until the swap, no one but the owner (and superusers) may connect: nothing else may write
+        // into what is being loaded, whose row counts the swap trusts. The target's privileges are
+        // given at the swap (copyPrivileges).
+        await c.query(`REVOKE CONNECT ON DATABASE ${quoteIdent(name)} FROM PUBLIC`);
+        if (!source) return;
+        try {
+          await copyDatabaseSettings(c, source, name);
+        } catch (err) {
+          if (!insufficientPrivilege(err)) throw err;
+          const reason = safeReason(err);
+          throw new DomainError(
+            "failed_precondition",
+            `could not copy the settings of "${source.name}" onto the scratch database: ${reason}; nothing was changed (hint: ` +
+              (/set parameter/.test(reason)
+                ? "a setting only a superuser may set needs GRANT SET ON PARAMETER to the role in TARGET_DATABASE_URL"
+                : "the role in TARGET_DATABASE_URL needs CREATEROLE to copy other roles' settings in the database") +
+              ", or restore as a superuser)",
+            { cause: err },
+          );
+        }
       });
     },
 
@@ -909,7 +966,7 @@ export function createRestoreEngine(opts: {
       }
     },
 
-    async holdSessions(name) {
+    async holdSessions(name, intent?: (originalLimit: number) => Promise<void>) {
       return withAdmin([name], async (c) => {
         const res = await c.query<{ limit: number; superuser: boolean }>(
           `SELECT d.datconnlimit AS limit, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser
@@ -921,8 +978,21 @@ export function createRestoreEngine(opts: {
         // Superusers pass a connection limit of 0, so our own pg_dump still gets in; a role that
         // is not one cannot keep others out, and only ends the sessions there are.
         const limited = row.superuser;
-        if (limited) await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT 0`);
-        await terminate(c, name);
+        if (limited) {
+          // Recorded first: should the service die once the limit is 0, recovery must know to put
+          // the original back.
+          await intent?.(row.limit);
+          try {
+            await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT 0`);
+            await terminate(c, name);
+          } catch (err) {
+            // The caller gets no release: the limit (if the ALTER went through) is put back here.
+            await putBackLimit(name, row.limit).catch(() => undefined);
+            throw err;
+          }
+        } else {
+          await terminate(c, name);
+        }
         return {
           originalLimit: row.limit,
           release: async () => {
@@ -935,14 +1005,7 @@ export function createRestoreEngine(opts: {
       });
     },
 
-    async releaseSessions(name, originalLimit) {
-      await withAdmin([name], async (c) => {
-        const res = await c.query<{ limit: number }>("SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [name]);
-        if (res.rows[0]?.limit === 0) {
-          await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(originalLimit)}`);
-        }
-      });
-    },
+    releaseSessions: putBackLimit,
 
     async swapIn(scratch, target, retired, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
@@ -951,8 +1014,11 @@ export function createRestoreEngine(opts: {
           let committing = false;
           try {
             await c.query("BEGIN");
-            const exists = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [target]);
-            if (exists.rowCount) await c.query(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(retired)}`);
+            const existing = await describeDatabase(c, target);
+            // The target's privileges (as they are now) only in the transaction that gives the
+            // scratch database its name: no one it lets in could connect while the backup loaded.
+            await copyPrivileges(c, existing, scratch);
+            if (existing) await c.query(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(retired)}`);
             await c.query(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)}`);
             // The last moment a cancel or a deadline can still leave the target as it was.
             if (signal.aborted) {
