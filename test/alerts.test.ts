@@ -337,6 +337,52 @@ describe("the dead-man's switch and disk space", () => {
     }
   });
 
+  it("a resolution no channel took is sent again at the next check", async () => {
+    const db = uniqueName("bs_alert_res");
+    extraDbs.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    const env = channels({
+      // The webhook alone, so that when it refuses, no channel takes the notice.
+      SMTP_URL: "",
+      ALERT_EMAIL_FROM: "",
+      ALERT_EMAIL_TO: "",
+      ALERT_RETRIES: "0",
+      ALERT_CHECK_CRON: "* * * * *",
+      ALERT_MAX_BACKUP_AGE: "1500ms",
+      ALERT_MIN_FREE_PERCENT: "0",
+      BACKUP_DATABASES: db,
+      REPLICA_ID: "res-1",
+    });
+    const openIncident = async () =>
+      (await sql<{ n: string }>(
+        svc.control,
+        "SELECT count(*) AS n FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL",
+        [`backup-age:${db}`],
+      ))[0]!.n;
+    const s = await startService(svc.control, fx.target, env, svc.dataDir);
+    try {
+      const from = hook.received.length;
+      const sent = () => hooksOf("backup_overdue", from, s).then((hs) => hs.filter((h) => h.database === db));
+      await s.app.scheduler.fire("alert-check", new Date());
+      await new Promise((r) => setTimeout(r, 1600));
+      await s.app.scheduler.fire("alert-check", new Date());
+      expect((await sent()).map((h) => h.severity)).toEqual(["failure"]);
+
+      await s.client.createBackup({ database: db });
+      hook.failNext(1);
+      await s.app.scheduler.fire("alert-check", new Date());
+      expect((await sent()).map((h) => h.severity), "the refused notice is not counted as sent").toEqual(["failure"]);
+      expect(await openIncident()).toBe("1");
+      await s.app.scheduler.fire("alert-check", new Date());
+      expect((await sent()).map((h) => h.severity)).toEqual(["failure", "resolved"]);
+      expect(await openIncident()).toBe("0");
+
+    } finally {
+      await s.close();
+    }
+  });
+
   it("an incident whose alert no channel took is announced at the next check", async () => {
     const env = channels({
       ALERT_CHECK_CRON: "* * * * *",

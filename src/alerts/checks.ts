@@ -1,4 +1,4 @@
-import type { BlobStore, Clock, IncidentRepository } from "../domain/ports.js";
+import type { BlobStore, Clock, Incident, IncidentRepository } from "../domain/ports.js";
 import type { JobSpec } from "../scheduler/scheduler.js";
 import { formatBytes } from "../format.js";
 import { formatAge, type Notification } from "./notification.js";
@@ -56,13 +56,25 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     return "alerted";
   }
 
-  async function clear(key: string, n: Omit<Notification, "severity" | "body"> & { body: (openedAt: Date) => string }) {
-    const resolved = await incidents.resolve(key);
-    if (resolved?.notifiedAt) {
-      notifier.notify({ ...n, severity: "resolved", body: n.body(resolved.openedAt) });
-      return true;
+  /**
+   * Closes the incident, announcing it if its alert went out. Closed only once a channel took
+   * the notice: if none did, it stays open and the next check sends the notice again (as an
+   * alert is sent again), so on-call never misses the end of what they were told began.
+   */
+  async function clear(
+    key: string,
+    n: Omit<Notification, "severity" | "body"> & { body: (openedAt: Date) => string },
+    signal: AbortSignal,
+    open?: Incident,
+  ) {
+    const incident = open ?? (await incidents.listOpen()).find((i) => i.key === key);
+    if (!incident) return false;
+    if (incident.notifiedAt !== null && notifier.channels.length > 0) {
+      const notice: Notification = { ...n, severity: "resolved", body: n.body(incident.openedAt) };
+      if (!(await untilAborted(notifier.deliver(notice), signal))) return false;
     }
-    return false;
+    await incidents.resolve(key);
+    return incident.notifiedAt !== null;
   }
 
   async function checkBackupAge(now: Date, maxAgeMs: number, signal: AbortSignal) {
@@ -82,7 +94,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
             `the alert raised for it (first seen ${openedAt.toISOString()}) is resolved.`,
           database,
           at: now,
-        });
+        }, signal);
         continue;
       }
       const limit = formatAge(maxAgeMs);
@@ -138,7 +150,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
         title: `Backup disk has enough space again: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
         body: (openedAt) => `Free space is back above the limit (${limits}); the alert raised ${openedAt.toISOString()} is resolved.`,
         at: now,
-      });
+      }, signal);
     }
     return disk;
   }
