@@ -30,10 +30,10 @@ import type { Logger } from "./logger.js";
 import { createBackupHandlers, type BackupUseCases } from "./rpc/backup-handlers.js";
 import { kClientAddress } from "./rpc/context.js";
 import { createHealth } from "./rpc/health.js";
-import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor } from "./rpc/interceptors.js";
+import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor, createTokenGate } from "./rpc/interceptors.js";
 import { registerReflection } from "./rpc/reflection.js";
 import { createLeanGrpcPath, READ_MAX_BYTES } from "./rpc/grpc-lean.js";
-import { startServer, type RunningServer } from "./rpc/server.js";
+import { guardConnectNodeCall, startServer, type RunningServer } from "./rpc/server.js";
 import { createLocalStore } from "./storage/local-store.js";
 import { loadSanityQueries } from "./sanity.js";
 import { createIncidentRepository } from "./db/incident-repository.js";
@@ -266,6 +266,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       createAuditInterceptor(audit, logger),
       createErrorInterceptor(logger),
     ];
+    // A call without a well-formed token is refused before its body is read, on both paths.
+    const requestGate = createTokenGate(interceptors);
     const contextValues = (req: { socket?: { remoteAddress?: string } }) =>
       createContextValues().set(kClientAddress, req.socket?.remoteAddress);
     const connectHandler = connectNodeAdapter({
@@ -288,13 +290,16 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           // downloads, see STACK-NOTES), and the other responses are small.
           compressMinBytes: Number.MAX_SAFE_INTEGER,
           interceptors,
+          requestGate,
         });
       },
     });
     // Unary and server-streaming gRPC calls to BackupService (grpc-js, grpcurl) take the lean path; the rest, connect-node's.
-    const leanGrpc = createLeanGrpcPath({ service: BackupService, impl: backupImpl, interceptors, contextValues });
+    const leanGrpc = createLeanGrpcPath({ service: BackupService, impl: backupImpl, interceptors, contextValues, requestGate });
     const handler = (req: Http2ServerRequest, res: Http2ServerResponse) => {
-      if (!leanGrpc.handle(req, res)) connectHandler(req, res);
+      if (leanGrpc.handle(req, res)) return;
+      guardConnectNodeCall(req, res);
+      connectHandler(req, res);
     };
     const server = await startServer({
       host: config.grpcHost,

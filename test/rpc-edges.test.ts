@@ -6,12 +6,15 @@
 import { spawn } from "node:child_process";
 import { mkdir, writeFile } from "node:fs/promises";
 import http2 from "node:http2";
+import net from "node:net";
 import path from "node:path";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DownloadBackupRequestSchema } from "../gen/backup/v1/backup_pb.js";
 import { KeyConfigError, loadJwtKeys } from "../src/auth/keys.js";
 import { ConfigError, loadConfig } from "../src/config.js";
-import { MAX_CONCURRENT_STREAMS } from "../src/rpc/server.js";
-import { createDatabase, createFixture, mintToken, type TestService } from "./helpers.js";
+import { MAX_CONCURRENT_STREAMS, startServer } from "../src/rpc/server.js";
+import { createDatabase, createFixture, mintToken, sql, waitFor, type TestService } from "./helpers.js";
 
 const fx = createFixture("rpcedges");
 let svc: TestService;
@@ -321,6 +324,193 @@ describe("JWKS files of the wrong shape", () => {
       );
       expect(err, text).toBeInstanceOf(KeyConfigError);
       expect(err.message, text).toMatch(message);
+    }
+  });
+});
+
+describe("calls that must not wait on a client", () => {
+  // The same call to each path, as above: the lean one (gRPC, binary, uncompressed) and
+  // connect-node's, for gRPC (`grpc-encoding: gzip`, a message left uncompressed) and Connect.
+  const paths: [string, Record<string, string>][] = [
+    ["lean gRPC", { "content-type": "application/grpc", te: "trailers" }],
+    ["connect-node gRPC", { "content-type": "application/grpc", te: "trailers", "grpc-encoding": "gzip" }],
+    ["connect-node Connect", { "content-type": "application/connect+proto", "connect-protocol-version": "1" }],
+  ];
+  beforeAll(async () => {
+    // Random text: backups of about 2 MB, more than the client's windows and the server's buffers.
+    await sql(fx.target, "CREATE TABLE stall AS SELECT g AS id, md5(random()::text) || md5(random()::text) AS v FROM generate_series(1, 60000) g");
+  });
+  const timeoutHeader = (name: string, ms: number): Record<string, string> =>
+    name.endsWith("Connect") ? { "connect-timeout-ms": String(ms) } : { "grpc-timeout": `${ms}m` };
+
+  /** Opens a call on its own connection (node's default windows: 64 KiB) and never reads its reply. */
+  function open(method: string, headers: Record<string, string>, body: Buffer, end: boolean) {
+    const session = http2.connect(svc.url);
+    session.on("error", () => undefined);
+    const started = Date.now();
+    const req = session.request({ ":method": "POST", ":path": `/backup.v1.BackupService/${method}`, ...headers });
+    req.on("error", () => undefined);
+    if (end) req.end(body);
+    else req.write(body);
+    return { session, req, started };
+  }
+
+  it("ends a download whose client stops reading once its deadline has passed, and lets go of the file", async () => {
+    for (const [name, headers] of paths) {
+      const { backup } = await svc.client.createBackup({});
+      expect(Number(backup!.fileSize), name).toBeGreaterThan(1 << 20);
+      const body = frame(Buffer.from(toBinary(DownloadBackupRequestSchema, create(DownloadBackupRequestSchema, { id: backup!.id }))));
+      const { session, req, started } = open("DownloadBackup", { ...headers, ...authed(), ...timeoutHeader(name, 1000) }, body, true);
+      try {
+        const ended = await new Promise<number | undefined>((resolve) => {
+          const timer = setTimeout(() => resolve(undefined), 6000);
+          req.once("close", () => (clearTimeout(timer), resolve(Date.now() - started)));
+        });
+        expect(ended, `${name}: the stream ended (ms after the call)`).toBeDefined();
+        expect(ended!, name).toBeLessThan(2500);
+        const audit = await waitFor(`${name}: the download's audit event`, async () => {
+          const { events } = await svc.client.listAuditEvents({ backupId: backup!.id, action: "DownloadBackup" });
+          return events[0];
+        });
+        expect(req.rstCode, name).toBe(http2.constants.NGHTTP2_CANCEL);
+        expect({ outcome: audit.outcome, message: audit.message }, name).toEqual({
+          outcome: "DEADLINE_EXCEEDED",
+          message: "download from offset 0: cancelled: the call's deadline was exceeded",
+        });
+        // The download let go of the file: a hard delete is not refused as ABORTED.
+        const deleted = await svc.client.deleteBackup({ id: backup!.id, hardDelete: true });
+        expect(deleted.fileRemoved, name).toBe(true);
+      } finally {
+        session.destroy();
+      }
+    }
+  }, 60_000);
+
+  /** The answer to a call opened with `open`, and how long it took to come. */
+  function answer(opened: ReturnType<typeof open>) {
+    const { req, started } = opened;
+    return new Promise<{ status: number; trailers: Record<string, unknown>; body: string; ms: number }>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("no answer within 5000 ms")), 5000);
+      let head: http2.IncomingHttpHeaders = {};
+      let trailers: http2.IncomingHttpHeaders = {};
+      const chunks: Buffer[] = [];
+      req.on("response", (h) => (head = h));
+      req.on("trailers", (t) => (trailers = t));
+      req.on("data", (c: Buffer) => chunks.push(c));
+      req.on("end", () => {
+        clearTimeout(timer);
+        const t = { ...head, ...trailers };
+        resolve({
+          status: Number(head[":status"]),
+          trailers: { "grpc-status": t["grpc-status"], "grpc-message": t["grpc-message"] },
+          body: Buffer.concat(chunks).toString(),
+          ms: Date.now() - started,
+        });
+      });
+    });
+  }
+
+  /** pgbackup_rpc_requests_total for a method and code. */
+  async function counted(method: string, code: string): Promise<number> {
+    const text = await (await fetch(svc.app.metricsUrl!)).text();
+    const line = text.split("\n").find((l) => l.startsWith(`pgbackup_rpc_requests_total{method="${method}",code="${code}"} `));
+    return line ? Number(line.split(" ")[1]) : 0;
+  }
+
+  it("refuses a unary call without a token at once, before its body has come, counted and audited as before", async () => {
+    const big = Buffer.alloc(4 * 1024 * 1024 - 64, 0x61);
+    const cases: [string, Buffer, boolean][] = [
+      ["a message whose stream never ends", frame([0x0a, 0x01]), false],
+      ["a 4 MiB message whose stream never ends", frame(Buffer.concat([Buffer.from([0x0a, 0xb8, 0xff, 0xff, 0x01]), big])), false],
+      ["a 4 MiB message", frame(Buffer.concat([Buffer.from([0x0a, 0xb8, 0xff, 0xff, 0x01]), big])), true],
+    ];
+    for (const [what, body, end] of cases) {
+      const seen: Record<string, unknown> = {};
+      for (const [name, headers] of paths) {
+        const before = await counted("GetBackup", "UNAUTHENTICATED");
+        // The Connect protocol's unary body is the message itself, not enveloped.
+        const opened = open("GetBackup", name.endsWith("Connect") ? { "content-type": "application/proto", "connect-protocol-version": "1" } : headers, name.endsWith("Connect") ? body.subarray(5) : body, end);
+        try {
+          const got = await answer(opened);
+          expect(got.ms, `${what}, ${name}: answered at once`).toBeLessThan(1500);
+          // Held back by flow control: the server took no more than its windows' worth of the body.
+          if (body.length > 1 << 20) expect(opened.req.writableLength, `${what}, ${name}: bytes never read`).toBeGreaterThan(3 << 20);
+          const { events } = await svc.client.listAuditEvents({ pageSize: 1 });
+          const { ms, ...rest } = got;
+          seen[name] = { ...rest, audit: events[0] && { actor: events[0].actor, action: events[0].action, outcome: events[0].outcome, message: events[0].message } };
+          expect(await counted("GetBackup", "UNAUTHENTICATED"), `${what}, ${name}: counted once`).toBe(before + 1);
+        } finally {
+          opened.session.destroy();
+        }
+      }
+      const message = "missing authorization header (expected: authorization: Bearer <JWT>)";
+      const audit = { actor: "", action: "GetBackup", outcome: "UNAUTHENTICATED", message };
+      const grpc = { status: 200, trailers: { "grpc-status": "16", "grpc-message": encodeURIComponent(message) }, body: "", audit };
+      expect(seen, what).toEqual({
+        "lean gRPC": grpc,
+        "connect-node gRPC": grpc,
+        "connect-node Connect": { status: 401, trailers: {}, body: JSON.stringify({ code: "unauthenticated", message }), audit },
+      });
+    }
+  });
+
+  it("lets go of the file of a download whose client stops reading and then cancels it", async () => {
+    for (const [name, headers] of paths) {
+      const { backup } = await svc.client.createBackup({});
+      expect(Number(backup!.fileSize), name).toBeGreaterThan(1 << 20);
+      const body = frame(Buffer.from(toBinary(DownloadBackupRequestSchema, create(DownloadBackupRequestSchema, { id: backup!.id }))));
+      const { session, req } = open("DownloadBackup", { ...headers, ...authed() }, body, true);
+      try {
+        await new Promise((resolve) => req.once("response", resolve));
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        const audit = await waitFor(`${name}: the download's audit event`, async () => {
+          const { events } = await svc.client.listAuditEvents({ backupId: backup!.id, action: "DownloadBackup" });
+          return events[0];
+        }, 5000);
+        expect(audit.outcome, name).toBe("CANCELED");
+        const deleted = await svc.client.deleteBackup({ id: backup!.id, hardDelete: true });
+        expect(deleted.fileRemoved, name).toBe(true);
+      } finally {
+        session.destroy();
+      }
+    }
+  }, 60_000);
+});
+
+describe("keepalive", () => {
+  it("drops a connection whose client no longer acks pings, and keeps one that does", async () => {
+    const server = await startServer({
+      host: "127.0.0.1",
+      port: 0,
+      handler: (_req, res) => res.writeHead(404).end(),
+      keepalive: { intervalMs: 100, timeoutMs: 300 },
+    });
+    const live = http2.connect(server.url);
+    try {
+      // A peer that spoke HTTP/2 once and then went silent, as a half-open connection does.
+      const silent = net.connect(server.port, "127.0.0.1");
+      silent.on("data", () => undefined);
+      silent.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
+      const started = Date.now();
+      const dropped = await new Promise<number | undefined>((resolve) => {
+        const timer = setTimeout(() => resolve(undefined), 3000);
+        silent.once("close", () => (clearTimeout(timer), resolve(Date.now() - started)));
+      });
+      silent.destroy();
+      expect(dropped, "the silent connection was dropped").toBeDefined();
+      expect(dropped!).toBeLessThan(1500);
+      expect(live.closed || live.destroyed, "the live connection is still open").toBe(false);
+      const { status } = await new Promise<{ status: unknown }>((resolve, reject) => {
+        const req = live.request({ ":path": "/" });
+        req.on("response", (h) => resolve({ status: h[":status"] }));
+        req.on("error", reject);
+        req.end();
+      });
+      expect(status).toBe(404);
+    } finally {
+      live.close();
+      await server.close(1000);
     }
   });
 });

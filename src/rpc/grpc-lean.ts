@@ -26,12 +26,13 @@
  * `parseTimeout`, the error trailers from its `setTrailerStatus`, and the
  * errors for malformed requests are connect's, raised at the same point: before
  * the interceptors for a unary call, inside them (when the handler takes its
- * message) for a server stream. Only the framing of the request and the
+ * message) for a server stream; a `requestGate` runs where connect runs its own, before
+ * the body is read. Only the framing of the request and the
  * replies is done here, on node:http2's compatibility API.
  * test/clients.test.ts and test/rpc-edges.test.ts send the same bytes down this
  * path and connect-node's and compare what comes back.
  */
-import type http2 from "node:http2";
+import http2 from "node:http2";
 import { create, fromBinary, toBinary, type DescMessage, type DescService, type Message } from "@bufbuild/protobuf";
 import {
   Code,
@@ -97,6 +98,8 @@ export function createLeanGrpcPath<S extends DescService>(opts: {
   interceptors: Interceptor[];
   contextValues: (req: http2.Http2ServerRequest) => ContextValues;
   readMaxBytes?: number;
+  /** As connect's `requestGate`: runs before the request's body is read; throwing refuses the call. */
+  requestGate?: (ctx: HandlerContext) => void | Promise<void>;
 }): LeanGrpcPath {
   const readMaxBytes = opts.readMaxBytes ?? READ_MAX_BYTES;
   const spec = createServiceImplSpec(opts.service, opts.impl);
@@ -116,7 +119,7 @@ export function createLeanGrpcPath<S extends DescService>(opts: {
       if (encoding !== undefined && encoding !== "identity") return false;
       // The call turns every failure into a gRPC status; should writing the reply itself
       // throw, the stream is reset rather than the rejection left to end the process.
-      const env: CallEnv = { interceptors: opts.interceptors, contextValues: opts.contextValues(req), readMaxBytes };
+      const env: CallEnv = { interceptors: opts.interceptors, contextValues: opts.contextValues(req), readMaxBytes, requestGate: opts.requestGate };
       const served = method.kind === "unary" ? serveUnary(method, req, res, env) : serveStream(method, req, res, env);
       served.catch((err: unknown) => res.stream.destroy(err instanceof Error ? err : new Error(String(err))));
       return true;
@@ -129,6 +132,7 @@ interface CallEnv {
   interceptors: Interceptor[];
   contextValues: ContextValues;
   readMaxBytes: number;
+  requestGate: ((ctx: HandlerContext) => void | Promise<void>) | undefined;
 }
 
 /** What both kinds of call start with: the deadline, the call's state, and a client that goes away. */
@@ -207,16 +211,23 @@ async function serveUnary(
   spec: UnarySpec,
   req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
-  { interceptors, contextValues, readMaxBytes }: CallEnv,
+  { interceptors, contextValues, readMaxBytes, requestGate }: CallEnv,
 ): Promise<void> {
   const { call, timeoutError, finish } = startCall(req, res);
   let reply: Uint8Array | undefined;
   let header: Headers | undefined;
   let trailer: Headers | undefined;
   try {
+    // The message is set once read: the gate runs first, before the body is read (as
+    // connect's, which also raises a malformed timeout only after it).
+    const request = callRequest<UnaryRequest>(false, spec.method, undefined as never, req, contextValues, call);
+    const gated = requestGate?.(handlerContext(request, call));
+    if (gated) await gated;
     if (timeoutError) throw timeoutError;
-    const input = parse(spec.method.input, singleMessage(await readBody(req, readMaxBytes, call), readMaxBytes, "unary"));
-    const request = callRequest<UnaryRequest>(false, spec.method, input, req, contextValues, call);
+    (request as { message: Message }).message = parse(
+      spec.method.input,
+      singleMessage(await readBody(req, readMaxBytes, call), readMaxBytes, "unary"),
+    );
     // As connect's invokeUnaryImplementation, with the signal and response headers made on demand.
     let made: UnaryResponse | undefined;
     const response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<UnaryResponse> => {
@@ -258,16 +269,20 @@ async function serveUnary(
  * stream (HTTP/2 flow control holds a slow client's replies here, not in memory), and the
  * status follows in the trailers. A client that goes away ends the handler's stream as
  * connect's does: its signal aborts, and the stream is closed (return()) after the reply
- * being written.
+ * being written. A client that stops reading but keeps the stream open no longer holds the
+ * handler (a download's file lock and buffer) once the call is aborted (its deadline
+ * passed): the reason is thrown into the handler's stream, and the stream is reset
+ * (CANCEL), as the trailers could only follow the replies the client does not take.
  */
 async function serveStream(
   spec: ServerStreamSpec,
   req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
-  { interceptors, contextValues, readMaxBytes }: CallEnv,
+  { interceptors, contextValues, readMaxBytes, requestGate }: CallEnv,
 ): Promise<void> {
   const { call, timeoutError, finish } = startCall(req, res);
   let headSent = false;
+  let stalled = false;
   let trailer: Headers | undefined;
   let response: StreamResponse | undefined;
   let made: StreamResponse | undefined;
@@ -286,6 +301,8 @@ async function serveStream(
     // was let in, audited and counted as connect-node's path does.
     const input = streamInput(spec.method.input, req, call, timeoutError, readMaxBytes);
     const request = callRequest<StreamRequest>(true, spec.method, input, req, contextValues, call);
+    const gated = requestGate?.(handlerContext(request, call));
+    if (gated) await gated;
     // As connect's invokeStreamImplementation for a server stream.
     response = await applyInterceptors(async (r: UnaryRequest | StreamRequest): Promise<StreamResponse> => {
       const message = await single(r.message as AsyncIterable<Message>);
@@ -303,13 +320,21 @@ async function serveStream(
         },
       });
     }, interceptors)(request);
-    const replies = response.message;
-    for await (const message of replies) {
+    const replies = response.message[Symbol.asyncIterator]();
+    for await (const message of { [Symbol.asyncIterator]: () => replies }) {
       if (gone(res)) break;
       sendHead();
       const wire = wireParts.get(message);
-      await writeReply(res, wire?.parts ?? [encodedReplies.get(message) ?? serialize(spec.method.output, message)], wire?.written);
+      const parts = wire?.parts ?? [encodedReplies.get(message) ?? serialize(spec.method.output, message)];
+      const aborted = await writeReply(res, call, parts, wire?.written);
       if (gone(res)) break;
+      if (aborted !== undefined) {
+        // As connect-node does with a write that failed: the reason goes into the handler's
+        // stream, so that the call is audited and counted with it (DEADLINE_EXCEEDED).
+        stalled = true;
+        await replies.throw?.(aborted);
+        throw aborted;
+      }
     }
     trailer = own() ? response!.trailer : call.touched ? call.responseTrailer : undefined;
   } catch (err) {
@@ -318,6 +343,10 @@ async function serveStream(
     finish();
   }
   if (gone(res) || res.writableEnded) return;
+  if (stalled && res.stream.writableNeedDrain) {
+    res.stream.close(http2.constants.NGHTTP2_CANCEL);
+    return;
+  }
   sendHead();
   res.addTrailers(trailer ? nodeHeaders(trailer) : OK_TRAILERS);
   res.end();
@@ -336,10 +365,17 @@ function errorTrailer(call: CallState, err: unknown): Headers {
 /**
  * Writes one enveloped reply of the given parts; resolves once the stream has taken it
  * (at once while it is under its buffer's mark, otherwise at "drain"), or when the stream
- * is closed. `written` is called once the last part has gone to the connection (node's
- * http2 holds a written buffer, uncopied, until its socket write completes) or failed.
+ * is closed, or with the reason when the call is aborted first (its deadline passed while
+ * the client was not reading). `written` is called once the last part has gone to the
+ * connection (node's http2 holds a written buffer, uncopied, until its socket write
+ * completes) or failed.
  */
-function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[], written?: () => void): Promise<void> {
+function writeReply(
+  res: http2.Http2ServerResponse,
+  call: CallState,
+  parts: readonly Uint8Array[],
+  written?: () => void,
+): Promise<unknown> {
   let length = 0;
   for (const p of parts) length += p.length;
   const first = parts[0] ?? new Uint8Array(0);
@@ -352,15 +388,18 @@ function writeReply(res: http2.Http2ServerResponse, parts: readonly Uint8Array[]
   const from = small ? 1 : 0;
   let ok = res.write(head, from === parts.length ? written : undefined);
   for (let i = from; i < parts.length; i++) ok = res.write(parts[i]!, i === parts.length - 1 ? written : undefined);
-  if (ok || gone(res)) return Promise.resolve();
+  if (ok || gone(res)) return Promise.resolve(undefined);
   return new Promise((resolve) => {
-    const done = () => {
-      res.off("drain", done);
-      res.off("close", done);
-      resolve();
+    const done = (reason?: unknown) => {
+      res.off("drain", taken);
+      res.off("close", taken);
+      call.whenAborted(undefined);
+      resolve(reason);
     };
-    res.on("drain", done);
-    res.on("close", done);
+    const taken = () => done();
+    res.on("drain", taken);
+    res.on("close", taken);
+    call.whenAborted(done);
   });
 }
 
@@ -487,8 +526,8 @@ class CallState {
 
   /**
    * Calls `fn` with the reason once the call is aborted (at once if it already was), or no
-   * longer if `fn` is undefined: one listener at a time, for readBody, without making the
-   * signal (see above).
+   * longer if `fn` is undefined: one listener at a time, for readBody or writeReply (never
+   * both: a call's body is read before its replies), without making the signal (see above).
    */
   whenAborted(fn: ((reason: unknown) => void) | undefined): void {
     if (fn !== undefined && this.reason !== undefined) fn(this.reason);

@@ -1,4 +1,4 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { Code, ConnectError, type HandlerContext, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
 import type { JwtKeys } from "../auth/keys.js";
 import { describeTokenError } from "../auth/keys.js";
 import type { Actor } from "../domain/backup.js";
@@ -9,6 +9,9 @@ import { kActor, kAuditBackupId, kAuditNote, kClientAddress } from "./context.js
 import { codeName, toConnectError } from "./errors.js";
 
 const ADMIN_ROLES = new Set(["admin", "superadmin"]);
+
+/** The form of the authorization header every BackupService call must carry. */
+const BEARER = /^Bearer\s+(\S+)\s*$/i;
 
 /** RPCs that change state: every call is audited, whatever its outcome. */
 export const AUDITED_METHODS = new Set([
@@ -40,7 +43,7 @@ export function createAuthInterceptor(
     if (!header) {
       throw new ConnectError("missing authorization header (expected: authorization: Bearer <JWT>)", Code.Unauthenticated);
     }
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
+    const m = BEARER.exec(header);
     if (!m) throw new ConnectError("authorization header must be of the form 'Bearer <JWT>'", Code.Unauthenticated);
     let payload;
     try {
@@ -87,6 +90,42 @@ export function createAuthInterceptor(
     }
     req.contextValues.set(kActor, actor);
     return next(req);
+  };
+}
+
+/**
+ * A check that runs before a call's request body is read (connect's `requestGate`, and the
+ * lean path's), so that a caller without a token cannot make the service read and hold a
+ * body of up to 4 MiB per stream. A call whose authorization header is missing or not of
+ * the form `Bearer <token>` is refused there by running `interceptors` for it, the token
+ * check among them (it refuses such a call before anything else), so that it is counted,
+ * logged and audited as any denied call; it is refused as before, only without its body
+ * (which also means a malformed body or timeout no longer decides its error: it is
+ * UNAUTHENTICATED, as a server stream's always was). A token of the right form is checked
+ * by the interceptor as usual, once the body has been read.
+ */
+export function createTokenGate(interceptors: Interceptor[]): (ctx: HandlerContext) => Promise<void> | undefined {
+  let refuse: (req: UnaryRequest | StreamRequest) => Promise<unknown> = () => {
+    throw new ConnectError("internal error: the token check let in a call without a token", Code.Internal);
+  };
+  for (let i = interceptors.length - 1; i >= 0; i--) refuse = interceptors[i]!(refuse as never) as typeof refuse;
+  // Nothing to wait for (no promise made) on the common path: a token of the right form.
+  return (ctx) => {
+    const header = ctx.requestHeader.get("authorization");
+    if (header && BEARER.test(header)) return undefined;
+    return refuse({
+      stream: ctx.method.methodKind !== "unary",
+      method: ctx.method,
+      service: ctx.service,
+      requestMethod: ctx.requestMethod,
+      url: ctx.url,
+      header: ctx.requestHeader,
+      contextValues: ctx.values,
+      message: undefined,
+      get signal() {
+        return ctx.signal;
+      },
+    } as unknown as UnaryRequest).then(() => undefined);
   };
 }
 
