@@ -12,7 +12,7 @@ import { emailChannel, webhookChannel, type Channel } from "./alerts/channels.js
 import { notificationFor } from "./alerts/notification.js";
 import { createNotifier, type Notifier } from "./alerts/notifier.js";
 import { loadJwtKeys, type JwtKeys } from "./auth/keys.js";
-import { describeTarget, type Config, type PgTarget } from "./config.js";
+import { checkServiceFiles, describeTarget, type Config, type PgTarget } from "./config.js";
 import { createAuditRepository } from "./db/audit-repository.js";
 import { createBackupRepository } from "./db/backup-repository.js";
 import { createDb, createPool, ensureDatabase, migrateControlDatabase } from "./db/client.js";
@@ -81,6 +81,7 @@ function sameDatabase(a: PgTarget, b: PgTarget): boolean {
 
 /** The composition root: the only place that builds adapters. */
 export async function createApp(config: Config, logger: Logger): Promise<App> {
+  checkServiceFiles(config);
   const tools = await resolveTools(config.pgBinDir);
   const keys = await loadJwtKeys(config);
   if (keys.generated) {

@@ -198,6 +198,21 @@ export function parsePgUrl(raw: string): PgTarget | string {
   };
 }
 
+/**
+ * The files only the service itself reads (not `backupctl token`, which loads the same
+ * configuration, perhaps as a user who may not read the TLS key): checked as the service
+ * starts, before it touches a database, since the server reads them only when it starts
+ * listening, after migrations and recovery.
+ */
+export function checkServiceFiles(config: Config): void {
+  const problems: string[] = [];
+  for (const [name, file] of [["TLS_CERT_FILE", config.tlsCertFile], ["TLS_KEY_FILE", config.tlsKeyFile]] as const) {
+    const problem = file === undefined ? null : unreadableFile(file);
+    if (problem) problems.push(`${name}: ${problem}`);
+  }
+  if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
+}
+
 /** Why a file the service reads at start cannot be read (its error code), or null; never its path. */
 function unreadableFile(file: string): string | null {
   try {
@@ -305,12 +320,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if ((e.TLS_CERT_FILE === undefined) !== (e.TLS_KEY_FILE === undefined)) {
     problems.push("TLS_CERT_FILE, TLS_KEY_FILE: set both to serve TLS, or neither");
-  }
-  // The server reads them only when it starts listening, after migrations and recovery:
-  // a file it cannot read must stop the start here, not there.
-  for (const [name, file] of [["TLS_CERT_FILE", e.TLS_CERT_FILE], ["TLS_KEY_FILE", e.TLS_KEY_FILE]] as const) {
-    const problem = file === undefined ? null : unreadableFile(file);
-    if (problem) problems.push(`${name}: ${problem}`);
   }
   const keySources = [e.JWT_SECRET, e.JWT_SECRET_FILE, e.JWT_PUBLIC_KEY_FILE].filter((v) => v !== undefined);
   if (keySources.length > 1) {

@@ -1,10 +1,11 @@
-import { ConfigError, loadConfig } from "./config.js";
+import { checkServiceFiles, ConfigError, loadConfig } from "./config.js";
 import { createApp } from "./app.js";
 import { createLogger } from "./logger.js";
 
 let config;
 try {
   config = loadConfig();
+  checkServiceFiles(config);
 } catch (err) {
   if (!(err instanceof ConfigError)) throw err;
   process.stderr.write(`${err.message}\n`);

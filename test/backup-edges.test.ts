@@ -190,3 +190,21 @@ describe("the database lock across replicas", () => {
     }
   });
 });
+
+describe("a database in another encoding", () => {
+  it("a WIN1252 byte with no Unicode equivalent still gets a verified backup, dumped in WIN1252", async () => {
+    const db = uniqueName("bs_edges_win1252");
+    await sql("postgres", `CREATE DATABASE "${db}" ENCODING 'WIN1252' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`);
+    try {
+      // 0x81 is unassigned in WIN1252: the server stores it (no check within one encoding),
+      // but it has no UTF-8 form.
+      await sql(db, "CREATE TABLE t (id int PRIMARY KEY, s text); INSERT INTO t VALUES (1, E'a\\x81b')");
+      const svc = await fx.service();
+      const { backup } = await svc.client.createBackup({ database: db });
+      expect(backup!.status).toBe(BackupStatus.VERIFIED);
+      expect(Number(backup!.rowCount)).toBe(1);
+    } finally {
+      await sql("postgres", `DROP DATABASE IF EXISTS "${db}" WITH (FORCE)`);
+    }
+  });
+});

@@ -12,7 +12,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { DownloadBackupRequestSchema } from "../gen/backup/v1/backup_pb.js";
 import { KeyConfigError, loadJwtKeys } from "../src/auth/keys.js";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { checkServiceFiles, ConfigError, loadConfig } from "../src/config.js";
 import { MAX_CONCURRENT_STREAMS, startServer } from "../src/rpc/server.js";
 import { createDatabase, createFixture, mintToken, sql, waitFor, type TestService } from "./helpers.js";
 
@@ -269,7 +269,7 @@ describe("database URLs with a stray %", () => {
 });
 
 describe("TLS files", () => {
-  it("are checked when the configuration is loaded: each unreadable one is named, its path is not", async () => {
+  it("are checked as the service starts: each unreadable one is named, its path is not", async () => {
     const dir = await fx.tempDir();
     const cert = path.join(dir, "cert-hunter2.pem");
     await writeFile(cert, "not checked here, only read\n");
@@ -282,11 +282,21 @@ describe("TLS files", () => {
       [{ TLS_CERT_FILE: missing, TLS_KEY_FILE: missing }, [/TLS_CERT_FILE: cannot read/, /TLS_KEY_FILE: cannot read/]],
     ];
     for (const [env, messages] of cases) {
-      const err = configError(env);
+      // backupctl token loads the same configuration, and need not read the TLS key.
+      const config = loadConfig(env);
+      let err: Error | undefined;
+      try {
+        checkServiceFiles(config);
+      } catch (e) {
+        expect(e).toBeInstanceOf(ConfigError);
+        err = e as Error;
+      }
+      if (!err) throw new Error(`checkServiceFiles accepted ${JSON.stringify(Object.keys(env))}`);
       for (const m of messages) expect(err.message).toMatch(m);
       expect(err.message).not.toMatch(/hunter2/);
     }
     const ok = loadConfig({ TLS_CERT_FILE: cert, TLS_KEY_FILE: cert });
+    checkServiceFiles(ok);
     expect([ok.tlsCertFile, ok.tlsKeyFile]).toEqual([cert, cert]);
   });
 

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto";
 import { createWriteStream } from "node:fs";
+import { rm } from "node:fs/promises";
 import { pipeline } from "node:stream/promises";
 import { setImmediate } from "node:timers/promises";
 import type { Readable, Writable } from "node:stream";
@@ -83,6 +84,148 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       : [tools.gzip, [`-${opts.compressionLevel}`, "-c"]];
   }
 
+  /** One dump; `utf8`: the archive in UTF-8 (see encodingArgs). */
+  async function dumpIn(options: DumpOptions, signal: AbortSignal, utf8: boolean): Promise<DumpResult> {
+    const started = performance.now();
+    // One snapshot for pg_dump and for the row counts, so that the counts describe
+    // exactly what the dump holds.
+    const client = await connect(options.database, signal);
+    const onAbort = () => void client.end().catch(() => undefined);
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
+      await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
+      // The row counts overlap pg_dump, which takes longer anyway: on one core, not with
+      // parallel workers that took every core for the first second of a backup (the calls
+      // answered meanwhile waited; measured under the latency bench). A count gains nothing
+      // from JIT, which cost up to 0.1 s of compiling per big table.
+      await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off");
+      await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+      const snap = await client.query<{ id: string; encoding: string }>(
+        "SELECT pg_export_snapshot() AS id, current_setting('server_encoding') AS encoding",
+      );
+      const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
+      const tables = await listTables(client, excluded);
+
+      // The first step to fail stops the others (a dead pg_dump must not leave the row
+      // count waiting on a lock, and vice versa); its error is the one reported.
+      const stopAll = createStopper(signal);
+      const steps = stopAll.signal;
+      let firstFailure: DomainError | undefined;
+      const fail = (e: DomainError) => {
+        firstFailure ??= e;
+        stopAll.stop(e);
+        void client.end().catch(() => undefined);
+      };
+
+      const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
+      const excludeArgs = excluded.map((s) => `--exclude-schema=${s}`);
+      // The archive in UTF-8 whatever the database's encoding (the server converts; for a UTF8
+      // database nothing changes): its table of contents then names the tables as the row
+      // counts do, and a LATIN1 table named café is found in it. Not for SQL_ASCII, whose bytes
+      // have no known encoding (a UTF8 restore would refuse them), nor for MULE_INTERNAL, which
+      // has no conversion to UTF8.
+      const encoding = snap.rows[0]!.encoding;
+      const encodingArgs = !utf8 || encoding === "SQL_ASCII" || encoding === "MULE_INTERNAL" ? [] : ["--encoding=UTF8"];
+      const dump = startChild(
+        "pg_dump",
+        tools.pgDump,
+        [...formatArgs, ...encodingArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
+        {
+          env: libpq.env(options.database),
+          stdio: ["ignore", "pipe", "pipe"],
+          signal: steps,
+          ...bulk,
+        },
+      );
+      const [compressCmd, compressArgv] = compressArgs(options.compression);
+      // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
+      const compressor = startChild(options.compression, compressCmd, compressArgv, {
+        env: childProcessEnv(),
+        stdio: [dump.child.stdout!, "pipe", "pipe"],
+        signal: steps,
+        ...bulk,
+      });
+      // Our copy of the pipe's read end must go, or pg_dump would block instead of
+      // getting SIGPIPE if the compressor died.
+      dump.child.stdout!.destroy();
+
+      const hash = createHash("sha256");
+      let fileSize = 0;
+      // A custom archive in zstd is read back as it is written, on what CPU the dump leaves
+      // idle (measured: about a second less than reading the file after the dump).
+      const readsBack = options.format === "custom" && options.compression === "zstd";
+      // Each spawn holds the event loop until its child has started (2-5 ms for a process of
+      // this size, more on busy cores): the calls waiting meanwhile are answered between the
+      // dump's two processes and the read-back's two. (Not between pg_dump and the
+      // compressor: Node starts reading pg_dump's stdout at the next turn of the loop.)
+      if (readsBack) {
+        // Until pipeline() below listens, a read error must not go unhandled; pipeline then
+        // finds the stream destroyed and reports it.
+        compressor.child.stdout!.once("error", () => undefined);
+        await setImmediate();
+      }
+      const readBack = readsBack ? startReadBack(steps) : null;
+      const written = pipeline(
+        compressor.child.stdout!,
+        async function* (source: AsyncIterable<Buffer>) {
+          for await (const chunk of source) {
+            hash.update(chunk);
+            fileSize += chunk.length;
+            await readBack?.feed(chunk);
+            yield chunk;
+          }
+          readBack?.end();
+        },
+        createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
+        { signal: steps },
+      ).catch((err: unknown) => {
+        if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${safeReason(err)}`, { cause: err }));
+      });
+      const watch = (p: Promise<ExitInfo>) =>
+        p.then((e) => {
+          if (!succeeded(e) && !steps.aborted) fail(dumpFailure(e));
+        });
+      let counts: TableRowCounts = {};
+      const counting = countRows(client, tables, steps).then(
+        (c) => {
+          counts = c;
+        },
+        (err: unknown) => {
+          if (!steps.aborted) {
+            fail(
+              new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${safeReason(err)}`, {
+                cause: err,
+              }),
+            );
+          }
+        },
+      );
+      await Promise.all([watch(dump.exit), watch(compressor.exit), written, counting]);
+      if (firstFailure) readBack?.stop();
+      const readBackResult = readBack ? await readBack.result() : null;
+      stopAll.dispose();
+      signal.throwIfAborted();
+      if (firstFailure) throw firstFailure;
+      await client.query("COMMIT");
+      return {
+        fileSize,
+        checksum: hash.digest("hex"),
+        tableRowCounts: counts,
+        durationMs: Math.round(performance.now() - started),
+        readBack: readBackResult,
+      };
+    } catch (err) {
+      signal.throwIfAborted();
+      if (err instanceof DomainError) throw err;
+      throw new DomainError("dump_failed", `backup of "${options.database}" failed: ${safeReason(err)}`, {
+        cause: err,
+      });
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      await client.end().catch(() => undefined);
+    }
+  }
 
   return {
     pgDumpVersion: tools.pgDumpVersion,
@@ -111,144 +254,16 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
     },
 
     async dump(options: DumpOptions, signal: AbortSignal): Promise<DumpResult> {
-      const started = performance.now();
-      // One snapshot for pg_dump and for the row counts, so that the counts describe
-      // exactly what the dump holds.
-      const client = await connect(options.database, signal);
-      const onAbort = () => void client.end().catch(() => undefined);
-      signal.addEventListener("abort", onAbort, { once: true });
       try {
-        // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
-        await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
-        // The row counts overlap pg_dump, which takes longer anyway: on one core, not with
-        // parallel workers that took every core for the first second of a backup (the calls
-        // answered meanwhile waited; measured under the latency bench). A count gains nothing
-        // from JIT, which cost up to 0.1 s of compiling per big table.
-        await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off");
-        await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-        const snap = await client.query<{ id: string; encoding: string }>(
-          "SELECT pg_export_snapshot() AS id, current_setting('server_encoding') AS encoding",
-        );
-        const excluded = opts.control?.database === options.database ? opts.control.schemas : [];
-        const tables = await listTables(client, excluded);
-
-        // The first step to fail stops the others (a dead pg_dump must not leave the row
-        // count waiting on a lock, and vice versa); its error is the one reported.
-        const stopAll = createStopper(signal);
-        const steps = stopAll.signal;
-        let firstFailure: DomainError | undefined;
-        const fail = (e: DomainError) => {
-          firstFailure ??= e;
-          stopAll.stop(e);
-          void client.end().catch(() => undefined);
-        };
-
-        const formatArgs = options.format === "custom" ? ["-Fc", "-Z0"] : ["-Fp", "--no-owner", "--no-acl"];
-        const excludeArgs = excluded.map((s) => `--exclude-schema=${s}`);
-        // The archive in UTF-8 whatever the database's encoding (the server converts; for a UTF8
-        // database nothing changes): its table of contents then names the tables as the row
-        // counts do, and a LATIN1 table named café is found in it. Not for SQL_ASCII, whose bytes
-        // have no known encoding (a UTF8 restore would refuse them), nor for MULE_INTERNAL, which
-        // has no conversion to UTF8.
-        const encoding = snap.rows[0]!.encoding;
-        const encodingArgs = encoding === "SQL_ASCII" || encoding === "MULE_INTERNAL" ? [] : ["--encoding=UTF8"];
-        const dump = startChild(
-          "pg_dump",
-          tools.pgDump,
-          [...formatArgs, ...encodingArgs, "--no-password", `--snapshot=${snap.rows[0]!.id}`, ...excludeArgs],
-          {
-            env: libpq.env(options.database),
-            stdio: ["ignore", "pipe", "pipe"],
-            signal: steps,
-            ...bulk,
-          },
-        );
-        const [compressCmd, compressArgv] = compressArgs(options.compression);
-        // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
-        const compressor = startChild(options.compression, compressCmd, compressArgv, {
-          env: childProcessEnv(),
-          stdio: [dump.child.stdout!, "pipe", "pipe"],
-          signal: steps,
-          ...bulk,
-        });
-        // Our copy of the pipe's read end must go, or pg_dump would block instead of
-        // getting SIGPIPE if the compressor died.
-        dump.child.stdout!.destroy();
-
-        const hash = createHash("sha256");
-        let fileSize = 0;
-        // A custom archive in zstd is read back as it is written, on what CPU the dump leaves
-        // idle (measured: about a second less than reading the file after the dump).
-        const readsBack = options.format === "custom" && options.compression === "zstd";
-        // Each spawn holds the event loop until its child has started (2-5 ms for a process of
-        // this size, more on busy cores): the calls waiting meanwhile are answered between the
-        // dump's two processes and the read-back's two. (Not between pg_dump and the
-        // compressor: Node starts reading pg_dump's stdout at the next turn of the loop.)
-        if (readsBack) {
-          // Until pipeline() below listens, a read error must not go unhandled; pipeline then
-          // finds the stream destroyed and reports it.
-          compressor.child.stdout!.once("error", () => undefined);
-          await setImmediate();
-        }
-        const readBack = readsBack ? startReadBack(steps) : null;
-        const written = pipeline(
-          compressor.child.stdout!,
-          async function* (source: AsyncIterable<Buffer>) {
-            for await (const chunk of source) {
-              hash.update(chunk);
-              fileSize += chunk.length;
-              await readBack?.feed(chunk);
-              yield chunk;
-            }
-            readBack?.end();
-          },
-          createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
-          { signal: steps },
-        ).catch((err: unknown) => {
-          if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${safeReason(err)}`, { cause: err }));
-        });
-        const watch = (p: Promise<ExitInfo>) =>
-          p.then((e) => {
-            if (!succeeded(e) && !steps.aborted) fail(dumpFailure(e));
-          });
-        let counts: TableRowCounts = {};
-        const counting = countRows(client, tables, steps).then(
-          (c) => {
-            counts = c;
-          },
-          (err: unknown) => {
-            if (!steps.aborted) {
-              fail(
-                new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${safeReason(err)}`, {
-                  cause: err,
-                }),
-              );
-            }
-          },
-        );
-        await Promise.all([watch(dump.exit), watch(compressor.exit), written, counting]);
-        if (firstFailure) readBack?.stop();
-        const readBackResult = readBack ? await readBack.result() : null;
-        stopAll.dispose();
-        signal.throwIfAborted();
-        if (firstFailure) throw firstFailure;
-        await client.query("COMMIT");
-        return {
-          fileSize,
-          checksum: hash.digest("hex"),
-          tableRowCounts: counts,
-          durationMs: Math.round(performance.now() - started),
-          readBack: readBackResult,
-        };
+        return await dumpIn(options, signal, true);
       } catch (err) {
-        signal.throwIfAborted();
-        if (err instanceof DomainError) throw err;
-        throw new DomainError("dump_failed", `backup of "${options.database}" failed: ${safeReason(err)}`, {
-          cause: err,
-        });
-      } finally {
-        signal.removeEventListener("abort", onAbort);
-        await client.end().catch(() => undefined);
+        // A byte of the database's own encoding with no Unicode equivalent (WIN1252's 0x81, say,
+        // which the server stores without a check): dumped again in that encoding, as pg_dump
+        // does by default, rather than no backup at all. Names outside ASCII in it are then not
+        // matched in the table of contents (its check reads UTF-8).
+        if (signal.aborted || !(err instanceof DomainError) || !/has no equivalent in encoding "UTF8"/.test(err.message)) throw err;
+        await rm(options.outputPath, { force: true });
+        return dumpIn(options, signal, false);
       }
     },
 
