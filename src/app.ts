@@ -233,26 +233,25 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     await restore.recoverInterrupted().catch((err: unknown) =>
       logger.warn({ reason: (err as Error).message }, "could not look for databases left by interrupted restores"),
     );
-    backupService.verifyPending();
+    void backupService.verifyPending();
     await scheduler.recoverStale();
     // The same, while the service runs: a backup whose final write failed (the control database
     // dropped) stays IN_PROGRESS, and one whose verification could not run stays COMPLETED,
     // until something looks again; their run locks keep live backups out of it.
-    let sweeping = false;
+    // One sweep at a time, verifications included; shutdown waits for the one running.
+    let sweeping: Promise<void> | undefined;
     const sweep =
       config.recoveryIntervalMs > 0
         ? setInterval(() => {
             if (sweeping) return;
-            sweeping = true;
-            backupService
-              .recoverInterrupted()
-              .then((n) => {
-                if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
-                backupService.verifyPending();
-              })
+            sweeping = (async () => {
+              const n = await backupService.recoverInterrupted();
+              if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
+              await backupService.verifyPending();
+            })()
               .catch((err: unknown) => logger.warn({ reason: (err as Error).message }, "recovery sweep failed; it runs again later"))
               .finally(() => {
-                sweeping = false;
+                sweeping = undefined;
               });
           }, config.recoveryIntervalMs)
         : undefined;
@@ -349,6 +348,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           const backupsStopped = backupService.shutdown();
           await schedulerStopped;
           await backupsStopped;
+          await sweeping;
           // Outcomes of the work just stopped still go out, within the grace period.
           await alerts.close(Math.min(config.shutdownGraceMs, 5000));
           await serverClosed;

@@ -4,6 +4,7 @@ import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { previousSlot } from "../src/scheduler/cron.js";
 import {
   backupFiles,
   blockTable,
@@ -276,6 +277,16 @@ describe("cancellation", () => {
   });
 });
 
+/** A PG_BIN_DIR whose pg_restore takes 30 s to list an archive: only the verification after the dump does. */
+async function slowListingBinDir(): Promise<string> {
+  const bin = await fakeBinDir('exec "$REAL_PG_DUMP" "$@"');
+  const realRestore = execFileSync("sh", ["-c", "command -v pg_restore"], { encoding: "utf8" }).trim();
+  execFileSync("rm", [path.join(bin, "pg_restore")]);
+  await writeFile(path.join(bin, "pg_restore"), `#!/bin/sh\ncase "$*" in *--list*) exec sleep 30;; esac\nexec '${realRestore}' "$@"\n`);
+  await chmod(path.join(bin, "pg_restore"), 0o755);
+  return bin;
+}
+
 describe("verification interrupted by shutdown", () => {
   it("leaves the backup COMPLETED, saying so, and the next start verifies it", async () => {
     // A pg_restore that takes its time listing the archive's table of contents, which only the
@@ -308,6 +319,25 @@ describe("verification interrupted by shutdown", () => {
     } finally {
       await again.close();
     }
+  });
+
+  it("a scheduled backup's verification is cut short by shutdown too, and its run recorded INTERRUPTED", async () => {
+    const slow = await service({ PG_BIN_DIR: await slowListingBinDir(), DAILY_BACKUP_CRON: "0 2 * * *" });
+    // The latest slot (an older one is superseded, not run).
+    const firing = slow.app.scheduler.fire("daily-backup", previousSlot("0 2 * * *", "Asia/Jakarta", new Date())!);
+    await waitFor("the scheduled dump to finish", async () => {
+      const [r] = await sql<{ status: string }>(slow.control, "SELECT status FROM backup_service.backup_history");
+      return r?.status === "COMPLETED";
+    });
+    const stopping = Date.now();
+    await slow.app.close();
+    // Not the 30 s the slow listing would take: shutdown stops the verification.
+    expect(Date.now() - stopping).toBeLessThan(10_000);
+    await firing;
+    const [run] = await sql<{ outcome: string }>(slow.control, "SELECT outcome FROM backup_service.job_runs WHERE job = 'daily-backup'");
+    expect(run!.outcome).toBe("INTERRUPTED");
+    const [left] = await sql<{ status: string; error_message: string }>(slow.control, "SELECT status, error_message FROM backup_service.backup_history");
+    expect(left).toEqual({ status: "COMPLETED", error_message: expect.stringMatching(/verification interrupted by shutdown/) });
   });
 });
 

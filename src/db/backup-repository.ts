@@ -232,7 +232,7 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
       return rows.map(toRecord);
     },
 
-    async newestVerifiedIds(n) {
+    async newestVerifiedIds(n, database) {
       const ranked = db
         .select({
           id: t.id,
@@ -241,7 +241,12 @@ export function createBackupRepository(db: Db, cacheMs = 1000): BackupRepository
         .from(t)
         // Pre-restore safety backups follow retention but do not count towards the floor.
         .where(
-          and(eq(t.isDeleted, false), eq(t.status, "VERIFIED"), sql`NOT jsonb_exists(${t.metadata}, 'safetyBackupFor')`),
+          and(
+            eq(t.isDeleted, false),
+            eq(t.status, "VERIFIED"),
+            sql`NOT jsonb_exists(${t.metadata}, 'safetyBackupFor')`,
+            database === undefined ? undefined : eq(t.databaseName, database),
+          ),
         )
         .as("ranked");
       const rows = await db.select({ id: ranked.id }).from(ranked).where(lte(ranked.rank, n));

@@ -256,14 +256,14 @@ export function createBackupService(deps: BackupServiceDeps) {
   async function runBackup(record: BackupRecord, runLock: Lock, signal: AbortSignal): Promise<BackupRecord> {
     const stopper = createStopper(signal, runLock.lost);
     try {
-      return await dumpAndVerify(record, stopper.signal);
+      return await dumpAndVerify(record, stopper.signal, runLock.lost);
     } finally {
       stopper.dispose();
       await runLock.release();
     }
   }
 
-  async function dumpAndVerify(record: BackupRecord, signal: AbortSignal): Promise<BackupRecord> {
+  async function dumpAndVerify(record: BackupRecord, signal: AbortSignal, lost: AbortSignal): Promise<BackupRecord> {
     const started = performance.now();
     let current = record;
     let readBack: DumpResult["readBack"] = null;
@@ -309,21 +309,29 @@ export function createBackupService(deps: BackupServiceDeps) {
       await store.discardPartial(record.fileName).catch((e: unknown) => {
         logger.error({ err: e, backupId: record.id }, "could not remove partial backup file");
       });
-      // Renamed to its final name, but never recorded as COMPLETED (the control database failed
-      // in between): a file with no checksum on record is no backup, and nothing would remove it.
-      if (committed) {
-        await store.remove(record.fileName).catch((e: unknown) => {
-          logger.error({ err: e, backupId: record.id }, "could not remove the unrecorded backup file");
-        });
-      }
-      await backups
+      const recorded = await backups
         .update(record.id, {
           status: "FAILED",
           errorMessage: failure.message,
           completedAt: clock.now(),
           durationMs: Math.round(performance.now() - started),
         })
-        .catch((e: unknown) => logger.error({ err: e, backupId: record.id }, "could not record backup failure"));
+        .then(
+          () => true,
+          (e: unknown) => {
+            logger.error({ err: e, backupId: record.id }, "could not record backup failure");
+            return false;
+          },
+        );
+      // Renamed to its final name, but never recorded as COMPLETED (the control database failed
+      // in between): a file with no checksum on record is no backup, and nothing would remove it.
+      // Only once FAILED is on record: if the COMPLETED update did commit (its answer lost), and
+      // FAILED could not be written, the file is the backup, which the recovery sweep verifies.
+      if (committed && recorded) {
+        await store.remove(record.fileName).catch((e: unknown) => {
+          logger.error({ err: e, backupId: record.id }, "could not remove the unrecorded backup file");
+        });
+      }
       logger.warn(
         { backupId: record.id, database: record.databaseName, reason: failure.message, cause: failure.cause },
         "backup failed",
@@ -345,12 +353,22 @@ export function createBackupService(deps: BackupServiceDeps) {
     try {
       // The dump read its bytes back as it wrote them; the verification then checks that the
       // file still holds exactly those bytes (SHA-256) rather than reading it whole again.
-      verification = await verifyRecord(current, shutdownController.signal, undefined, "backup", readBack);
+      // Nor a lost run lock: another replica's sweep may then take the backup's verification up
+      // (it stays COMPLETED), and two must not run.
+      const verifyStop = createStopper(shutdownController.signal, lost);
+      try {
+        verification = await verifyRecord(current, verifyStop.signal, undefined, "backup", readBack);
+      } finally {
+        verifyStop.dispose();
+      }
     } catch (err) {
-      const interrupted = shutdownController.signal.aborted;
-      const why = interrupted
+      const shutdown = shutdownController.signal.aborted;
+      const interrupted = shutdown || lost.aborted;
+      const why = shutdown
         ? "verification interrupted by shutdown; it runs again at the next start"
-        : `verification could not run: ${err instanceof DomainError ? err.message : safeReason(err)}`;
+        : lost.aborted
+          ? "verification interrupted: the run's lock was lost with its control-database connection; the recovery sweep runs it again"
+          : `verification could not run: ${err instanceof DomainError ? err.message : safeReason(err)}`;
       if (!interrupted) logger.error({ err, backupId: record.id }, "verification could not run");
       await backups.update(record.id, { errorMessage: why }).catch(() => undefined);
       if (!interrupted) {
@@ -364,7 +382,10 @@ export function createBackupService(deps: BackupServiceDeps) {
           durationMs: Math.round(performance.now() - started),
         });
       }
-      throw withBackupId(interrupted ? SHUTDOWN : new DomainError("dump_failed", why), record.id);
+      throw withBackupId(
+        shutdown ? SHUTDOWN : new DomainError(lost.aborted ? "unavailable" : "dump_failed", why),
+        record.id,
+      );
     }
     logger.info(
       { backupId: record.id, database: record.databaseName, status: verification.status, bytes: current.fileSize },
@@ -771,11 +792,13 @@ export function createBackupService(deps: BackupServiceDeps) {
     },
 
     /**
-     * Verifies backups whose dump finished but whose verification never did
-     * (the service stopped in between). Runs in the background.
+     * Verifies backups whose dump finished but whose verification never did (the service
+     * stopped in between, or the verification could not run). Runs in the background, tracked
+     * for shutdown; the promise settles when it is done, and never rejects.
      */
-    verifyPending(): void {
+    verifyPending(): Promise<void> {
       const work = (async () => {
+        if (shutdownController.signal.aborted) return;
         const { items } = await backups.list({ status: "COMPLETED", includeDeleted: false }, 0, 1000);
         for (const record of items) {
           if (shutdownController.signal.aborted) return;
@@ -792,7 +815,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           }
         }
       })();
-      track(work).catch((err: unknown) => {
+      return track(work).catch((err: unknown) => {
         if (!shutdownController.signal.aborted) logger.error({ err }, "verifying pending backups failed");
       });
     },

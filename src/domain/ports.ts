@@ -60,8 +60,8 @@ export interface BackupRepository {
    * deleted, and deleted ones whose file has not been removed yet.
    */
   listExpired(now: Date): Promise<BackupRecord[]>;
-  /** Ids of the newest `n` VERIFIED, not deleted backups of every database. */
-  newestVerifiedIds(n: number): Promise<Set<string>>;
+  /** Ids of the newest `n` VERIFIED, not deleted backups of every database (or of `database` alone). */
+  newestVerifiedIds(n: number, database?: string): Promise<Set<string>>;
   /** Removes a record for good. */
   remove(id: string): Promise<void>;
   /** The newest VERIFIED, not deleted backup of every database (pre-restore safety backups aside). */

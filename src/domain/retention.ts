@@ -101,9 +101,9 @@ export function createRetentionUseCase({ backups, store, locks, clock, logger, c
         let freedBytes = 0;
         try {
           for (const r of candidates) {
-            // The floor again, just before each removal: a verification that found a newer backup
-            // CORRUPTED meanwhile makes this one part of it, and it must stay.
-            if (r.status === "VERIFIED" && (await backups.newestVerifiedIds(minKeep)).has(r.id)) {
+            // The floor again (its database's alone), just before each removal: a verification
+            // that found a newer backup CORRUPTED, or this one good, meanwhile makes it part of it.
+            if ((await backups.newestVerifiedIds(minKeep, r.databaseName)).has(r.id)) {
               kept.push(r);
               continue;
             }
