@@ -38,6 +38,8 @@ import {
   type TestService,
   uniqueName,
   waitFor,
+  grpcFrame,
+  rawGrpcCall,
 } from "./helpers.js";
 
 const run = promisify(execFile);
@@ -276,54 +278,15 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
   // connect-node. A request that names `grpc-encoding: gzip` but sends an uncompressed message
   // (flag 0, which gRPC allows) is the same call for connect-node, so each case is sent both ways
   // and the answers must agree: HTTP status, content type, grpc-status, grpc-message, details, body.
-  type Answer = { status: number; contentType: unknown; trailers: Record<string, unknown>; body: string; encoding?: unknown };
   let session: http2.ClientHttp2Session;
   beforeAll(() => {
     session = http2.connect(svc.url);
   });
   afterAll(() => session.close());
 
-  const frame = (payload: number[] | Buffer, flags = 0) => {
-    const body = Buffer.from(payload);
-    const head = Buffer.alloc(5);
-    head[0] = flags;
-    head.writeUInt32BE(body.length, 1);
-    return Buffer.concat([head, body]);
-  };
+  const frame = grpcFrame;
 
-  function call(method: string, body: Buffer, headers: Record<string, string>): Promise<Answer> {
-    return new Promise((resolve, reject) => {
-      const req = session.request({
-        ":method": "POST",
-        ":path": `/backup.v1.BackupService/${method}`,
-        "content-type": "application/grpc",
-        te: "trailers",
-        ...headers,
-      });
-      let head: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders = {};
-      const chunks: Buffer[] = [];
-      req.on("response", (h) => (head = h));
-      req.on("trailers", (t) => (trailers = t));
-      req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("error", reject);
-      req.on("end", () => {
-        const status = trailers["grpc-status"] ?? head["grpc-status"];
-        resolve({
-          status: Number(head[":status"]),
-          contentType: head["content-type"],
-          trailers: {
-            "grpc-status": status,
-            "grpc-message": trailers["grpc-message"] ?? head["grpc-message"],
-            "grpc-status-details-bin": trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"],
-          },
-          body: Buffer.concat(chunks).toString("hex"),
-          encoding: head["grpc-encoding"],
-        });
-      });
-      req.end(body);
-    });
-  }
+  const call = (method: string, body: Buffer, headers: Record<string, string>) => rawGrpcCall(session, method, body, headers);
 
   async function bothWays(method: string, body: Buffer, headers: Record<string, string> = {}) {
     const { encoding: leanEncoding, ...lean } = await call(method, body, headers);

@@ -3,6 +3,7 @@
  * on an ephemeral port, and real clients (connect-es and grpc-js).
  */
 import { spawn } from "node:child_process";
+import http2 from "node:http2";
 import { randomBytes } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import os from "node:os";
@@ -381,4 +382,93 @@ export async function spawnService(control: string, target: string, dataDir: str
     }),
   );
   return { child, client, url, logs, exited };
+}
+
+/** One gRPC frame: the compressed flag, the length, the payload. */
+export function grpcFrame(payload: number[] | Buffer, flags = 0): Buffer {
+  const body = Buffer.from(payload);
+  const head = Buffer.alloc(5);
+  head[0] = flags;
+  head.writeUInt32BE(body.length, 1);
+  return Buffer.concat([head, body]);
+}
+
+/** What a raw gRPC call got back: HTTP status, content type, the status trailers, the body (hex). */
+export type RawGrpcAnswer = { status: number; contentType: unknown; trailers: Record<string, unknown>; body: string; encoding?: unknown };
+
+/** A raw HTTP/2 reply once its stream has ended: head, trailers and body; rejects after `waitMs`. */
+export function h2Reply(
+  req: http2.ClientHttp2Stream,
+  waitMs = 5000,
+): Promise<{ head: http2.IncomingHttpHeaders; trailers: http2.IncomingHttpHeaders; body: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      req.close(http2.constants.NGHTTP2_CANCEL);
+      reject(new Error(`no answer within ${waitMs} ms`));
+    }, waitMs);
+    let head: http2.IncomingHttpHeaders = {};
+    let trailers: http2.IncomingHttpHeaders = {};
+    const chunks: Buffer[] = [];
+    req.on("response", (h) => (head = h));
+    req.on("trailers", (t) => (trailers = t));
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("error", (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    req.on("end", () => {
+      clearTimeout(timer);
+      resolve({ head, trailers, body: Buffer.concat(chunks) });
+    });
+  });
+}
+
+/**
+ * One raw gRPC call to BackupService on `session`, as a load generator would send it. With
+ * `end: false` the body is sent but the request never ended (the client closes it once
+ * answered); the answer must come within `waitMs` anyway.
+ */
+export async function rawGrpcCall(
+  session: http2.ClientHttp2Session,
+  method: string,
+  body: Buffer,
+  headers: Record<string, string>,
+  opts: { end?: boolean; waitMs?: number } = {},
+): Promise<RawGrpcAnswer> {
+  const req = session.request({
+    ":method": "POST",
+    ":path": `/backup.v1.BackupService/${method}`,
+    "content-type": "application/grpc",
+    te: "trailers",
+    ...headers,
+  });
+  const replied = h2Reply(req, opts.waitMs).catch((err: Error) => {
+    throw new Error(`${method}: ${err.message}`);
+  });
+  if (opts.end === false) req.write(body);
+  else req.end(body);
+  const { head, trailers, body: reply } = await replied;
+  if (opts.end === false) req.close();
+  return {
+    status: Number(head[":status"]),
+    contentType: head["content-type"],
+    trailers: {
+      "grpc-status": trailers["grpc-status"] ?? head["grpc-status"],
+      "grpc-message": trailers["grpc-message"] ?? head["grpc-message"],
+      "grpc-status-details-bin": trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"],
+    },
+    body: reply.toString("hex"),
+    encoding: head["grpc-encoding"],
+  };
+}
+
+/** A database whose restore takes a few seconds (1.2 million rows, about 150 MB): time to act while it loads. */
+export async function createPayloadDatabase(name: string, extraSql = ""): Promise<void> {
+  await createDatabase(name);
+  await sql(
+    name,
+    `CREATE TABLE payload (id int PRIMARY KEY, body text NOT NULL);
+     INSERT INTO payload SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 3) FROM generate_series(1, 1200000) g;
+     ${extraSql}`,
+  );
 }

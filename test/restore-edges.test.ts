@@ -11,6 +11,7 @@ import {
   callFailure,
   connect,
   createDatabase,
+  createPayloadDatabase,
   createFixture,
   dropDatabase,
   PG_HOST,
@@ -34,13 +35,7 @@ beforeAll(async () => {
   await createDatabase(fx.target);
   await sql(fx.target, "CREATE TABLE t (id int)");
   await sql("postgres", `CREATE ROLE ${role}`);
-  // Big enough that its load takes a few seconds: time to act while it runs.
-  await createDatabase(big);
-  await sql(
-    big,
-    `CREATE TABLE payload (id int PRIMARY KEY, body text NOT NULL);
-     INSERT INTO payload SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 3) FROM generate_series(1, 1200000) g;`,
-  );
+  await createPayloadDatabase(big);
   svc = await fx.service();
   tags.push(svc.app.restoreTag);
 }, 180_000);

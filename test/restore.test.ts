@@ -12,6 +12,7 @@ import {
 import {
   callFailure,
   createDatabase,
+  createPayloadDatabase,
   createFixture,
   dropDatabase,
   grpcJsClient,
@@ -37,13 +38,7 @@ beforeAll(async () => {
   // Owners and privileges travel in a custom archive.
   await sql(source, "GRANT USAGE ON SCHEMA sales TO bs_reader; GRANT SELECT ON sales.orders TO bs_reader; ALTER TABLE sales.bookings OWNER TO bs_reader");
   // Big enough that a restore takes a few seconds: time to interrupt it mid-way.
-  await createDatabase(big);
-  await sql(
-    big,
-    `CREATE TABLE payload (id int PRIMARY KEY, body text NOT NULL);
-     INSERT INTO payload SELECT g, md5(g::text) || repeat(md5((g * 7)::text), 3) FROM generate_series(1, 1200000) g;
-     CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);`,
-  );
+  await createPayloadDatabase(big, "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);");
   svc = await fx.service();
   tags.push(svc.app.restoreTag);
 }, 180_000);

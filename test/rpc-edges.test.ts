@@ -14,7 +14,7 @@ import { DownloadBackupRequestSchema } from "../gen/backup/v1/backup_pb.js";
 import { KeyConfigError, loadJwtKeys } from "../src/auth/keys.js";
 import { checkServiceFiles, ConfigError, loadConfig } from "../src/config.js";
 import { MAX_CONCURRENT_STREAMS, startServer } from "../src/rpc/server.js";
-import { createDatabase, createFixture, mintToken, sql, waitFor, type TestService } from "./helpers.js";
+import { createDatabase, createFixture, grpcFrame, h2Reply, mintToken, rawGrpcCall, sql, waitFor, type RawGrpcAnswer, type TestService } from "./helpers.js";
 
 const fx = createFixture("rpcedges");
 let svc: TestService;
@@ -28,15 +28,9 @@ beforeAll(async () => {
 
 afterAll(() => fx.cleanup());
 
-type Answer = { status: number; contentType: unknown; trailers: Record<string, unknown>; body: string; encoding?: unknown };
+type Answer = RawGrpcAnswer;
 
-const frame = (payload: number[] | Buffer, flags = 0) => {
-  const body = Buffer.from(payload);
-  const head = Buffer.alloc(5);
-  head[0] = flags;
-  head.writeUInt32BE(body.length, 1);
-  return Buffer.concat([head, body]);
-};
+const frame = grpcFrame;
 
 const authed = () => ({ authorization: `Bearer ${token}` });
 
@@ -54,44 +48,7 @@ describe("gRPC calls before the body: the lean path and connect-node's answer al
    * client that holds the stream open would; the answer must come anyway, within `waitMs`.
    */
   function call(method: string, body: Buffer, headers: Record<string, string>, opts: { end?: boolean; waitMs?: number } = {}): Promise<Answer> {
-    return new Promise((resolve, reject) => {
-      const req = session.request({
-        ":method": "POST",
-        ":path": `/backup.v1.BackupService/${method}`,
-        "content-type": "application/grpc",
-        te: "trailers",
-        ...headers,
-      });
-      const timer = setTimeout(() => {
-        req.close(http2.constants.NGHTTP2_CANCEL);
-        reject(new Error(`${method}: no answer within ${opts.waitMs ?? 5000} ms`));
-      }, opts.waitMs ?? 5000);
-      let head: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders = {};
-      const chunks: Buffer[] = [];
-      req.on("response", (h) => (head = h));
-      req.on("trailers", (t) => (trailers = t));
-      req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("error", reject);
-      req.on("end", () => {
-        clearTimeout(timer);
-        // A request left open is the client's to close once answered.
-        if (opts.end === false) req.close();
-        resolve({
-          status: Number(head[":status"]),
-          contentType: head["content-type"],
-          trailers: {
-            "grpc-status": trailers["grpc-status"] ?? head["grpc-status"],
-            "grpc-message": trailers["grpc-message"] ?? head["grpc-message"],
-            "grpc-status-details-bin": trailers["grpc-status-details-bin"] ?? head["grpc-status-details-bin"],
-          },
-          body: Buffer.concat(chunks).toString("hex"),
-          encoding: head["grpc-encoding"],
-        });
-      });
-      if (opts.end === false) req.write(body);
-      else req.end(body);
-    });
+    return rawGrpcCall(session, method, body, headers, opts);
   }
 
   /** The newest audit event and how many there are. */
@@ -397,27 +354,16 @@ describe("calls that must not wait on a client", () => {
   }, 60_000);
 
   /** The answer to a call opened with `open`, and how long it took to come. */
-  function answer(opened: ReturnType<typeof open>) {
+  async function answer(opened: ReturnType<typeof open>) {
     const { req, started } = opened;
-    return new Promise<{ status: number; trailers: Record<string, unknown>; body: string; ms: number }>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error("no answer within 5000 ms")), 5000);
-      let head: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders = {};
-      const chunks: Buffer[] = [];
-      req.on("response", (h) => (head = h));
-      req.on("trailers", (t) => (trailers = t));
-      req.on("data", (c: Buffer) => chunks.push(c));
-      req.on("end", () => {
-        clearTimeout(timer);
-        const t = { ...head, ...trailers };
-        resolve({
-          status: Number(head[":status"]),
-          trailers: { "grpc-status": t["grpc-status"], "grpc-message": t["grpc-message"] },
-          body: Buffer.concat(chunks).toString(),
-          ms: Date.now() - started,
-        });
-      });
-    });
+    const { head, trailers, body } = await h2Reply(req);
+    const t = { ...head, ...trailers };
+    return {
+      status: Number(head[":status"]),
+      trailers: { "grpc-status": t["grpc-status"], "grpc-message": t["grpc-message"] },
+      body: body.toString(),
+      ms: Date.now() - started,
+    };
   }
 
   /** pgbackup_rpc_requests_total for a method and code. */
