@@ -115,6 +115,33 @@ describe("deep verification", () => {
     expect(after!.restoreVerifiedAt).toBeUndefined();
   });
 
+  it("sanity queries are read-only single statements of which one row is read", async () => {
+    const guarded = await fx.service({
+      VERIFY_SANITY_SQL: JSON.stringify({
+        [fx.target]: [
+          // Would turn the read-only default off, then write, if more than one statement ran.
+          "SET default_transaction_read_only = off; DELETE FROM customers; SELECT true",
+          "WITH gone AS (DELETE FROM customers RETURNING 1) SELECT true",
+          "SELECT false; SELECT true",
+          // About 64 million rows if all were fetched: only the first is.
+          "SELECT a.oid > 0 FROM pg_class a, pg_class b, pg_class c",
+          "SELECT true;",
+        ],
+      }),
+    });
+    const { backup } = await guarded.client.createBackup({});
+    const started = Date.now();
+    const v = await guarded.client.verifyBackup({ id: backup!.id, deep: true });
+    expect(Date.now() - started).toBeLessThan(30_000);
+    const sanity = v.checks.find((c) => c.name === "sanity")!;
+    expect(sanity.passed).toBe(false);
+    expect(sanity.detail).toMatch(/DELETE FROM customers; SELECT true failed: /);
+    expect(sanity.detail).toMatch(/RETURNING 1\) SELECT true failed: .*data-modifying/);
+    expect(sanity.detail).toMatch(/SELECT false; SELECT true failed: .*multiple commands/);
+    expect(sanity.detail).not.toMatch(/pg_class c (failed|returned)/);
+    expect(sanity.detail).not.toMatch(/SELECT true; (failed|returned)/);
+  }, 60_000);
+
   it("an archive re-made after rows were deleted fails with the table and the expected and found counts", async () => {
     const db = uniqueName("bs_drill_tamper");
     extra.push(db);

@@ -1100,14 +1100,19 @@ export function createRestoreEngine(opts: {
     async runSanityQueries(database, queries, signal) {
       const client = await libpq.connect(database, signal);
       try {
-        // Sanity queries look; they never change the scratch copy, nor run for ever.
-        await client.query("SET default_transaction_read_only = on");
+        // Sanity queries look; they never change the scratch copy, nor run for ever, nor fill the
+        // service's memory: each is one statement (the extended protocol refuses more, so no
+        // `SET ...; DELETE ...` gets past the read-only transaction) behind a cursor, of which
+        // only the first row is read.
         await client.query("SET statement_timeout = '5min'");
         const out: { query: string; passed: boolean; detail: string }[] = [];
-        for (const query of queries) {
+        for (const [i, query] of queries.entries()) {
           signal?.throwIfAborted();
           try {
-            const res = await client.query({ text: query, rowMode: "array" });
+            await client.query("BEGIN READ ONLY");
+            // A named statement: node-postgres sends it by the extended protocol (one statement).
+            await client.query({ name: `sanity-${i}`, text: `DECLARE sanity NO SCROLL CURSOR FOR ${query}` });
+            const res = await client.query({ text: "FETCH 1 FROM sanity", rowMode: "array" });
             const value: unknown = res.rows[0]?.[0];
             out.push({
               query,
@@ -1117,6 +1122,8 @@ export function createRestoreEngine(opts: {
           } catch (err) {
             signal?.throwIfAborted();
             out.push({ query, passed: false, detail: `failed: ${safeReason(err)}` });
+          } finally {
+            await client.query("ROLLBACK").catch(() => undefined);
           }
         }
         return out;
