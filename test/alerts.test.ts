@@ -287,18 +287,24 @@ describe("alerts on outcomes", () => {
   });
 });
 
+/** A fresh database holding one row, for the dead-man's switch to watch. */
+async function watchedDatabase(prefix: string): Promise<string> {
+  const db = uniqueName(prefix);
+  extraDbs.push(db);
+  await createDatabase(db);
+  await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+  return db;
+}
+
+/** Settings that watch `db` with a 1.5 s dead-man's switch and no disk limit. */
+function watching(db: string, extra: Record<string, string> = {}): Record<string, string> {
+  return { ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "1500ms", ALERT_MIN_FREE_PERCENT: "0", BACKUP_DATABASES: db, ...extra };
+}
+
 describe("the dead-man's switch and disk space", () => {
   it("alerts once per incident, across replicas, and once when it is resolved", async () => {
-    const db = uniqueName("bs_alert_dms");
-    extraDbs.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
-    const env = channels({
-      ALERT_CHECK_CRON: "* * * * *",
-      ALERT_MAX_BACKUP_AGE: "1500ms",
-      ALERT_MIN_FREE_PERCENT: "0",
-      BACKUP_DATABASES: db,
-    });
+    const db = await watchedDatabase("bs_alert_dms");
+    const env = channels(watching(db));
     const one = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-1" }, svc.dataDir);
     const two = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-2" }, svc.dataDir);
     try {
@@ -338,22 +344,17 @@ describe("the dead-man's switch and disk space", () => {
   });
 
   it("a resolution no channel took is sent again at the next check", async () => {
-    const db = uniqueName("bs_alert_res");
-    extraDbs.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
-    const env = channels({
-      // The webhook alone, so that when it refuses, no channel takes the notice.
-      SMTP_URL: "",
-      ALERT_EMAIL_FROM: "",
-      ALERT_EMAIL_TO: "",
-      ALERT_RETRIES: "0",
-      ALERT_CHECK_CRON: "* * * * *",
-      ALERT_MAX_BACKUP_AGE: "1500ms",
-      ALERT_MIN_FREE_PERCENT: "0",
-      BACKUP_DATABASES: db,
-      REPLICA_ID: "res-1",
-    });
+    const db = await watchedDatabase("bs_alert_res");
+    const env = channels(
+      watching(db, {
+        // The webhook alone, so that when it refuses, no channel takes the notice.
+        SMTP_URL: "",
+        ALERT_EMAIL_FROM: "",
+        ALERT_EMAIL_TO: "",
+        ALERT_RETRIES: "0",
+        REPLICA_ID: "res-1",
+      }),
+    );
     const openIncident = async () =>
       (await sql<{ n: string }>(
         svc.control,

@@ -1,4 +1,4 @@
-import type { BlobStore, Clock, Incident, IncidentRepository } from "../domain/ports.js";
+import type { BlobStore, Clock, IncidentRepository } from "../domain/ports.js";
 import type { JobSpec } from "../scheduler/scheduler.js";
 import { formatBytes } from "../format.js";
 import { formatAge, type Notification } from "./notification.js";
@@ -65,9 +65,8 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     key: string,
     n: Omit<Notification, "severity" | "body"> & { body: (openedAt: Date) => string },
     signal: AbortSignal,
-    open?: Incident,
   ) {
-    const incident = open ?? (await incidents.listOpen()).find((i) => i.key === key);
+    const incident = (await incidents.listOpen()).find((i) => i.key === key);
     if (!incident) return false;
     if (incident.notifiedAt !== null && notifier.channels.length > 0) {
       const notice: Notification = { ...n, severity: "resolved", body: n.body(incident.openedAt) };

@@ -87,6 +87,14 @@ function holdsObjects(target: string, what: string): DomainError {
   );
 }
 
+/** The refusal to restore over a database that holds a backup service's own records. */
+function holdsServiceRecords(target: string): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
+  );
+}
+
 /** Noted on a restore's run just before its swap: after a crash, recovery cannot tell whether it happened. */
 const SWAPPING = "swapping the restored database in";
 
@@ -409,12 +417,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           );
         }
         const state = await restorer.inspectDatabase(target, signal);
-        if (state.holdsServiceRecords) {
-          throw new DomainError(
-            "failed_precondition",
-            `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
-          );
-        }
+        if (state.holdsServiceRecords) throw holdsServiceRecords(target);
         if (state.exists && state.objectCount > 0 && !input.dropExisting) {
           throw holdsObjects(target, `already holds ${state.objectCount} objects`);
         }
@@ -491,12 +494,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
               "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
           );
         }
-        if (now.holdsServiceRecords) {
-          throw new DomainError(
-            "failed_precondition",
-            `refusing to restore into "${target}": it holds a backup service's own records (a control database)`,
-          );
-        }
+        if (now.holdsServiceRecords) throw holdsServiceRecords(target);
         const replacing = now.exists && now.objectCount > 0;
         if (replacing && !input.dropExisting) {
           throw holdsObjects(target, `now holds ${now.objectCount} objects, created while the backup was loading`);

@@ -966,7 +966,7 @@ export function createRestoreEngine(opts: {
       }
     },
 
-    async holdSessions(name, intent?: (originalLimit: number) => Promise<void>) {
+    async holdSessions(name, intent) {
       return withAdmin([name], async (c) => {
         const res = await c.query<{ limit: number; superuser: boolean }>(
           `SELECT d.datconnlimit AS limit, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) AS superuser
@@ -981,7 +981,7 @@ export function createRestoreEngine(opts: {
         if (limited) {
           // Recorded first: should the service die once the limit is 0, recovery must know to put
           // the original back.
-          await intent?.(row.limit);
+          await intent(row.limit);
           try {
             await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT 0`);
             await terminate(c, name);
