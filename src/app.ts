@@ -248,6 +248,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
               const n = await backupService.recoverInterrupted();
               if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
               await backupService.verifyPending();
+              await scheduler.recoverStale();
             })()
               .catch((err: unknown) => logger.warn({ reason: (err as Error).message }, "recovery sweep failed; it runs again later"))
               .finally(() => {

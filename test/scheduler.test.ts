@@ -264,16 +264,24 @@ describe("missed slots", () => {
     }
   });
 
-  it("a run left RUNNING by a dead replica is marked interrupted at start-up", async () => {
+  it("a run left RUNNING by a dead replica is marked interrupted at start-up; one another replica has just claimed is not", async () => {
     const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY });
+    // The dead replica's run started minutes ago; the other replica claimed its slot a moment
+    // ago and is about to take the job's lock (runClaimed), which it does not hold yet.
     await sql(
       svc.control,
-      `INSERT INTO backup_service.job_runs (job, slot, replica_id, claimed, outcome) VALUES ('daily-backup', '2026-11-01T19:00:00Z', 'dead-replica', true, 'RUNNING')`,
+      `INSERT INTO backup_service.job_runs (job, slot, replica_id, claimed, outcome, started_at) VALUES
+         ('daily-backup', '2026-11-01T19:00:00Z', 'dead-replica', true, 'RUNNING', now() - interval '10 minutes'),
+         ('daily-backup', '2026-11-02T19:00:00Z', 'starting-replica', true, 'RUNNING', now())`,
     );
     const again = await startService(svc.control, fx.target, { DAILY_BACKUP_CRON: DAILY }, svc.dataDir);
     try {
       const rows = await runsOf(svc.control, "daily-backup");
-      expect(rows[0]).toMatchObject({ outcome: "INTERRUPTED", error: "the replica running it stopped" });
+      expect(rows.find((r) => r.replicaId === "dead-replica")).toMatchObject({
+        outcome: "INTERRUPTED",
+        error: "the replica running it stopped",
+      });
+      expect(rows.find((r) => r.replicaId === "starting-replica")).toMatchObject({ outcome: "RUNNING", error: null });
     } finally {
       await again.close();
     }

@@ -47,6 +47,23 @@ export function createJobRunRepository(db: Db): JobRunRepository {
       return row ? toRun(row) : null;
     },
 
+    async interruptStale(job, graceMs, error) {
+      const rows = await db
+        .update(t)
+        .set({ outcome: "INTERRUPTED", error, finishedAt: new Date() })
+        .where(
+          and(
+            eq(t.job, job),
+            eq(t.claimed, true),
+            eq(t.outcome, "RUNNING"),
+            // The database's clock, as started_at's default is: replicas' clocks may differ.
+            sql`${t.startedAt} < now() - make_interval(secs => ${graceMs / 1000})`,
+          ),
+        )
+        .returning();
+      return rows.map(toRun);
+    },
+
     async listRunning(job) {
       const conds = [eq(t.claimed, true), eq(t.outcome, "RUNNING")];
       if (job !== undefined) conds.push(eq(t.job, job));

@@ -336,6 +336,11 @@ export interface JobRunRepository {
   lastRun(job: string): Promise<JobRun | null>;
   /** Claimed runs still marked RUNNING. */
   listRunning(job?: string): Promise<JobRun[]>;
+  /**
+   * Marks INTERRUPTED, and returns, the claimed runs of `job` still RUNNING that were
+   * claimed more than `graceMs` ago (by the database's clock), in one statement.
+   */
+  interruptStale(job: string, graceMs: number, error: string): Promise<JobRun[]>;
 }
 
 export type RestoreOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "INTERRUPTED";

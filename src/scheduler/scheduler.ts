@@ -50,6 +50,9 @@ export interface JobStatus {
 
 export type Scheduler = ReturnType<typeof createScheduler>;
 
+/** How long a claimed run may go without its job lock before recovery may call it dead. */
+export const STALE_GRACE_MS = 60_000;
+
 const STOPPED = new DomainError("unavailable", "interrupted by shutdown");
 
 /**
@@ -185,12 +188,16 @@ export function createScheduler(jobs: JobSpec[], opts: SchedulerOptions) {
   return {
     fire,
 
-    /** Marks RUNNING runs whose job lock nobody holds (their replica died) as INTERRUPTED. */
+    /**
+     * Marks RUNNING runs whose job lock nobody holds (their replica died) as INTERRUPTED.
+     * A run is claimed a moment before its replica takes the lock (runClaimed), so a run
+     * claimed in the last STALE_GRACE_MS is left alone: it may be another replica's, just
+     * starting. Runs at start and at every recovery sweep.
+     */
     async recoverStale(): Promise<void> {
       for (const job of jobs) {
         if (await locks.isHeld(jobLockKey(job.name))) continue;
-        for (const run of await runs.listRunning(job.name)) {
-          await runs.finish(run.id, { outcome: "INTERRUPTED", error: "the replica running it stopped" });
+        for (const run of await runs.interruptStale(job.name, STALE_GRACE_MS, "the replica running it stopped")) {
           logger.warn({ job: job.name, slot: run.slot, replica: run.replicaId }, "marked a dead scheduled run interrupted");
         }
       }
