@@ -3,7 +3,7 @@
  * webhook, and a real SMTP server (smtp-server) for email.
  */
 import { createServer, type Server } from "node:http";
-import { open } from "node:fs/promises";
+import { open, statfs } from "node:fs/promises";
 import path from "node:path";
 import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { SMTPServer } from "smtp-server";
@@ -432,6 +432,32 @@ describe("the dead-man's switch and disk space", () => {
       await low.close();
       await ok?.close();
     }
+  });
+
+  it("a disk hovering just above its limit stays one incident: it ends only 10% above the limit", async () => {
+    const base = channels({ ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "off", ALERT_MIN_FREE_PERCENT: "0", ALERT_DISK_NAME: uniqueName("disk") });
+    const { bavail, bsize } = await statfs(svc.dataDir);
+    const free = bavail * bsize;
+    const withLimit = (bytes: number) =>
+      startService(svc.control, fx.target, { ...base, ALERT_MIN_FREE_BYTES: String(Math.floor(bytes)) }, svc.dataDir);
+    const from = hook.received.length;
+    const check = async (limit: number) => {
+      const s = await withLimit(limit);
+      try {
+        await s.app.scheduler.fire("alert-check", new Date());
+        return (await hooksOf("disk_low", from, s)).map((h) => h.severity);
+      } finally {
+        await s.close();
+      }
+    };
+    expect(await check(free * 2)).toEqual(["failure"]);
+    // 5% above the limit: no longer under it, but not clear of it either.
+    expect(await check(free / 1.05)).toEqual(["failure"]);
+    expect(await check(free * 2)).toEqual(["failure"]);
+    expect(await check(free / 1.05)).toEqual(["failure"]);
+    expect(await check(free / 1.25)).toEqual(["failure", "resolved"]);
+    // Once resolved, the limit itself is the line again: 5% above it raises nothing.
+    expect(await check(free / 1.05)).toEqual(["failure", "resolved"]);
   });
 });
 

@@ -23,6 +23,9 @@ export interface AlertCheckOptions {
   clock: Clock;
 }
 
+/** An open disk incident is resolved only once free space is this factor of each limit. */
+export const DISK_CLEAR_MARGIN = 1.1;
+
 export const backupAgeIncident = (database: string) => `backup-age:${database}`;
 
 /**
@@ -122,8 +125,13 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
   async function checkDisk(now: Date, signal: AbortSignal) {
     const { freeBytes, totalBytes } = await opts.store.diskSpace();
     const percent = totalBytes > 0 ? (freeBytes / totalBytes) * 100 : 100;
+    // Once raised, the incident ends only when free space is DISK_CLEAR_MARGIN above each limit:
+    // a disk that hovers at the limit is announced once, not low and fine at every other check.
+    const open = (await incidents.listOpen()).some((i) => i.key === diskIncident);
+    const margin = open ? DISK_CLEAR_MARGIN : 1;
     const low =
-      (opts.minFreeBytes > 0 && freeBytes < opts.minFreeBytes) || (opts.minFreePercent > 0 && percent < opts.minFreePercent);
+      (opts.minFreeBytes > 0 && freeBytes < opts.minFreeBytes * margin) ||
+      (opts.minFreePercent > 0 && percent < opts.minFreePercent * margin);
     const disk = { freeBytes, totalBytes, freePercent: Math.round(percent * 10) / 10, low, state: "ok" };
     const limits = [
       opts.minFreeBytes > 0 ? `ALERT_MIN_FREE_BYTES ${formatBytes(opts.minFreeBytes)}` : null,
@@ -147,7 +155,9 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       await clear(diskIncident, {
         kind: "disk_low",
         title: `Backup disk has enough space again: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
-        body: (openedAt) => `Free space is back above the limit (${limits}); the alert raised ${openedAt.toISOString()} is resolved.`,
+        body: (openedAt) =>
+          `Free space is back above the limit (${limits}) by at least ${Math.round((DISK_CLEAR_MARGIN - 1) * 100)}%; ` +
+          `the alert raised ${openedAt.toISOString()} is resolved.`,
         at: now,
       }, signal);
     }
