@@ -39,6 +39,7 @@ import { loadSanityQueries } from "./sanity.js";
 import { createIncidentRepository } from "./db/incident-repository.js";
 import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
+import { createHistoryPruner } from "./db/history.js";
 import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
 import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
 import { createBackupFreshnessQuery } from "./db/backup-freshness.js";
@@ -172,7 +173,13 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           databases: [...sched.databases],
           retentionDays: config.retentionDays,
         }),
-        weeklyCleanupJob(retention, { cron: sched.weeklyCleanupCron }),
+        weeklyCleanupJob(retention, {
+          cron: sched.weeklyCleanupCron,
+          history:
+            config.historyRetentionDays > 0
+              ? { pruner: createHistoryPruner(db), days: config.historyRetentionDays, now: () => clock.now() }
+              : undefined,
+        }),
         restoreDrillJob({
           cron: sched.restoreDrillCron,
           candidates: () => backupsRepo.newestVerifiedPerDatabase(),

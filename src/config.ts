@@ -56,6 +56,8 @@ export interface Config {
   };
   readonly logLevel: string;
   readonly shutdownGraceMs: number;
+  /** Days the service keeps its own history (job runs, incidents, restore runs, audit events); 0: forever. */
+  readonly historyRetentionDays: number;
   /** How often, while running, backups left unfinished by a failed write are recovered (0: only at start). */
   readonly recoveryIntervalMs: number;
   /** Deep verification's sanity queries: inline JSON, or a JSON file (read at start). */
@@ -259,6 +261,7 @@ const envSchema = z.object({
   ),
   SHUTDOWN_GRACE_MS: intSetting(10_000, 0, 600_000),
   RECOVERY_INTERVAL_MS: intSetting(300_000, 0, 86_400_000),
+  HISTORY_RETENTION_DAYS: intSetting(365, 0, 36_500),
   SCHEDULER_ENABLED: booleanSetting(),
   SCHEDULE_TZ: optionalString,
   DAILY_BACKUP_CRON: optionalString,
@@ -441,6 +444,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     logLevel: e.LOG_LEVEL ?? "info",
     shutdownGraceMs: e.SHUTDOWN_GRACE_MS,
     recoveryIntervalMs: e.RECOVERY_INTERVAL_MS,
+    historyRetentionDays: e.HISTORY_RETENTION_DAYS,
     sanity: Object.freeze({ json: e.VERIFY_SANITY_SQL, file: e.VERIFY_SANITY_SQL_FILE }),
     scheduler: Object.freeze({
       enabled: isTrue(e.SCHEDULER_ENABLED ?? "true"),

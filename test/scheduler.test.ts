@@ -288,6 +288,81 @@ describe("missed slots", () => {
   });
 });
 
+describe("history", () => {
+  it("weekly-cleanup removes the service's own history older than HISTORY_RETENTION_DAYS, and nothing still going on", async () => {
+    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
+    const old = "now() - interval '40 days'";
+    const recent = "now() - interval '20 days'";
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.job_runs (job, slot, replica_id, claimed, outcome, started_at, finished_at) VALUES
+         ('old-job', ${old} - interval '1 day', 'r', true, 'SUCCEEDED', ${old}, ${old}),
+         ('old-job', ${old}, 'r', true, 'FAILED', ${old}, ${old}),
+         ('old-job', ${old}, 'r2', false, 'TAKEN_ELSEWHERE', ${old}, ${old}),
+         ('old-job', ${recent}, 'r', true, 'SUCCEEDED', ${recent}, ${recent}),
+         ('dead-job', ${old}, 'r', true, 'RUNNING', ${old}, NULL),
+         ('quiet-job', ${old}, 'r', true, 'SUCCEEDED', ${old}, ${old})`,
+    );
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.alert_incidents (key, opened_at, resolved_at, message) VALUES
+         ('old-resolved', ${old}, ${old}, 'm'), ('recent-resolved', ${old}, ${recent}, 'm'), ('still-open', ${old}, NULL, 'm')`,
+    );
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.restore_runs (backup_id, target_database, replica_id, outcome, started_at, finished_at, connections_blocked) VALUES
+         ('b1', 'old-done', 'r', 'SUCCEEDED', ${old}, ${old}, false),
+         ('b2', 'old-blocked', 'r', 'FAILED', ${old}, ${old}, true),
+         ('b3', 'old-running', 'r', 'RUNNING', ${old}, NULL, false),
+         ('b4', 'recent-done', 'r', 'SUCCEEDED', ${recent}, ${recent}, false)`,
+    );
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (${old}, 'old-action', 'OK'), (${recent}, 'recent-action', 'OK')`,
+    );
+
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+
+    const runs = await sql<{ job: string; outcome: string }>(
+      svc.control,
+      "SELECT job, outcome FROM backup_service.job_runs WHERE job <> 'weekly-cleanup' ORDER BY job, id",
+    );
+    expect(runs).toEqual([
+      { job: "dead-job", outcome: "RUNNING" }, // still on record for recovery, however old
+      { job: "old-job", outcome: "SUCCEEDED" }, // the recent one
+      { job: "quiet-job", outcome: "SUCCEEDED" }, // old, but the job's latest: its status
+    ]);
+    const incidents = await sql<{ key: string }>(svc.control, "SELECT key FROM backup_service.alert_incidents ORDER BY key");
+    expect(incidents.map((i) => i.key)).toEqual(["recent-resolved", "still-open"]);
+    const restores = await sql<{ target_database: string }>(
+      svc.control,
+      "SELECT target_database FROM backup_service.restore_runs ORDER BY target_database",
+    );
+    expect(restores.map((r) => r.target_database)).toEqual(["old-blocked", "old-running", "recent-done"]);
+    const audit = await sql<{ action: string }>(
+      svc.control,
+      "SELECT action FROM backup_service.audit_events WHERE action IN ('old-action', 'recent-action')",
+    );
+    expect(audit.map((a) => a.action)).toEqual(["recent-action"]);
+    const [cleanup] = await runsOf(svc.control, "weekly-cleanup");
+    expect((cleanup as unknown as { details: unknown }).details).toMatchObject({
+      historyPruned: { jobRuns: 3, alertIncidents: 1, restoreRuns: 1, auditEvents: 1 },
+    });
+  });
+
+  it("HISTORY_RETENTION_DAYS=0 keeps it all; a bad value stops start-up", async () => {
+    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "0" });
+    await sql(
+      svc.control,
+      "INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (now() - interval '20 years', 'ancient', 'OK')",
+    );
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+    expect(await sql(svc.control, "SELECT 1 FROM backup_service.audit_events WHERE action = 'ancient'")).toHaveLength(1);
+    expect(() => loadConfig({ HISTORY_RETENTION_DAYS: "-1" })).toThrow(/HISTORY_RETENTION_DAYS: must be a whole number from 0 to 36500/);
+    expect(loadConfig({}).historyRetentionDays).toBe(365);
+  });
+});
+
 describe("GetJobStatus and shutdown", () => {
   it("reports each job; a shutdown during a scheduled backup leaves no file and records the run interrupted", async () => {
     const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, WEEKLY_CLEANUP_CRON: "off", REPLICA_ID: "status-replica" });

@@ -343,6 +343,11 @@ export interface JobRunRepository {
   interruptStale(job: string, graceMs: number, error: string): Promise<JobRun[]>;
 }
 
+/** Removes the service's own records of what is over, older than a cutoff (src/db/history.ts). */
+export interface HistoryPruner {
+  prune(before: Date): Promise<{ jobRuns: number; alertIncidents: number; restoreRuns: number; auditEvents: number }>;
+}
+
 export type RestoreOutcome = "RUNNING" | "SUCCEEDED" | "FAILED" | "INTERRUPTED";
 
 export interface RestoreRun {

@@ -1,6 +1,7 @@
 import type { Actor, BackupRecord } from "../domain/backup.js";
 import type { VerificationResult } from "../domain/backup-service.js";
 import type { EventBus } from "../domain/events.js";
+import type { HistoryPruner } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
 import type { BackupUseCases } from "../rpc/backup-handlers.js";
 import type { JobSpec } from "./scheduler.js";
@@ -53,17 +54,31 @@ export function dailyBackupJob(
   };
 }
 
-/** weekly-cleanup: CleanupExpiredBackups, with its safety floor. */
-export function weeklyCleanupJob(service: Pick<BackupUseCases, "cleanupExpired">, opts: { cron: string | null }): JobSpec {
+/**
+ * weekly-cleanup: CleanupExpiredBackups, with its safety floor, then (when `history` is given)
+ * the service's own history older than its days: finished job runs, resolved incidents, finished
+ * restore runs, audit events.
+ */
+export function weeklyCleanupJob(
+  service: Pick<BackupUseCases, "cleanupExpired">,
+  opts: { cron: string | null; history?: { pruner: HistoryPruner; days: number; now: () => Date } },
+): JobSpec {
   return {
     name: "weekly-cleanup",
     cron: opts.cron,
     setting: "WEEKLY_CLEANUP_CRON",
     async run() {
       const r = await service.cleanupExpired(false);
+      const h = opts.history;
+      const pruned = h ? await h.pruner.prune(new Date(h.now().getTime() - h.days * 86_400_000)) : undefined;
       return {
         outcome: "SUCCEEDED",
-        details: { removed: r.removed.map((b) => b.id), kept: r.kept.map((b) => b.id), freedBytes: r.freedBytes },
+        details: {
+          removed: r.removed.map((b) => b.id),
+          kept: r.kept.map((b) => b.id),
+          freedBytes: r.freedBytes,
+          ...(pruned ? { historyPruned: pruned } : {}),
+        },
       };
     },
   };
