@@ -223,6 +223,10 @@ export interface DatabaseState {
   sessions: number;
   /** It holds this service's own tables (a control database): never a restore target. */
   holdsServiceRecords: boolean;
+  /** Its owner (null: it does not exist). */
+  owner: string | null;
+  /** Whether the service's role may act as its owner (rename it at the swap): true when it does not exist. */
+  mayReplace: boolean;
 }
 
 export interface LoadOptions {

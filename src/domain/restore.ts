@@ -95,6 +95,15 @@ function holdsServiceRecords(target: string): DomainError {
   );
 }
 
+function notReplaceable(target: string, owner: string | null): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    `the role in TARGET_DATABASE_URL may not replace database "${target}", which role "${owner}" owns; ` +
+      `nothing was changed (hint: restore as "${owner}", as a member of it that inherits its privileges ` +
+      "(not NOINHERIT), or as a superuser; or restore into a new database)",
+  );
+}
+
 /** Noted on a restore's run just before its swap: after a crash, recovery cannot tell whether it happened. */
 const SWAPPING = "swapping the restored database in";
 
@@ -418,6 +427,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         }
         const state = await restorer.inspectDatabase(target, signal);
         if (state.holdsServiceRecords) throw holdsServiceRecords(target);
+        // Found now, not after the load: the swap renames the target, which only its owner may.
+        if (!state.mayReplace) throw notReplaceable(target, state.owner);
         if (state.exists && state.objectCount > 0 && !input.dropExisting) {
           throw holdsObjects(target, `already holds ${state.objectCount} objects`);
         }
@@ -495,6 +506,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           );
         }
         if (now.holdsServiceRecords) throw holdsServiceRecords(target);
+        if (!now.mayReplace) throw notReplaceable(target, now.owner);
         const replacing = now.exists && now.objectCount > 0;
         if (replacing && !input.dropExisting) {
           throw holdsObjects(target, `now holds ${now.objectCount} objects, created while the backup was loading`);

@@ -854,15 +854,20 @@ export function createRestoreEngine(opts: {
 
   return {
     async inspectDatabase(name, signal): Promise<DatabaseState> {
-      const sessions = await withAdmin([name], async (c) => {
-        const res = await c.query<{ sessions: string }>(
-          `SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions
+      const found = await withAdmin([name], async (c) => {
+        // USAGE, not MEMBER: renaming it takes its owner's privileges, which a NOINHERIT member lacks.
+        const res = await c.query<{ sessions: string; owner: string; may_replace: boolean }>(
+          `SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
+                  pg_get_userbyid(datdba) AS owner, pg_has_role(current_user, datdba, 'USAGE') AS may_replace
              FROM pg_database WHERE datname = $1`,
           [name],
         );
-        return res.rows[0] ? Number(res.rows[0].sessions) : null;
+        return res.rows[0] ?? null;
       });
-      if (sessions === null) return { exists: false, objectCount: 0, sessions: 0, holdsServiceRecords: false };
+      if (found === null) {
+        return { exists: false, objectCount: 0, sessions: 0, holdsServiceRecords: false, owner: null, mayReplace: true };
+      }
+      const sessions = Number(found.sessions);
       const client = await libpq.connect(name, signal);
       try {
         // Anything a user could have created; oid 16384 is where user objects start.
@@ -886,6 +891,8 @@ export function createRestoreEngine(opts: {
           objectCount: Number(res.rows[0]!.n),
           sessions,
           holdsServiceRecords: res.rows[0]!.service,
+          owner: found.owner,
+          mayReplace: found.may_replace,
         };
       } finally {
         await client.end().catch(() => undefined);
