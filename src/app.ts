@@ -30,7 +30,13 @@ import type { Logger } from "./logger.js";
 import { createBackupHandlers, type BackupUseCases } from "./rpc/backup-handlers.js";
 import { kClientAddress } from "./rpc/context.js";
 import { createHealth } from "./rpc/health.js";
-import { createAuditInterceptor, createAuthInterceptor, createErrorInterceptor, createTokenGate } from "./rpc/interceptors.js";
+import {
+  createAuditInterceptor,
+  createAuthenticator,
+  createAuthInterceptor,
+  createErrorInterceptor,
+  createTokenGate,
+} from "./rpc/interceptors.js";
 import { registerReflection } from "./rpc/reflection.js";
 import { createLeanGrpcPath, READ_MAX_BYTES } from "./rpc/grpc-lean.js";
 import { guardConnectNodeCall, startServer, type RunningServer } from "./rpc/server.js";
@@ -267,15 +273,16 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
 
     const health = createHealth([BackupService.typeName]);
     const backupImpl = createBackupHandlers(service);
+    const authenticate = createAuthenticator(keys, config.jwt);
     const interceptors = [
       // First, so that denied calls are counted too.
       ...(metrics ? [createMetricsInterceptor(metrics.observeRpc)] : []),
-      createAuthInterceptor(keys, config.jwt, audit, logger),
+      createAuthInterceptor(authenticate, audit, logger),
       createAuditInterceptor(audit, logger),
       createErrorInterceptor(logger),
     ];
     // A call without a well-formed token is refused before its body is read, on both paths.
-    const requestGate = createTokenGate(interceptors);
+    const requestGate = createTokenGate(interceptors, authenticate);
     const contextValues = (req: { socket?: { remoteAddress?: string } }) =>
       createContextValues().set(kClientAddress, req.socket?.remoteAddress);
     const connectHandler = connectNodeAdapter({

@@ -373,42 +373,60 @@ describe("calls that must not wait on a client", () => {
     return line ? Number(line.split(" ")[1]) : 0;
   }
 
-  it("refuses a unary call without a token at once, before its body has come, counted and audited as before", async () => {
+  it("refuses a unary call without a valid admin token at once, before its body has come, counted and audited as before", async () => {
     const big = Buffer.alloc(4 * 1024 * 1024 - 64, 0x61);
     const cases: [string, Buffer, boolean][] = [
       ["a message whose stream never ends", frame([0x0a, 0x01]), false],
       ["a 4 MiB message whose stream never ends", frame(Buffer.concat([Buffer.from([0x0a, 0xb8, 0xff, 0xff, 0x01]), big])), false],
       ["a 4 MiB message", frame(Buffer.concat([Buffer.from([0x0a, 0xb8, 0xff, 0xff, 0x01]), big])), true],
     ];
-    for (const [what, body, end] of cases) {
-      const seen: Record<string, unknown> = {};
-      for (const [name, headers] of paths) {
-        const before = await counted("GetBackup", "UNAUTHENTICATED");
-        // The Connect protocol's unary body is the message itself, not enveloped.
-        const opened = open("GetBackup", name.endsWith("Connect") ? { "content-type": "application/proto", "connect-protocol-version": "1" } : headers, name.endsWith("Connect") ? body.subarray(5) : body, end);
-        try {
-          const got = await answer(opened);
-          expect(got.ms, `${what}, ${name}: answered at once`).toBeLessThan(1500);
-          // Held back by flow control: the server took no more than its windows' worth of the body.
-          if (body.length > 1 << 20) expect(opened.req.writableLength, `${what}, ${name}: bytes never read`).toBeGreaterThan(3 << 20);
-          const { events } = await svc.client.listAuditEvents({ pageSize: 1 });
-          const { ms, ...rest } = got;
-          seen[name] = { ...rest, audit: events[0] && { actor: events[0].actor, action: events[0].action, outcome: events[0].outcome, message: events[0].message } };
-          expect(await counted("GetBackup", "UNAUTHENTICATED"), `${what}, ${name}: counted once`).toBe(before + 1);
-        } finally {
-          opened.session.destroy();
+    const forged = await mintToken({ sub: "mallory", role: "admin", secret: "another-secret-another-secret-another" });
+    const viewer = await mintToken({ sub: "victor", role: "viewer" });
+    const denials: { who: string; auth: Record<string, string>; code: string; grpc: string; http: number; connect: string; actor: string; message: RegExp }[] = [
+      { who: "no token", auth: {}, code: "UNAUTHENTICATED", grpc: "16", http: 401, connect: "unauthenticated", actor: "", message: /^missing authorization header \(expected: authorization: Bearer <JWT>\)$/ },
+      { who: "a token signed with another key", auth: { authorization: `Bearer ${forged}` }, code: "UNAUTHENTICATED", grpc: "16", http: 401, connect: "unauthenticated", actor: "", message: /signature/ },
+      { who: "a token without the admin role", auth: { authorization: `Bearer ${viewer}` }, code: "PERMISSION_DENIED", grpc: "7", http: 403, connect: "permission_denied", actor: "victor", message: /must be admin or superadmin/ },
+    ];
+    for (const d of denials) {
+      for (const [what, body, end] of cases) {
+        const seen: Record<string, unknown> = {};
+        let message = "";
+        for (const [name, headers] of paths) {
+          const label = `${d.who}, ${what}, ${name}`;
+          const before = await counted("GetBackup", d.code);
+          // The Connect protocol's unary body is the message itself, not enveloped.
+          const connectProtocol = name.endsWith("Connect");
+          const opened = open(
+            "GetBackup",
+            { ...(connectProtocol ? { "content-type": "application/proto", "connect-protocol-version": "1" } : headers), ...d.auth },
+            connectProtocol ? body.subarray(5) : body,
+            end,
+          );
+          try {
+            const got = await answer(opened);
+            expect(got.ms, `${label}: answered at once`).toBeLessThan(1500);
+            // Held back by flow control: the server took no more than its windows' worth of the body.
+            if (body.length > 1 << 20) expect(opened.req.writableLength, `${label}: bytes never read`).toBeGreaterThan(3 << 20);
+            const { events } = await svc.client.listAuditEvents({ pageSize: 1 });
+            message = events[0]?.message ?? "";
+            expect(message, label).toMatch(d.message);
+            const { ms, ...rest } = got;
+            seen[name] = { ...rest, audit: events[0] && { actor: events[0].actor, action: events[0].action, outcome: events[0].outcome, message: events[0].message } };
+            expect(await counted("GetBackup", d.code), `${label}: counted once`).toBe(before + 1);
+          } finally {
+            opened.session.destroy();
+          }
         }
+        const audit = { actor: d.actor, action: "GetBackup", outcome: d.code, message };
+        const grpc = { status: 200, trailers: { "grpc-status": d.grpc, "grpc-message": encodeURIComponent(message) }, body: "", audit };
+        expect(seen, `${d.who}, ${what}`).toEqual({
+          "lean gRPC": grpc,
+          "connect-node gRPC": grpc,
+          "connect-node Connect": { status: d.http, trailers: {}, body: JSON.stringify({ code: d.connect, message }), audit },
+        });
       }
-      const message = "missing authorization header (expected: authorization: Bearer <JWT>)";
-      const audit = { actor: "", action: "GetBackup", outcome: "UNAUTHENTICATED", message };
-      const grpc = { status: 200, trailers: { "grpc-status": "16", "grpc-message": encodeURIComponent(message) }, body: "", audit };
-      expect(seen, what).toEqual({
-        "lean gRPC": grpc,
-        "connect-node gRPC": grpc,
-        "connect-node Connect": { status: 401, trailers: {}, body: JSON.stringify({ code: "unauthenticated", message }), audit },
-      });
     }
-  });
+  }, 60_000);
 
   it("lets go of the file of a download whose client stops reading and then cancels it", async () => {
     for (const [name, headers] of paths) {

@@ -1,4 +1,4 @@
-import { Code, ConnectError, type HandlerContext, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey, type HandlerContext, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
 import type { JwtKeys } from "../auth/keys.js";
 import { describeTokenError } from "../auth/keys.js";
 import type { Actor } from "../domain/backup.js";
@@ -29,17 +29,15 @@ function recordAudit(audit: AuditRepository, logger: Logger, event: NewAuditEven
   return audit.record(event).catch((err: unknown) => logger.error({ err, event }, "could not write audit event"));
 }
 
+/** Checks an authorization header: the caller it names, or a ConnectError saying why not. */
+export type Authenticate = (header: string | null) => Promise<Actor>;
+
 /**
- * Every call must carry `authorization: Bearer <JWT>`, valid for the
- * configured key, with an admin role. Denials are audited.
+ * The check every call must pass: `authorization: Bearer <JWT>`, valid for the configured
+ * key, with an admin role.
  */
-export function createAuthInterceptor(
-  keys: JwtKeys,
-  claims: { roleClaim: string; usernameClaim: string },
-  audit: AuditRepository,
-  logger: Logger,
-): Interceptor {
-  async function authenticate(header: string | null): Promise<Actor> {
+export function createAuthenticator(keys: JwtKeys, claims: { roleClaim: string; usernameClaim: string }): Authenticate {
+  return async function authenticate(header) {
     if (!header) {
       throw new ConnectError("missing authorization header (expected: authorization: Bearer <JWT>)", Code.Unauthenticated);
     }
@@ -67,12 +65,22 @@ export function createAuthInterceptor(
       throw err;
     }
     return actor;
-  }
+  };
+}
 
+/** The token check the request gate began for a call's header, so that the interceptor does not check it again. */
+const kGateCheck = createContextKey<{ header: string; actor: Promise<Actor> } | undefined>(undefined, {
+  description: "the request gate's token check",
+});
+
+/** Refuses, and audits, every call that does not pass `authenticate`. */
+export function createAuthInterceptor(authenticate: Authenticate, audit: AuditRepository, logger: Logger): Interceptor {
   return (next) => async (req) => {
     let actor: Actor;
     try {
-      actor = await authenticate(req.header.get("authorization"));
+      const header = req.header.get("authorization");
+      const gate = req.contextValues.get(kGateCheck);
+      actor = await (gate && gate.header === header ? gate.actor : authenticate(header));
     } catch (err) {
       const ce = err as ConnectError & { actor?: Actor };
       const clientAddress = req.contextValues.get(kClientAddress) ?? null;
@@ -95,25 +103,27 @@ export function createAuthInterceptor(
 
 /**
  * A check that runs before a call's request body is read (connect's `requestGate`, and the
- * lean path's), so that a caller without a token cannot make the service read and hold a
- * body of up to 4 MiB per stream. A call whose authorization header is missing or not of
- * the form `Bearer <token>` is refused there by running `interceptors` for it, the token
- * check among them (it refuses such a call before anything else), so that it is counted,
- * logged and audited as any denied call; it is refused as before, only without its body
- * (which also means a malformed body or timeout no longer decides its error: it is
- * UNAUTHENTICATED, as a server stream's always was). A token of the right form is checked
- * by the interceptor as usual, once the body has been read.
+ * lean path's), so that a caller without a valid admin token cannot make the service read and
+ * hold a body of up to 4 MiB per stream. The token is checked there, once: the auth interceptor
+ * takes the gate's result from the call's context values. A call it refuses is refused by
+ * running `interceptors` for it, the auth interceptor among them (it refuses such a call before
+ * anything else), so that it is counted, logged and audited as any denied call; it is refused
+ * as before, only without its body (which also means a malformed body or timeout no longer
+ * decides its error: it is UNAUTHENTICATED or PERMISSION_DENIED, as a server stream's always was).
  */
-export function createTokenGate(interceptors: Interceptor[]): (ctx: HandlerContext) => Promise<void> | undefined {
+export function createTokenGate(interceptors: Interceptor[], authenticate: Authenticate): (ctx: HandlerContext) => Promise<void> {
   let refuse: (req: UnaryRequest | StreamRequest) => Promise<unknown> = () => {
-    throw new ConnectError("internal error: the token check let in a call without a token", Code.Internal);
+    throw new ConnectError("internal error: the token check let in a call it had refused", Code.Internal);
   };
   for (let i = interceptors.length - 1; i >= 0; i--) refuse = interceptors[i]!(refuse as never) as typeof refuse;
-  // Nothing to wait for (no promise made) on the common path: a token of the right form.
-  return (ctx) => {
+  return async (ctx) => {
     const header = ctx.requestHeader.get("authorization");
-    if (header && BEARER.test(header)) return undefined;
-    return refuse({
+    if (header !== null) {
+      const actor = authenticate(header);
+      ctx.values.set(kGateCheck, { header, actor });
+      if (await actor.then(() => true, () => false)) return;
+    }
+    await refuse({
       stream: ctx.method.methodKind !== "unary",
       method: ctx.method,
       service: ctx.service,
@@ -125,7 +135,7 @@ export function createTokenGate(interceptors: Interceptor[]): (ctx: HandlerConte
       get signal() {
         return ctx.signal;
       },
-    } as unknown as UnaryRequest).then(() => undefined);
+    } as unknown as UnaryRequest);
   };
 }
 
