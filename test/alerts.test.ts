@@ -384,6 +384,60 @@ describe("the dead-man's switch and disk space", () => {
     }
   });
 
+  it("an incident no replica checks any more (its database left BACKUP_DATABASES) is closed after a day, with a notice", async () => {
+    const gone = await watchedDatabase("bs_alert_gone");
+    const kept = await watchedDatabase("bs_alert_kept");
+    const from = hook.received.length;
+    const about = async (db: string, s: TestService) =>
+      (await hooksOf("backup_overdue", from, s)).filter((h) => h.database === db).map((h) => [h.severity, h.title]);
+    const open = async (db: string) =>
+      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL", [`backup-age:${db}`])).length;
+    const backdate = (db: string) =>
+      sql(
+        svc.control,
+        "UPDATE backup_service.alert_incidents SET last_seen_at = now() - interval '25 hours' WHERE key = $1 AND resolved_at IS NULL",
+        [`backup-age:${db}`],
+      );
+
+    const before = await startService(svc.control, fx.target, channels(watching(gone)), svc.dataDir);
+    try {
+      await before.app.scheduler.fire("alert-check", new Date());
+      await new Promise((r) => setTimeout(r, 1600));
+      await before.app.scheduler.fire("alert-check", new Date());
+      expect(await about(gone, before)).toEqual([["failure", `No verified backup of "${gone}" at all`]]);
+    } finally {
+      await before.close();
+    }
+
+    // The database is no longer watched: its incident stays open for a day, as another replica may still watch it.
+    const after = await startService(svc.control, fx.target, channels(watching(kept)), svc.dataDir);
+    try {
+      await after.app.scheduler.fire("alert-check", new Date());
+      expect(await open(gone)).toBe(1);
+      expect(await open(kept)).toBe(1);
+      await backdate(gone);
+      await backdate(kept); // watched by this replica: found again, not closed
+      await after.app.scheduler.fire("alert-check", new Date());
+      const notices = await about(gone, after);
+      expect(notices).toEqual([
+        ["failure", `No verified backup of "${gone}" at all`],
+        ["resolved", `No longer watched: "${gone}"`],
+      ]);
+      const text = (await hooksOf("backup_overdue", from, after)).find((h) => h.severity === "resolved" && h.database === gone)!.text;
+      expect(text).toContain("BACKUP_DATABASES");
+      expect(await open(gone)).toBe(0);
+      expect(await open(kept)).toBe(1);
+      const [{ seen }] = await sql<{ seen: boolean }>(
+        svc.control,
+        "SELECT last_seen_at > now() - interval '1 minute' AS seen FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL",
+        [`backup-age:${kept}`],
+      );
+      expect(seen).toBe(true);
+    } finally {
+      await after.close();
+    }
+  });
+
   it("an incident whose alert no channel took is announced at the next check", async () => {
     const env = channels({
       ALERT_CHECK_CRON: "* * * * *",

@@ -29,6 +29,14 @@ export const DISK_CLEAR_MARGIN = 1.1;
 export const backupAgeIncident = (database: string) => `backup-age:${database}`;
 
 /**
+ * An open incident no check has found for this long, and that this replica does not check, is
+ * closed: no replica looks at it any more (its database left BACKUP_DATABASES, its disk was
+ * renamed, or its check was switched off). Replicas that still check it find it again at every
+ * check (every 15 minutes by default), well within this.
+ */
+export const UNWATCHED_AFTER_MS = 24 * 3600_000;
+
+/**
  * alert-check: the dead-man's switch (a database whose newest VERIFIED backup
  * is older than the limit, or that has none) and free space in BACKUP_DIR.
  * Each condition is an incident: announced once when it starts, once when it
@@ -63,6 +71,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
    * Closes the incident, announcing it if its alert went out. Closed only once a channel took
    * the notice: if none did, it stays open and the next check sends the notice again (as an
    * alert is sent again), so on-call never misses the end of what they were told began.
+   * Returns whether it closed one.
    */
   async function clear(
     key: string,
@@ -76,7 +85,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       if (!(await untilAborted(notifier.deliver(notice), signal))) return false;
     }
     await incidents.resolve(key);
-    return incident.notifiedAt !== null;
+    return true;
   }
 
   async function checkBackupAge(now: Date, maxAgeMs: number, signal: AbortSignal) {
@@ -164,6 +173,29 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     return disk;
   }
 
+  /** Closes the open incidents that this run did not check and that no check has found for a day. */
+  async function closeUnwatched(now: Date, checked: Set<string>, signal: AbortSignal) {
+    const closed: string[] = [];
+    for (const incident of await incidents.listOpen()) {
+      signal.throwIfAborted();
+      if (checked.has(incident.key) || now.getTime() - incident.lastSeenAt.getTime() <= UNWATCHED_AFTER_MS) continue;
+      const database = incident.key.startsWith("backup-age:") ? incident.key.slice("backup-age:".length) : undefined;
+      const what = database !== undefined ? `"${database}"` : incident.key.startsWith("disk-space:") ? `the disk ${incident.key.slice("disk-space:".length)}` : incident.key;
+      const done = await clear(incident.key, {
+        kind: database !== undefined ? "backup_overdue" : "disk_low",
+        title: `No longer watched: ${what}`,
+        body: (openedAt) =>
+          `No alert check has looked at ${what} since ${incident.lastSeenAt.toISOString()} ` +
+          (database !== undefined ? "(it is not in any replica's BACKUP_DATABASES, or ALERT_MAX_BACKUP_AGE is off)" : "(ALERT_DISK_NAME or BACKUP_DIR changed, or the disk check is off)") +
+          `; the alert raised for it ${openedAt.toISOString()} is closed without being resolved.`,
+        ...(database !== undefined ? { database } : {}),
+        at: now,
+      }, signal);
+      if (done) closed.push(incident.key);
+    }
+    return closed;
+  }
+
   return {
     name: "alert-check",
     cron: opts.cron,
@@ -175,6 +207,11 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       signal.throwIfAborted();
       const watchesDisk = opts.minFreeBytes > 0 || opts.minFreePercent > 0;
       const disk = watchesDisk ? await checkDisk(now, signal) : null;
+      const checked = new Set([
+        ...(opts.maxBackupAgeMs === null ? [] : opts.databases.map(backupAgeIncident)),
+        ...(watchesDisk ? [diskIncident] : []),
+      ]);
+      const unwatched = await closeUnwatched(now, checked, signal);
       const problems = [
         ...overdue.filter((o) => o.state !== "pending").map((o) => `no recent verified backup of "${o.database}"`),
         ...(disk?.low ? ["backup disk low on space"] : []),
@@ -183,7 +220,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
         // The job did its work; what it found is in the details (and the alerts).
         outcome: "SUCCEEDED",
         error: problems.length > 0 ? problems.join("; ") : null,
-        details: { overdue, disk },
+        details: { overdue, disk, ...(unwatched.length > 0 ? { closedUnwatched: unwatched } : {}) },
       };
     },
   };

@@ -14,10 +14,10 @@ export function createIncidentRepository(db: Db): IncidentRepository {
         .returning();
       if (inserted) return inserted;
       const [open] = await db
-        .select()
-        .from(t)
+        .update(t)
+        .set({ lastSeenAt: sql`now()` })
         .where(and(eq(t.key, key), isNull(t.resolvedAt)))
-        .limit(1);
+        .returning();
       // Resolved between the two statements: open it again.
       return open ?? this.open(key, message);
     },

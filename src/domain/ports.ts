@@ -388,12 +388,14 @@ export interface Incident {
   openedAt: Date;
   notifiedAt: Date | null;
   resolvedAt: Date | null;
+  /** When a check last found the condition (open() refreshes it). */
+  lastSeenAt: Date;
   message: string;
 }
 
 /** Conditions the alert checks watch, shared by every replica: each announced once. */
 export interface IncidentRepository {
-  /** The open incident of `key`, opened now with `message` if there is none. */
+  /** The open incident of `key`, opened now with `message` if there is none; either way, seen now. */
   open(key: string, message: string): Promise<Incident>;
   /** Records that the incident's alert went out. */
   markNotified(id: number, message: string): Promise<void>;
