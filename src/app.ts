@@ -7,7 +7,7 @@ import { BackupService, file_backup_v1_backup } from "../gen/backup/v1/backup_pb
 import { file_health_v1_health } from "../gen/health/v1/health_pb.js";
 import { file_grpc_reflection_v1_reflection } from "../gen/grpc/reflection/v1/reflection_pb.js";
 import { file_grpc_reflection_v1alpha_reflection } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
-import { alertCheckJob } from "./alerts/checks.js";
+import { alertCheckJob, watchedIncidentKeys } from "./alerts/checks.js";
 import { emailChannel, webhookChannel, type Channel } from "./alerts/channels.js";
 import { notificationFor } from "./alerts/notification.js";
 import { createNotifier, type Notifier } from "./alerts/notifier.js";
@@ -47,7 +47,7 @@ import { createJobRunRepository } from "./db/job-run-repository.js";
 import { createRestoreRunRepository } from "./db/restore-run-repository.js";
 import { createHistoryPruner } from "./db/history.js";
 import { dailyBackupJob, restoreDrillJob, weeklyCleanupJob } from "./scheduler/jobs.js";
-import { createScheduler, type Scheduler } from "./scheduler/scheduler.js";
+import { createScheduler, STALE_GRACE_MS, type Scheduler } from "./scheduler/scheduler.js";
 import { createBackupFreshnessQuery } from "./db/backup-freshness.js";
 import { createServiceMetrics } from "./metrics/metrics.js";
 import { startMetricsServer } from "./metrics/server.js";
@@ -172,6 +172,26 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       const n = notificationFor(event, clock.now());
       if (n) alerts.notify(n);
     });
+    const incidents = createIncidentRepository(db);
+    const alertCheck = {
+      // Without a channel there is nobody to tell: the checks stay off.
+      cron: alerts.channels.length > 0 ? config.alerts.checkCron : null,
+      offReason: alerts.channels.length > 0 ? undefined : "no alert channel is configured: set ALERT_WEBHOOK_URL or SMTP_URL",
+      databases: sched.databases,
+      maxBackupAgeMs: config.alerts.maxBackupAgeMs,
+      minFreeBytes: config.alerts.minFreeBytes,
+      minFreePercent: config.alerts.minFreePercent,
+      newestVerifiedCompletion: async (dbs: readonly string[]) =>
+        new Map((await freshness()).filter((f) => dbs.includes(f.database)).map((f) => [f.database, f.lastSuccessAt])),
+      store,
+      diskLocation: config.alerts.diskName ?? `${os.hostname()}:${config.backupDir}`,
+      incidents,
+      notifier: alerts,
+      clock,
+    };
+    // The open incidents this replica watches, said to be watched at start and at every sweep,
+    // whichever replica wins the alert check's slots (see UNWATCHED_AFTER_MS).
+    const watchedKeys = sched.enabled && alertCheck.cron !== null ? watchedIncidentKeys(alertCheck) : [];
     const scheduler = createScheduler(
       [
         dailyBackupJob(backupService, {
@@ -192,22 +212,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
           verifyDeep: (id, signal) => backupService.verifyBackup(id, signal, restore.deepChecks, "drill"),
           events,
         }),
-        alertCheckJob({
-          // Without a channel there is nobody to tell: the checks stay off.
-          cron: alerts.channels.length > 0 ? config.alerts.checkCron : null,
-          offReason: alerts.channels.length > 0 ? undefined : "no alert channel is configured: set ALERT_WEBHOOK_URL or SMTP_URL",
-          databases: sched.databases,
-          maxBackupAgeMs: config.alerts.maxBackupAgeMs,
-          minFreeBytes: config.alerts.minFreeBytes,
-          minFreePercent: config.alerts.minFreePercent,
-          newestVerifiedCompletion: async (dbs) =>
-            new Map((await freshness()).filter((f) => dbs.includes(f.database)).map((f) => [f.database, f.lastSuccessAt])),
-          store,
-          diskLocation: config.alerts.diskName ?? `${os.hostname()}:${config.backupDir}`,
-          incidents: createIncidentRepository(db),
-          notifier: alerts,
-          clock,
-        }),
+        alertCheckJob(alertCheck),
       ],
       {
         enabled: sched.enabled,
@@ -248,27 +253,49 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     );
     void backupService.verifyPending();
     await scheduler.recoverStale();
+    await incidents.touch(watchedKeys);
     // The same, while the service runs: a backup whose final write failed (the control database
     // dropped) stays IN_PROGRESS, and one whose verification could not run stays COMPLETED,
     // until something looks again; their run locks keep live backups out of it.
-    // One sweep at a time, verifications included; shutdown waits for the one running.
+    // One sweep at a time, verifications included; shutdown waits for the one running. Each
+    // step on its own: one that fails does not keep the others from running.
     let sweeping: Promise<void> | undefined;
+    const sweepOnce = (steps: [string, () => Promise<unknown>][]) => {
+      if (sweeping) return;
+      sweeping = (async () => {
+        for (const [what, step] of steps) {
+          await step().catch((err: unknown) =>
+            logger.warn({ step: what, reason: (err as Error).message }, "recovery sweep step failed; it runs again later"),
+          );
+        }
+      })().finally(() => {
+        sweeping = undefined;
+      });
+    };
+    const recoverStale: [string, () => Promise<unknown>] = ["scheduled runs", () => scheduler.recoverStale()];
     const sweep =
       config.recoveryIntervalMs > 0
-        ? setInterval(() => {
-            if (sweeping) return;
-            sweeping = (async () => {
-              const n = await backupService.recoverInterrupted();
-              if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
-              await backupService.verifyPending();
-              await scheduler.recoverStale();
-            })()
-              .catch((err: unknown) => logger.warn({ reason: (err as Error).message }, "recovery sweep failed; it runs again later"))
-              .finally(() => {
-                sweeping = undefined;
-              });
-          }, config.recoveryIntervalMs)
+        ? setInterval(
+            () =>
+              sweepOnce([
+                [
+                  "backups",
+                  async () => {
+                    const n = await backupService.recoverInterrupted();
+                    if (n > 0) logger.warn({ recovered: n }, "backups left unfinished were marked failed");
+                  },
+                ],
+                ["verifications", () => backupService.verifyPending()],
+                recoverStale,
+                ["watched incidents", () => incidents.touch(watchedKeys)],
+              ]),
+            config.recoveryIntervalMs,
+          )
         : undefined;
+    // A run claimed just before a crash is spared by the start-up recovery (STALE_GRACE_MS):
+    // it is looked at again once that has passed, sweep or no sweep.
+    const staleAgain = setTimeout(() => sweepOnce([recoverStale]), STALE_GRACE_MS + 1000);
+    staleAgain.unref();
     sweep?.unref();
 
     const health = createHealth([BackupService.typeName]);
@@ -281,7 +308,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       createAuditInterceptor(audit, logger),
       createErrorInterceptor(logger),
     ];
-    // A call without a well-formed token is refused before its body is read, on both paths.
+    // A call without a valid admin token is refused before its body is read, on both paths (the token checked once).
     const requestGate = createTokenGate(interceptors, authenticate);
     const contextValues = (req: { socket?: { remoteAddress?: string } }) =>
       createContextValues().set(kClientAddress, req.socket?.remoteAddress);
@@ -354,6 +381,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         closing ??= (async () => {
           health.setServing(false);
           clearInterval(sweep);
+          clearTimeout(staleAgain);
           const serverClosed = server.close(config.shutdownGraceMs);
           const metricsClosed = metricsServer?.close();
           // Both at once: the scheduler first marks its jobs stopped (so a job cut short is

@@ -438,6 +438,44 @@ describe("the dead-man's switch and disk space", () => {
     }
   });
 
+  it("an incident another live replica watches stays open, whoever runs the checks; a stale disk incident is closed", async () => {
+    const watchedElsewhere = await watchedDatabase("bs_alert_elsewhere");
+    const own = await watchedDatabase("bs_alert_own");
+    const from = hook.received.length;
+    const key = `backup-age:${watchedElsewhere}`;
+    const staleDisk = `disk-space:${uniqueName("old-host")}:/backups`;
+    const isOpen = async (k: string) =>
+      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL", [k])).length === 1;
+    const backdate = (k: string) =>
+      sql(svc.control, "UPDATE backup_service.alert_incidents SET last_seen_at = now() - interval '25 hours' WHERE key = $1 AND resolved_at IS NULL", [k]);
+    const seenLately = async (k: string) =>
+      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL AND last_seen_at > now() - interval '1 minute'", [k])).length === 1;
+
+    // Replica A watches the database but never wins a check's slot; B runs every check.
+    const a = await startService(svc.control, fx.target, channels(watching(watchedElsewhere, { RECOVERY_INTERVAL_MS: "200" })), svc.dataDir);
+    const b = await startService(svc.control, fx.target, channels(watching(own)), svc.dataDir);
+    try {
+      await a.app.scheduler.fire("alert-check", new Date()); // opens the incident (not yet due)
+      expect(await isOpen(key)).toBe(true);
+      await backdate(key);
+      await sql(svc.control, "INSERT INTO backup_service.alert_incidents (key, message, last_seen_at) VALUES ($1, 'low', now() - interval '25 hours')", [staleDisk]);
+      await waitFor("A's sweep to say it watches the incident", () => seenLately(key));
+      await b.app.scheduler.fire("alert-check", new Date());
+      expect(await isOpen(key), "watched by A").toBe(true);
+      expect(await isOpen(staleDisk), "watched by no one").toBe(false);
+
+      await a.close();
+      await backdate(key);
+      await b.app.scheduler.fire("alert-check", new Date());
+      expect(await isOpen(key), "A is gone").toBe(false);
+      // Neither was announced (the database's was never due, the disk's never sent): no notices.
+      expect((await hooksOf("backup_overdue", from, b)).filter((h) => h.database === watchedElsewhere)).toEqual([]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   it("an incident whose alert no channel took is announced at the next check", async () => {
     const env = channels({
       ALERT_CHECK_CRON: "* * * * *",

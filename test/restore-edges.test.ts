@@ -364,6 +364,36 @@ describe("a service role that is not a superuser", () => {
     expect(await leftovers()).toEqual([]);
   }, 60_000);
 
+  it("a member of the target's owner that inherits its privileges restores over it", async () => {
+    const member = uniqueName("bs_edges_inherit");
+    const db = newDbName("bs_edges_iowner");
+    await sql("postgres", `CREATE ROLE ${member} LOGIN CREATEDB INHERIT; GRANT ${role} TO ${member}`);
+    const asMember = await startService(
+      svc.control,
+      fx.target,
+      { TARGET_DATABASE_URL: `postgres://${member}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
+      svc.dataDir,
+    );
+    tags.push(asMember.app.restoreTag);
+    try {
+      await sql("postgres", `CREATE DATABASE "${db}" OWNER ${role}`);
+      await sql(db, `CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ${role}`);
+      const { backup } = await svc.client.createBackup({ database: db });
+      await sql(db, "INSERT INTO t VALUES (2)");
+      let last: RestoreBackupResponse | undefined;
+      for await (const m of asMember.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+        last = m;
+      }
+      expect(last?.phase).toBe(RestorePhase.DONE);
+      expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
+      const [{ owner }] = await sql<{ owner: string }>("postgres", "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1", [db]);
+      expect(owner).toBe(role);
+    } finally {
+      await asMember.close();
+      await sql("postgres", `DROP ROLE IF EXISTS ${member}`).catch(() => undefined);
+    }
+  }, 60_000);
+
   it("a NOINHERIT member of the target's owner: refused before the load, which its swap could never finish", async () => {
     // A NOINHERIT member may create a database owned by the role, but not act as its owner:
     // the swap's rename would fail after the whole load.

@@ -428,6 +428,35 @@ describe("calls that must not wait on a client", () => {
     }
   }, 60_000);
 
+  it("verifies an admin's token once per call, on each path, before and not again after the body", async () => {
+    const keys = svc.app.keys as { verify: (token: string) => Promise<unknown> };
+    const verify = keys.verify;
+    let verified = 0;
+    keys.verify = (t: string) => (verified++, verify.call(keys, t));
+    try {
+      for (const [name, headers] of paths) {
+        const connectProtocol = name.endsWith("Connect");
+        const before = verified;
+        const opened = open(
+          "GetStats",
+          { ...(connectProtocol ? { "content-type": "application/proto", "connect-protocol-version": "1" } : headers), ...authed() },
+          connectProtocol ? Buffer.alloc(0) : frame([]),
+          true,
+        );
+        try {
+          const got = await answer(opened);
+          expect(got.status, name).toBe(200);
+          if (!connectProtocol) expect(got.trailers["grpc-status"], name).toBe("0");
+          expect(verified - before, name).toBe(1);
+        } finally {
+          opened.session.destroy();
+        }
+      }
+    } finally {
+      keys.verify = verify;
+    }
+  });
+
   it("lets go of the file of a download whose client stops reading and then cancels it", async () => {
     for (const [name, headers] of paths) {
       const { backup } = await svc.client.createBackup({});

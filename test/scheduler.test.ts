@@ -363,6 +363,35 @@ describe("history", () => {
   });
 });
 
+describe("the recovery sweep", () => {
+  it("marks a dead replica's run interrupted while the service runs, and leaves one whose job lock is held, however old", async () => {
+    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, RECOVERY_INTERVAL_MS: "200" });
+    const config = loadConfig(svc.env);
+    const pool = createPool(config.control, logger, { max: 2 });
+    // Another replica's weekly cleanup, running for ten minutes: it holds the job's lock.
+    const held = await createAdvisoryLocks(config.control, pool, logger).tryAcquire("job:weekly-cleanup");
+    try {
+      expect(held).not.toBeNull();
+      await sql(
+        svc.control,
+        `INSERT INTO backup_service.job_runs (job, slot, replica_id, claimed, outcome, started_at) VALUES
+           ('daily-backup', '2026-11-03T19:00:00Z', 'died-later', true, 'RUNNING', now() - interval '10 minutes'),
+           ('weekly-cleanup', '2026-11-01T20:00:00Z', 'alive', true, 'RUNNING', now() - interval '10 minutes')`,
+      );
+      const outcome = async (replica: string) =>
+        (await sql<{ outcome: string }>(svc.control, "SELECT outcome FROM backup_service.job_runs WHERE replica_id = $1", [replica]))[0]!.outcome;
+      await waitFor("the sweep to mark the dead run", async () => (await outcome("died-later")) === "INTERRUPTED");
+      await new Promise((r) => setTimeout(r, 600)); // a few more sweeps
+      expect(await outcome("alive")).toBe("RUNNING");
+      await held!.release();
+      await waitFor("the sweep to mark the run whose replica let go", async () => (await outcome("alive")) === "INTERRUPTED");
+    } finally {
+      await held?.release();
+      await pool.end();
+    }
+  });
+});
+
 describe("GetJobStatus and shutdown", () => {
   it("reports each job; a shutdown during a scheduled backup leaves no file and records the run interrupted", async () => {
     const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, WEEKLY_CLEANUP_CRON: "off", REPLICA_ID: "status-replica" });

@@ -23,18 +23,31 @@ export interface AlertCheckOptions {
   clock: Clock;
 }
 
-/** An open disk incident is resolved only once free space is this factor of each limit. */
+/** An open disk incident is resolved only once free space is this factor of each limit (see checkDisk). */
 export const DISK_CLEAR_MARGIN = 1.1;
 
 export const backupAgeIncident = (database: string) => `backup-age:${database}`;
 
 /**
- * An open incident no check has found for this long, and that this replica does not check, is
- * closed: no replica looks at it any more (its database left BACKUP_DATABASES, its disk was
- * renamed, or its check was switched off). Replicas that still check it find it again at every
- * check (every 15 minutes by default), well within this.
+ * An open incident that no replica has said it watches for this long is closed: no replica looks
+ * at it any more (its database left BACKUP_DATABASES, its disk was renamed, or its check was
+ * switched off). Every replica that runs the alert check says so for the incidents it watches at
+ * each check it runs and at each recovery sweep (watchedIncidentKeys, IncidentRepository.touch),
+ * whichever replica wins the check's slots: well within this.
  */
 export const UNWATCHED_AFTER_MS = 24 * 3600_000;
+
+export const diskIncidentKey = (location: string) => `disk-space:${location}`;
+
+/** The incidents a replica with these settings watches (its checks open and close them). */
+export function watchedIncidentKeys(
+  opts: Pick<AlertCheckOptions, "databases" | "maxBackupAgeMs" | "minFreeBytes" | "minFreePercent" | "diskLocation">,
+): string[] {
+  return [
+    ...(opts.maxBackupAgeMs === null ? [] : opts.databases.map(backupAgeIncident)),
+    ...(opts.minFreeBytes > 0 || opts.minFreePercent > 0 ? [diskIncidentKey(opts.diskLocation)] : []),
+  ];
+}
 
 /**
  * alert-check: the dead-man's switch (a database whose newest VERIFIED backup
@@ -44,7 +57,7 @@ export const UNWATCHED_AFTER_MS = 24 * 3600_000;
  */
 export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
   const { incidents, notifier, clock } = opts;
-  const diskIncident = `disk-space:${opts.diskLocation}`;
+  const diskIncident = diskIncidentKey(opts.diskLocation);
 
   /** Opens the incident (if new) and announces it once, when it is due. */
   async function raise(
@@ -134,13 +147,15 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
   async function checkDisk(now: Date, signal: AbortSignal) {
     const { freeBytes, totalBytes } = await opts.store.diskSpace();
     const percent = totalBytes > 0 ? (freeBytes / totalBytes) * 100 : 100;
-    // Once raised, the incident ends only when free space is DISK_CLEAR_MARGIN above each limit:
-    // a disk that hovers at the limit is announced once, not low and fine at every other check.
-    const open = (await incidents.listOpen()).some((i) => i.key === diskIncident);
-    const margin = open ? DISK_CLEAR_MARGIN : 1;
     const low =
-      (opts.minFreeBytes > 0 && freeBytes < opts.minFreeBytes * margin) ||
-      (opts.minFreePercent > 0 && percent < opts.minFreePercent * margin);
+      (opts.minFreeBytes > 0 && freeBytes < opts.minFreeBytes) || (opts.minFreePercent > 0 && percent < opts.minFreePercent);
+    // Once raised, the incident ends only when free space is clear of each limit by a margin
+    // (10% of the limit, at most half of what is left above it): a disk that hovers at the limit
+    // is announced once, not low and fine at every other check. In between, nothing is sent.
+    const clearOf = (limit: number, whole: number) => limit + Math.min(limit * (DISK_CLEAR_MARGIN - 1), Math.max(whole - limit, 0) / 2);
+    const clearOfLimits =
+      (opts.minFreeBytes === 0 || freeBytes >= clearOf(opts.minFreeBytes, totalBytes)) &&
+      (opts.minFreePercent === 0 || percent >= clearOf(opts.minFreePercent, 100));
     const disk = { freeBytes, totalBytes, freePercent: Math.round(percent * 10) / 10, low, state: "ok" };
     const limits = [
       opts.minFreeBytes > 0 ? `ALERT_MIN_FREE_BYTES ${formatBytes(opts.minFreeBytes)}` : null,
@@ -148,7 +163,10 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     ]
       .filter(Boolean)
       .join(", ");
-    if (low) {
+    const open = (await incidents.listOpen()).some((i) => i.key === diskIncident);
+    if (!low && open && !clearOfLimits) {
+      disk.state = "recovering";
+    } else if (low) {
       disk.state = await raise(diskIncident, {
         kind: "disk_low",
         severity: "failure",
@@ -165,7 +183,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
         kind: "disk_low",
         title: `Backup disk has enough space again: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
         body: (openedAt) =>
-          `Free space is back above the limit (${limits}) by at least ${Math.round((DISK_CLEAR_MARGIN - 1) * 100)}%; ` +
+          `Free space is back above the limit (${limits}), with a margin (10% of the limit); ` +
           `the alert raised ${openedAt.toISOString()} is resolved.`,
         at: now,
       }, signal);
@@ -173,7 +191,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     return disk;
   }
 
-  /** Closes the open incidents that this run did not check and that no check has found for a day. */
+  /** Closes the open incidents that this replica does not watch and that no replica has said it watches for a day. */
   async function closeUnwatched(now: Date, checked: Set<string>, signal: AbortSignal) {
     const closed: string[] = [];
     for (const incident of await incidents.listOpen()) {
@@ -185,7 +203,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
         kind: database !== undefined ? "backup_overdue" : "disk_low",
         title: `No longer watched: ${what}`,
         body: (openedAt) =>
-          `No alert check has looked at ${what} since ${incident.lastSeenAt.toISOString()} ` +
+          `No replica has watched ${what} since ${incident.lastSeenAt.toISOString()} ` +
           (database !== undefined ? "(it is not in any replica's BACKUP_DATABASES, or ALERT_MAX_BACKUP_AGE is off)" : "(ALERT_DISK_NAME or BACKUP_DIR changed, or the disk check is off)") +
           `; the alert raised for it ${openedAt.toISOString()} is closed without being resolved.`,
         ...(database !== undefined ? { database } : {}),
@@ -207,11 +225,9 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       signal.throwIfAborted();
       const watchesDisk = opts.minFreeBytes > 0 || opts.minFreePercent > 0;
       const disk = watchesDisk ? await checkDisk(now, signal) : null;
-      const checked = new Set([
-        ...(opts.maxBackupAgeMs === null ? [] : opts.databases.map(backupAgeIncident)),
-        ...(watchesDisk ? [diskIncident] : []),
-      ]);
-      const unwatched = await closeUnwatched(now, checked, signal);
+      const watched = watchedIncidentKeys(opts);
+      await incidents.touch(watched);
+      const unwatched = await closeUnwatched(now, new Set(watched), signal);
       const problems = [
         ...overdue.filter((o) => o.state !== "pending").map((o) => `no recent verified backup of "${o.database}"`),
         ...(disk?.low ? ["backup disk low on space"] : []),

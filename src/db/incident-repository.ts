@@ -1,4 +1,4 @@
-import { and, eq, isNull, sql } from "drizzle-orm";
+import { and, eq, inArray, isNull, sql } from "drizzle-orm";
 import type { Incident, IncidentRepository } from "../domain/ports.js";
 import type { Db } from "./client.js";
 import { alertIncidents as t } from "./schema.js";
@@ -36,6 +36,14 @@ export function createIncidentRepository(db: Db): IncidentRepository {
         .where(and(eq(t.key, key), isNull(t.resolvedAt)))
         .returning();
       return (row as Incident | undefined) ?? null;
+    },
+
+    async touch(keys) {
+      if (keys.length === 0) return;
+      await db
+        .update(t)
+        .set({ lastSeenAt: sql`now()` })
+        .where(and(isNull(t.resolvedAt), inArray(t.key, [...keys])));
     },
 
     async listOpen() {

@@ -189,8 +189,8 @@ export const alertIncidents = serviceSchema.table(
     // When its alert went out (null: not yet due, e.g. a database not yet backed up within the age limit).
     notifiedAt: ts("notified_at"),
     resolvedAt: ts("resolved_at"),
-    // When a check last found the condition: an incident no replica looks at any more (its
-    // database left BACKUP_DATABASES, the disk was renamed) is closed once this is a day old.
+    // When a live replica that watches it last said so: an incident no replica looks at any more
+    // (its database left BACKUP_DATABASES, the disk was renamed) is closed once this is a day old.
     lastSeenAt: ts("last_seen_at").notNull().defaultNow(),
     message: text("message").notNull(),
   },

@@ -388,7 +388,7 @@ export interface Incident {
   openedAt: Date;
   notifiedAt: Date | null;
   resolvedAt: Date | null;
-  /** When a check last found the condition (open() refreshes it). */
+  /** When a live replica last said it watches it (open() and touch() refresh it). */
   lastSeenAt: Date;
   message: string;
 }
@@ -401,5 +401,7 @@ export interface IncidentRepository {
   markNotified(id: number, message: string): Promise<void>;
   /** Closes the open incident of `key`; returns it, or null when none was open. */
   resolve(key: string): Promise<Incident | null>;
+  /** Notes that a live replica watches these keys' open incidents (see UNWATCHED_AFTER_MS). */
+  touch(keys: readonly string[]): Promise<void>;
   listOpen(): Promise<Incident[]>;
 }

@@ -69,17 +69,22 @@ export function weeklyCleanupJob(
     setting: "WEEKLY_CLEANUP_CRON",
     async run() {
       const r = await service.cleanupExpired(false);
-      const h = opts.history;
-      const pruned = h ? await h.pruner.prune(new Date(h.now().getTime() - h.days * 86_400_000)) : undefined;
-      return {
-        outcome: "SUCCEEDED",
-        details: {
-          removed: r.removed.map((b) => b.id),
-          kept: r.kept.map((b) => b.id),
-          freedBytes: r.freedBytes,
-          ...(pruned ? { historyPruned: pruned } : {}),
-        },
+      const details: Record<string, unknown> = {
+        removed: r.removed.map((b) => b.id),
+        kept: r.kept.map((b) => b.id),
+        freedBytes: r.freedBytes,
       };
+      const h = opts.history;
+      if (h) {
+        try {
+          details.historyPruned = await h.pruner.prune(new Date(h.now().getTime() - h.days * 86_400_000));
+        } catch (err) {
+          // What cleanup removed stays on record with the run.
+          const message = err instanceof Error ? err.message : String(err);
+          return { outcome: "FAILED", error: `backups cleaned up; pruning the service's history failed: ${message}`, details };
+        }
+      }
+      return { outcome: "SUCCEEDED", details };
     },
   };
 }
