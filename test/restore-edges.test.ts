@@ -364,10 +364,17 @@ describe("a service role that is not a superuser", () => {
     expect(await leftovers()).toEqual([]);
   }, 60_000);
 
-  it("a member of the target's owner that inherits its privileges restores over it", async () => {
-    const member = uniqueName("bs_edges_inherit");
-    const db = newDbName("bs_edges_iowner");
-    await sql("postgres", `CREATE ROLE ${member} LOGIN CREATEDB INHERIT; GRANT ${role} TO ${member}`);
+  /**
+   * A service whose role is a member of `role` (inheriting its privileges or not), and a new
+   * database owned by `role` holding t(1); the role is dropped afterwards.
+   */
+  async function asOwnerMember(
+    inherit: boolean,
+    fn: (member: TestService, db: string) => Promise<void>,
+  ): Promise<void> {
+    const member = uniqueName(inherit ? "bs_edges_inherit" : "bs_edges_noinherit");
+    const db = newDbName(inherit ? "bs_edges_iowner" : "bs_edges_niowner");
+    await sql("postgres", `CREATE ROLE ${member} LOGIN CREATEDB ${inherit ? "INHERIT" : "NOINHERIT"}; GRANT ${role} TO ${member}`);
     const asMember = await startService(
       svc.control,
       fx.target,
@@ -378,42 +385,36 @@ describe("a service role that is not a superuser", () => {
     try {
       await sql("postgres", `CREATE DATABASE "${db}" OWNER ${role}`);
       await sql(db, `CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ${role}`);
+      await fn(asMember, db);
+    } finally {
+      await asMember.close();
+      await sql("postgres", `DROP ROLE IF EXISTS ${member}`).catch(() => undefined);
+    }
+  }
+
+  it("a member of the target's owner that inherits its privileges restores over it", async () => {
+    await asOwnerMember(true, async (member, db) => {
       const { backup } = await svc.client.createBackup({ database: db });
       await sql(db, "INSERT INTO t VALUES (2)");
       let last: RestoreBackupResponse | undefined;
-      for await (const m of asMember.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+      for await (const m of member.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
         last = m;
       }
       expect(last?.phase).toBe(RestorePhase.DONE);
       expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
       const [{ owner }] = await sql<{ owner: string }>("postgres", "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1", [db]);
       expect(owner).toBe(role);
-    } finally {
-      await asMember.close();
-      await sql("postgres", `DROP ROLE IF EXISTS ${member}`).catch(() => undefined);
-    }
+    });
   }, 60_000);
 
   it("a NOINHERIT member of the target's owner: refused before the load, which its swap could never finish", async () => {
     // A NOINHERIT member may create a database owned by the role, but not act as its owner:
     // the swap's rename would fail after the whole load.
-    const member = uniqueName("bs_edges_noinherit");
-    const db = newDbName("bs_edges_niowner");
-    await sql("postgres", `CREATE ROLE ${member} LOGIN CREATEDB NOINHERIT; GRANT ${role} TO ${member}`);
-    const asMember = await startService(
-      svc.control,
-      fx.target,
-      { TARGET_DATABASE_URL: `postgres://${member}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
-      svc.dataDir,
-    );
-    tags.push(asMember.app.restoreTag);
-    try {
-      await sql("postgres", `CREATE DATABASE "${db}" OWNER ${role}`);
-      await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    await asOwnerMember(false, async (member, db) => {
       const { backup } = await svc.client.createBackup({ database: db });
       const err = await callFailure(
         (async () => {
-          for await (const _ of asMember.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          for await (const _ of member.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
             // drain
           }
         })(),
@@ -423,10 +424,7 @@ describe("a service role that is not a superuser", () => {
       expect(err.rawMessage).toMatch(/not NOINHERIT/);
       expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
       expect(await leftovers()).toEqual([]);
-    } finally {
-      await asMember.close();
-      await sql("postgres", `DROP ROLE IF EXISTS ${member}`).catch(() => undefined);
-    }
+    });
   }, 60_000);
 });
 
