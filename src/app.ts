@@ -98,6 +98,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
 
   await ensureDatabase(config.control, logger);
   const pool = createPool(config.control, logger);
+  // Timers started before the servers: a failed start stops them (its pool is closed).
+  const timers: NodeJS.Timeout[] = [];
   try {
     const db = createDb(pool);
     await migrateControlDatabase(pool, db);
@@ -278,6 +280,8 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
         ? setInterval(
             () =>
               sweepOnce([
+                // First: a long backlog of verifications must not hold it back.
+                ["watched incidents", () => incidents.touch(watchedKeys)],
                 [
                   "backups",
                   async () => {
@@ -287,7 +291,6 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
                 ],
                 ["verifications", () => backupService.verifyPending()],
                 recoverStale,
-                ["watched incidents", () => incidents.touch(watchedKeys)],
               ]),
             config.recoveryIntervalMs,
           )
@@ -296,6 +299,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     // it is looked at again once that has passed, sweep or no sweep.
     const staleAgain = setTimeout(() => sweepOnce([recoverStale]), STALE_GRACE_MS + 1000);
     staleAgain.unref();
+    timers.push(staleAgain, ...(sweep ? [sweep] : []));
     sweep?.unref();
 
     const health = createHealth([BackupService.typeName]);
@@ -404,6 +408,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
       },
     };
   } catch (err) {
+    for (const t of timers) clearTimeout(t);
     await pool.end().catch(() => undefined);
     throw err;
   }

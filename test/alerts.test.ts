@@ -476,6 +476,30 @@ describe("the dead-man's switch and disk space", () => {
     }
   });
 
+  it("a replica that does not watch a database still resolves its incident once it has a verified backup again", async () => {
+    const x = await watchedDatabase("bs_alert_x");
+    const from = hook.received.length;
+    const a = await startService(svc.control, fx.target, channels(watching(x)), svc.dataDir);
+    const b = await startService(svc.control, fx.target, channels(watching(await watchedDatabase("bs_alert_y"))), svc.dataDir);
+    try {
+      await a.app.scheduler.fire("alert-check", new Date());
+      await new Promise((r) => setTimeout(r, 1600));
+      await a.app.scheduler.fire("alert-check", new Date());
+      await b.client.createBackup({ database: x });
+      // B wins the next slot: it does not watch x, but x's incident is open and watched.
+      await b.app.scheduler.fire("alert-check", new Date());
+      await a.app.alerts.idle();
+      const sent = (await hooksOf("backup_overdue", from, b)).filter((h) => h.database === x);
+      expect(sent.map((h) => [h.severity, h.title])).toEqual([
+        ["failure", `No verified backup of "${x}" at all`],
+        ["resolved", `"${x}" has a verified backup again`],
+      ]);
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   it("an incident whose alert no channel took is announced at the next check", async () => {
     const env = channels({
       ALERT_CHECK_CRON: "* * * * *",

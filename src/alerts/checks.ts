@@ -101,8 +101,33 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     return true;
   }
 
+  function clearBackupAge(database: string, last: Date, age: number, now: Date, signal: AbortSignal) {
+    return clear(backupAgeIncident(database), {
+      kind: "backup_overdue",
+      title: `"${database}" has a verified backup again`,
+      body: (openedAt) =>
+        `The newest VERIFIED backup of "${database}" completed ${last.toISOString()} (${formatAge(age)} ago); ` +
+        `the alert raised for it (first seen ${openedAt.toISOString()}) is resolved.`,
+      database,
+      at: now,
+    }, signal);
+  }
+
   async function checkBackupAge(now: Date, maxAgeMs: number, signal: AbortSignal) {
-    const newest = await opts.newestVerifiedCompletion(opts.databases);
+    // Databases only other replicas watch (their open incidents, said to be watched within the
+    // day) are resolved here too once they have a recent verified backup: the replica that
+    // raised one may seldom win a check's slot. Only the replicas that watch one raise it.
+    const others = (await incidents.listOpen())
+      .filter((i) => i.key.startsWith("backup-age:") && now.getTime() - i.lastSeenAt.getTime() <= UNWATCHED_AFTER_MS)
+      .map((i) => i.key.slice("backup-age:".length))
+      .filter((d) => !opts.databases.includes(d));
+    const newest = await opts.newestVerifiedCompletion([...opts.databases, ...others]);
+    for (const database of others) {
+      signal.throwIfAborted();
+      const last = newest.get(database) ?? null;
+      const age = last ? now.getTime() - last.getTime() : null;
+      if (age !== null && age <= maxAgeMs) await clearBackupAge(database, last!, age, now, signal);
+    }
     const overdue: { database: string; newest: string | null; state: string }[] = [];
     for (const database of opts.databases) {
       signal.throwIfAborted();
@@ -110,15 +135,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       const last = newest.get(database) ?? null;
       const age = last ? now.getTime() - last.getTime() : null;
       if (age !== null && age <= maxAgeMs) {
-        await clear(key, {
-          kind: "backup_overdue",
-          title: `"${database}" has a verified backup again`,
-          body: (openedAt) =>
-            `The newest VERIFIED backup of "${database}" completed ${last!.toISOString()} (${formatAge(age)} ago); ` +
-            `the alert raised for it (first seen ${openedAt.toISOString()}) is resolved.`,
-          database,
-          at: now,
-        }, signal);
+        await clearBackupAge(database, last!, age, now, signal);
         continue;
       }
       const limit = formatAge(maxAgeMs);
@@ -157,6 +174,12 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       (opts.minFreeBytes === 0 || freeBytes >= clearOf(opts.minFreeBytes, totalBytes)) &&
       (opts.minFreePercent === 0 || percent >= clearOf(opts.minFreePercent, 100));
     const disk = { freeBytes, totalBytes, freePercent: Math.round(percent * 10) / 10, low, state: "ok" };
+    const margins = [
+      opts.minFreeBytes > 0 ? formatBytes(clearOf(opts.minFreeBytes, totalBytes) - opts.minFreeBytes) : null,
+      opts.minFreePercent > 0 ? `${Math.round((clearOf(opts.minFreePercent, 100) - opts.minFreePercent) * 10) / 10} points` : null,
+    ]
+      .filter(Boolean)
+      .join(" and ");
     const limits = [
       opts.minFreeBytes > 0 ? `ALERT_MIN_FREE_BYTES ${formatBytes(opts.minFreeBytes)}` : null,
       opts.minFreePercent > 0 ? `ALERT_MIN_FREE_PERCENT ${opts.minFreePercent}%` : null,
@@ -183,7 +206,7 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
         kind: "disk_low",
         title: `Backup disk has enough space again: ${formatBytes(freeBytes)} free (${disk.freePercent}%)`,
         body: (openedAt) =>
-          `Free space is back above the limit (${limits}), with a margin (10% of the limit); ` +
+          `Free space is back above the limit (${limits}), clear of it by ${margins}; ` +
           `the alert raised ${openedAt.toISOString()} is resolved.`,
         at: now,
       }, signal);
