@@ -79,8 +79,10 @@ export function weeklyCleanupJob(
         try {
           details.historyPruned = await h.pruner.prune(new Date(h.now().getTime() - h.days * 86_400_000));
         } catch (err) {
-          // What cleanup removed stays on record with the run.
-          const message = err instanceof Error ? err.message : String(err);
+          // What cleanup removed stays on record with the run. The server's reason, not drizzle's
+          // "Failed query: <sql> params: ..." around it.
+          const cause = (err as { cause?: unknown }).cause;
+          const message = cause instanceof Error ? cause.message : err instanceof Error ? err.message : String(err);
           return { outcome: "FAILED", error: `backups cleaned up; pruning the service's history failed: ${message}`, details };
         }
       }
