@@ -350,6 +350,26 @@ describe("history", () => {
     });
   });
 
+  it("a prune the database refuses: the run is FAILED with the server's reason, and keeps what cleanup did", async () => {
+    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
+    // As an operator who keeps the audit trail append-only might.
+    await sql(
+      svc.control,
+      `CREATE FUNCTION backup_service.no_audit_delete() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'audit_events is append-only'; END $$;
+       CREATE TRIGGER no_audit_delete BEFORE DELETE ON backup_service.audit_events
+         FOR EACH ROW EXECUTE FUNCTION backup_service.no_audit_delete();
+       INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (now() - interval '40 days', 'old-action', 'OK')`,
+    );
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+    const [run] = await runsOf(svc.control, "weekly-cleanup");
+    expect(run).toMatchObject({
+      outcome: "FAILED",
+      error: "backups cleaned up; pruning the service's history failed: audit_events is append-only",
+    });
+    expect((run as unknown as { details: unknown }).details).toMatchObject({ removed: [], kept: [], freedBytes: 0 });
+  });
+
   it("HISTORY_RETENTION_DAYS=0 keeps it all; a bad value stops start-up", async () => {
     const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "0" });
     await sql(
