@@ -9,6 +9,7 @@ import { createServer as createNetServer, type AddressInfo } from "node:net";
 import { SMTPServer } from "smtp-server";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { backupAgeIncident } from "../src/alerts/checks.js";
 import { ConfigError, loadConfig } from "../src/config.js";
 import {
   callFailure,
@@ -296,6 +297,31 @@ async function watchedDatabase(prefix: string): Promise<string> {
   return db;
 }
 
+/** Whether the shared control database holds an open incident of `key`. */
+async function incidentIsOpen(key: string): Promise<boolean> {
+  const rows = await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL", [key]);
+  return rows.length === 1;
+}
+
+/** Makes the open incident of `key` look unwatched for 25 hours. */
+async function backdateIncident(key: string): Promise<void> {
+  await sql(
+    svc.control,
+    "UPDATE backup_service.alert_incidents SET last_seen_at = now() - interval '25 hours' WHERE key = $1 AND resolved_at IS NULL",
+    [key],
+  );
+}
+
+/** Whether a replica said, in the last minute, that it watches the open incident of `key`. */
+async function incidentSeenLately(key: string): Promise<boolean> {
+  const rows = await sql(
+    svc.control,
+    "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL AND last_seen_at > now() - interval '1 minute'",
+    [key],
+  );
+  return rows.length === 1;
+}
+
 /** Settings that watch `db` with a 1.5 s dead-man's switch and no disk limit. */
 function watching(db: string, extra: Record<string, string> = {}): Record<string, string> {
   return { ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "1500ms", ALERT_MIN_FREE_PERCENT: "0", BACKUP_DATABASES: db, ...extra };
@@ -390,14 +416,8 @@ describe("the dead-man's switch and disk space", () => {
     const from = hook.received.length;
     const about = async (db: string, s: TestService) =>
       (await hooksOf("backup_overdue", from, s)).filter((h) => h.database === db).map((h) => [h.severity, h.title]);
-    const open = async (db: string) =>
-      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL", [`backup-age:${db}`])).length;
-    const backdate = (db: string) =>
-      sql(
-        svc.control,
-        "UPDATE backup_service.alert_incidents SET last_seen_at = now() - interval '25 hours' WHERE key = $1 AND resolved_at IS NULL",
-        [`backup-age:${db}`],
-      );
+    const open = async (db: string) => ((await incidentIsOpen(backupAgeIncident(db))) ? 1 : 0);
+    const backdate = (db: string) => backdateIncident(backupAgeIncident(db));
 
     const before = await startService(svc.control, fx.target, channels(watching(gone)), svc.dataDir);
     try {
@@ -427,12 +447,7 @@ describe("the dead-man's switch and disk space", () => {
       expect(text).toContain("BACKUP_DATABASES");
       expect(await open(gone)).toBe(0);
       expect(await open(kept)).toBe(1);
-      const [{ seen }] = await sql<{ seen: boolean }>(
-        svc.control,
-        "SELECT last_seen_at > now() - interval '1 minute' AS seen FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL",
-        [`backup-age:${kept}`],
-      );
-      expect(seen).toBe(true);
+      expect(await incidentSeenLately(backupAgeIncident(kept))).toBe(true);
     } finally {
       await after.close();
     }
@@ -442,32 +457,26 @@ describe("the dead-man's switch and disk space", () => {
     const watchedElsewhere = await watchedDatabase("bs_alert_elsewhere");
     const own = await watchedDatabase("bs_alert_own");
     const from = hook.received.length;
-    const key = `backup-age:${watchedElsewhere}`;
+    const key = backupAgeIncident(watchedElsewhere);
     const staleDisk = `disk-space:${uniqueName("old-host")}:/backups`;
-    const isOpen = async (k: string) =>
-      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL", [k])).length === 1;
-    const backdate = (k: string) =>
-      sql(svc.control, "UPDATE backup_service.alert_incidents SET last_seen_at = now() - interval '25 hours' WHERE key = $1 AND resolved_at IS NULL", [k]);
-    const seenLately = async (k: string) =>
-      (await sql(svc.control, "SELECT 1 FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL AND last_seen_at > now() - interval '1 minute'", [k])).length === 1;
 
     // Replica A watches the database but never wins a check's slot; B runs every check.
     const a = await startService(svc.control, fx.target, channels(watching(watchedElsewhere, { RECOVERY_INTERVAL_MS: "200" })), svc.dataDir);
     const b = await startService(svc.control, fx.target, channels(watching(own)), svc.dataDir);
     try {
       await a.app.scheduler.fire("alert-check", new Date()); // opens the incident (not yet due)
-      expect(await isOpen(key)).toBe(true);
-      await backdate(key);
+      expect(await incidentIsOpen(key)).toBe(true);
+      await backdateIncident(key);
       await sql(svc.control, "INSERT INTO backup_service.alert_incidents (key, message, last_seen_at) VALUES ($1, 'low', now() - interval '25 hours')", [staleDisk]);
-      await waitFor("A's sweep to say it watches the incident", () => seenLately(key));
+      await waitFor("A's sweep to say it watches the incident", () => incidentSeenLately(key));
       await b.app.scheduler.fire("alert-check", new Date());
-      expect(await isOpen(key), "watched by A").toBe(true);
-      expect(await isOpen(staleDisk), "watched by no one").toBe(false);
+      expect(await incidentIsOpen(key), "watched by A").toBe(true);
+      expect(await incidentIsOpen(staleDisk), "watched by no one").toBe(false);
 
       await a.close();
-      await backdate(key);
+      await backdateIncident(key);
       await b.app.scheduler.fire("alert-check", new Date());
-      expect(await isOpen(key), "A is gone").toBe(false);
+      expect(await incidentIsOpen(key), "A is gone").toBe(false);
       // Neither was announced (the database's was never due, the disk's never sent): no notices.
       expect((await hooksOf("backup_overdue", from, b)).filter((h) => h.database === watchedElsewhere)).toEqual([]);
     } finally {

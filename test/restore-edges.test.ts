@@ -48,6 +48,18 @@ afterAll(async () => {
   await sql("postgres", `DROP ROLE IF EXISTS ${role}`).catch(() => undefined);
 });
 
+/** Waits until one of `svc`'s scratch databases has a session running `query` (a LIKE pattern); returns its name. */
+function loadingScratch(what: string, query = "COPY %"): Promise<string> {
+  return waitFor(what, async () => {
+    const rows = await sql<{ datname: string }>(
+      "postgres",
+      "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE $2",
+      [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`, query],
+    );
+    return rows[0]?.datname;
+  });
+}
+
 function newDbName(prefix: string): string {
   const name = uniqueName(prefix);
   extraDbs.push(name);
@@ -446,14 +458,7 @@ describe("cancelling a restore whose row count waits on a lock", () => {
           // drain
         }
       })().catch(() => undefined);
-      const scratch = await waitFor("payload to be loading through psql", async () => {
-        const rows = await sql<{ datname: string }>(
-          "postgres",
-          "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY public.payload %'",
-          [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`],
-        );
-        return rows[0]?.datname;
-      });
+      const scratch = await loadingScratch("payload to be loading through psql", "COPY public.payload %");
       locker = await connect(scratch);
       await locker.query("BEGIN");
       await locker.query("LOCK TABLE public.aaa_side IN ACCESS EXCLUSIVE MODE");
@@ -492,14 +497,7 @@ describe("the scratch database while it loads", () => {
         () => null,
         (e: unknown) => e,
       );
-      const scratch = await waitFor("the rows to be loading", async () => {
-        const rows = await sql<{ datname: string }>(
-          "postgres",
-          "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY %'",
-          [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`],
-        );
-        return rows[0]?.datname;
-      });
+      const scratch = await loadingScratch("the rows to be loading");
       const attempt = new pg.Client({ host: PG_HOST, port: PG_PORT, user: reader, database: scratch });
       const refused = await attempt.connect().then(
         () => null,

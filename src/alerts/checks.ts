@@ -26,7 +26,13 @@ export interface AlertCheckOptions {
 /** An open disk incident is resolved only once free space is this factor of each limit (see checkDisk). */
 export const DISK_CLEAR_MARGIN = 1.1;
 
-export const backupAgeIncident = (database: string) => `backup-age:${database}`;
+const BACKUP_AGE = "backup-age:";
+const DISK_SPACE = "disk-space:";
+
+export const backupAgeIncident = (database: string) => `${BACKUP_AGE}${database}`;
+
+/** The database a backup-age incident's key names (undefined: another kind of incident). */
+const databaseOf = (key: string) => (key.startsWith(BACKUP_AGE) ? key.slice(BACKUP_AGE.length) : undefined);
 
 /**
  * An open incident that no replica has said it watches for this long is closed: no replica looks
@@ -37,7 +43,7 @@ export const backupAgeIncident = (database: string) => `backup-age:${database}`;
  */
 export const UNWATCHED_AFTER_MS = 24 * 3600_000;
 
-export const diskIncidentKey = (location: string) => `disk-space:${location}`;
+export const diskIncidentKey = (location: string) => `${DISK_SPACE}${location}`;
 
 /** The incidents a replica with these settings watches (its checks open and close them). */
 export function watchedIncidentKeys(
@@ -118,9 +124,9 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     // day) are resolved here too once they have a recent verified backup: the replica that
     // raised one may seldom win a check's slot. Only the replicas that watch one raise it.
     const others = (await incidents.listOpen())
-      .filter((i) => i.key.startsWith("backup-age:") && now.getTime() - i.lastSeenAt.getTime() <= UNWATCHED_AFTER_MS)
-      .map((i) => i.key.slice("backup-age:".length))
-      .filter((d) => !opts.databases.includes(d));
+      .filter((i) => now.getTime() - i.lastSeenAt.getTime() <= UNWATCHED_AFTER_MS)
+      .map((i) => databaseOf(i.key))
+      .filter((d): d is string => d !== undefined && !opts.databases.includes(d));
     const newest = await opts.newestVerifiedCompletion([...opts.databases, ...others]);
     for (const database of others) {
       signal.throwIfAborted();
@@ -220,8 +226,13 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
     for (const incident of await incidents.listOpen()) {
       signal.throwIfAborted();
       if (checked.has(incident.key) || now.getTime() - incident.lastSeenAt.getTime() <= UNWATCHED_AFTER_MS) continue;
-      const database = incident.key.startsWith("backup-age:") ? incident.key.slice("backup-age:".length) : undefined;
-      const what = database !== undefined ? `"${database}"` : incident.key.startsWith("disk-space:") ? `the disk ${incident.key.slice("disk-space:".length)}` : incident.key;
+      const database = databaseOf(incident.key);
+      const what =
+        database !== undefined
+          ? `"${database}"`
+          : incident.key.startsWith(DISK_SPACE)
+            ? `the disk ${incident.key.slice(DISK_SPACE.length)}`
+            : incident.key;
       const done = await clear(incident.key, {
         kind: database !== undefined ? "backup_overdue" : "disk_low",
         title: `No longer watched: ${what}`,
@@ -246,9 +257,8 @@ export function alertCheckJob(opts: AlertCheckOptions): JobSpec {
       const now = clock.now();
       const overdue = opts.maxBackupAgeMs === null ? [] : await checkBackupAge(now, opts.maxBackupAgeMs, signal);
       signal.throwIfAborted();
-      const watchesDisk = opts.minFreeBytes > 0 || opts.minFreePercent > 0;
-      const disk = watchesDisk ? await checkDisk(now, signal) : null;
       const watched = watchedIncidentKeys(opts);
+      const disk = watched.includes(diskIncident) ? await checkDisk(now, signal) : null;
       await incidents.touch(watched);
       const unwatched = await closeUnwatched(now, new Set(watched), signal);
       const problems = [
