@@ -23,6 +23,7 @@ import { createDownloadUseCase } from "./domain/download.js";
 import { createEventBus, type EventBus } from "./domain/events.js";
 import { createRestoreUseCase } from "./domain/restore.js";
 import { createRetentionUseCase } from "./domain/retention.js";
+import type { Clock } from "./domain/ports.js";
 import { createDumpEngine } from "./dump/engine.js";
 import { createRestoreEngine } from "./dump/restore-engine.js";
 import { resolveTools } from "./dump/tools.js";
@@ -86,8 +87,13 @@ function sameDatabase(a: PgTarget, b: PgTarget): boolean {
   return sameServer(a, b) && a.database === b.database;
 }
 
+/** What a caller may put in place of the real thing: tests move the clock instead of sleeping. */
+export interface AppDeps {
+  clock?: Clock;
+}
+
 /** The composition root: the only place that builds adapters. */
-export async function createApp(config: Config, logger: Logger): Promise<App> {
+export async function createApp(config: Config, logger: Logger, deps: AppDeps = {}): Promise<App> {
   checkServiceFiles(config);
   const tools = await resolveTools(config.pgBinDir);
   const keys = await loadJwtKeys(config);
@@ -111,7 +117,7 @@ export async function createApp(config: Config, logger: Logger): Promise<App> {
     }
     const backupsRepo = createBackupRepository(db);
     const locks = createAdvisoryLocks(config.control, pool, logger);
-    const clock = { now: () => new Date() };
+    const clock: Clock = deps.clock ?? { now: () => new Date() };
     const events = createEventBus(logger);
     const backupService = createBackupService({
       events,

@@ -20,6 +20,7 @@ import {
   serviceEnv,
   sql,
   spawnService,
+  movableClock,
   startService,
   uniqueName,
   waitFor,
@@ -322,17 +323,23 @@ async function incidentSeenLately(key: string): Promise<boolean> {
   return rows.length === 1;
 }
 
-/** Settings that watch `db` with a 1.5 s dead-man's switch and no disk limit. */
+/**
+ * Settings that watch `db` with an hour's dead-man's switch and no disk limit. The tests move
+ * their services' clock past the hour (`overAnHour`) rather than wait: a check right after a
+ * backup must find it fresh however slow the machine.
+ */
 function watching(db: string, extra: Record<string, string> = {}): Record<string, string> {
-  return { ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "1500ms", ALERT_MIN_FREE_PERCENT: "0", BACKUP_DATABASES: db, ...extra };
+  return { ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "1h", ALERT_MIN_FREE_PERCENT: "0", BACKUP_DATABASES: db, ...extra };
 }
+const overAnHour = 3_600_000 + 60_000;
 
 describe("the dead-man's switch and disk space", () => {
   it("alerts once per incident, across replicas, and once when it is resolved", async () => {
+    const clock = movableClock();
     const db = await watchedDatabase("bs_alert_dms");
     const env = channels(watching(db));
-    const one = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-1" }, svc.dataDir);
-    const two = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-2" }, svc.dataDir);
+    const one = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-1" }, svc.dataDir, { clock });
+    const two = await startService(svc.control, fx.target, { ...env, REPLICA_ID: "dms-2" }, svc.dataDir, { clock });
     try {
       const from = hook.received.length;
       const overdue = async () => {
@@ -340,29 +347,29 @@ describe("the dead-man's switch and disk space", () => {
         return hooksOf("backup_overdue", from, one);
       };
       // First sight of a database never backed up: it gets the same time as any other.
-      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      expect(await one.app.scheduler.fire("alert-check", clock.now())).toBe("ran");
       expect(await overdue()).toEqual([]);
-      await new Promise((r) => setTimeout(r, 1600));
-      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
-      expect(await two.app.scheduler.fire("alert-check", new Date())).toBe("ran");
-      expect(await one.app.scheduler.fire("alert-check", new Date())).toBe("ran");
+      clock.advance(overAnHour);
+      expect(await one.app.scheduler.fire("alert-check", clock.now())).toBe("ran");
+      expect(await two.app.scheduler.fire("alert-check", clock.now())).toBe("ran");
+      expect(await one.app.scheduler.fire("alert-check", clock.now())).toBe("ran");
       let sent = await overdue();
       expect(sent.map((h) => [h.severity, h.title])).toEqual([["failure", `No verified backup of "${db}" at all`]]);
 
       await one.client.createBackup({ database: db });
-      await two.app.scheduler.fire("alert-check", new Date());
-      await one.app.scheduler.fire("alert-check", new Date());
+      await two.app.scheduler.fire("alert-check", clock.now());
+      await one.app.scheduler.fire("alert-check", clock.now());
       sent = await overdue();
       expect(sent.map((h) => h.severity)).toEqual(["failure", "resolved"]);
       expect(sent[1]!.title).toBe(`"${db}" has a verified backup again`);
 
       // The backup ages past the limit: a new incident, announced once.
-      await new Promise((r) => setTimeout(r, 1600));
-      await two.app.scheduler.fire("alert-check", new Date());
-      await one.app.scheduler.fire("alert-check", new Date());
+      clock.advance(overAnHour);
+      await two.app.scheduler.fire("alert-check", clock.now());
+      await one.app.scheduler.fire("alert-check", clock.now());
       sent = await overdue();
       expect(sent.map((h) => h.severity)).toEqual(["failure", "resolved", "failure"]);
-      expect(sent[2]!.title).toMatch(new RegExp(`^No verified backup of "${db}" for \\d+m$`));
+      expect(sent[2]!.title).toMatch(new RegExp(`^No verified backup of "${db}" for 1h \\d+m$`));
     } finally {
       await one.close();
       await two.close();
@@ -370,6 +377,7 @@ describe("the dead-man's switch and disk space", () => {
   });
 
   it("a resolution no channel took is sent again at the next check", async () => {
+    const clock = movableClock();
     const db = await watchedDatabase("bs_alert_res");
     const env = channels(
       watching(db, {
@@ -387,21 +395,21 @@ describe("the dead-man's switch and disk space", () => {
         "SELECT count(*) AS n FROM backup_service.alert_incidents WHERE key = $1 AND resolved_at IS NULL",
         [`backup-age:${db}`],
       ))[0]!.n;
-    const s = await startService(svc.control, fx.target, env, svc.dataDir);
+    const s = await startService(svc.control, fx.target, env, svc.dataDir, { clock });
     try {
       const from = hook.received.length;
       const sent = () => hooksOf("backup_overdue", from, s).then((hs) => hs.filter((h) => h.database === db));
-      await s.app.scheduler.fire("alert-check", new Date());
-      await new Promise((r) => setTimeout(r, 1600));
-      await s.app.scheduler.fire("alert-check", new Date());
+      await s.app.scheduler.fire("alert-check", clock.now());
+      clock.advance(overAnHour);
+      await s.app.scheduler.fire("alert-check", clock.now());
       expect((await sent()).map((h) => h.severity)).toEqual(["failure"]);
 
       await s.client.createBackup({ database: db });
       hook.failNext(1);
-      await s.app.scheduler.fire("alert-check", new Date());
+      await s.app.scheduler.fire("alert-check", clock.now());
       expect((await sent()).map((h) => h.severity), "the refused notice is not counted as sent").toEqual(["failure"]);
       expect(await openIncident()).toBe("1");
-      await s.app.scheduler.fire("alert-check", new Date());
+      await s.app.scheduler.fire("alert-check", clock.now());
       expect((await sent()).map((h) => h.severity)).toEqual(["failure", "resolved"]);
       expect(await openIncident()).toBe("0");
 
@@ -411,6 +419,7 @@ describe("the dead-man's switch and disk space", () => {
   });
 
   it("an incident no replica checks any more (its database left BACKUP_DATABASES) is closed after a day, with a notice", async () => {
+    const clock = movableClock();
     const gone = await watchedDatabase("bs_alert_gone");
     const kept = await watchedDatabase("bs_alert_kept");
     const from = hook.received.length;
@@ -419,25 +428,25 @@ describe("the dead-man's switch and disk space", () => {
     const open = async (db: string) => ((await incidentIsOpen(backupAgeIncident(db))) ? 1 : 0);
     const backdate = (db: string) => backdateIncident(backupAgeIncident(db));
 
-    const before = await startService(svc.control, fx.target, channels(watching(gone)), svc.dataDir);
+    const before = await startService(svc.control, fx.target, channels(watching(gone)), svc.dataDir, { clock });
     try {
-      await before.app.scheduler.fire("alert-check", new Date());
-      await new Promise((r) => setTimeout(r, 1600));
-      await before.app.scheduler.fire("alert-check", new Date());
+      await before.app.scheduler.fire("alert-check", clock.now());
+      clock.advance(overAnHour);
+      await before.app.scheduler.fire("alert-check", clock.now());
       expect(await about(gone, before)).toEqual([["failure", `No verified backup of "${gone}" at all`]]);
     } finally {
       await before.close();
     }
 
     // The database is no longer watched: its incident stays open for a day, as another replica may still watch it.
-    const after = await startService(svc.control, fx.target, channels(watching(kept)), svc.dataDir);
+    const after = await startService(svc.control, fx.target, channels(watching(kept)), svc.dataDir, { clock });
     try {
-      await after.app.scheduler.fire("alert-check", new Date());
+      await after.app.scheduler.fire("alert-check", clock.now());
       expect(await open(gone)).toBe(1);
       expect(await open(kept)).toBe(1);
       await backdate(gone);
       await backdate(kept); // watched by this replica: found again, not closed
-      await after.app.scheduler.fire("alert-check", new Date());
+      await after.app.scheduler.fire("alert-check", clock.now());
       const notices = await about(gone, after);
       expect(notices).toEqual([
         ["failure", `No verified backup of "${gone}" at all`],
@@ -454,6 +463,7 @@ describe("the dead-man's switch and disk space", () => {
   });
 
   it("an incident another live replica watches stays open, whoever runs the checks; a stale disk incident is closed", async () => {
+    const clock = movableClock();
     const watchedElsewhere = await watchedDatabase("bs_alert_elsewhere");
     const own = await watchedDatabase("bs_alert_own");
     const from = hook.received.length;
@@ -461,21 +471,21 @@ describe("the dead-man's switch and disk space", () => {
     const staleDisk = `disk-space:${uniqueName("old-host")}:/backups`;
 
     // Replica A watches the database but never wins a check's slot; B runs every check.
-    const a = await startService(svc.control, fx.target, channels(watching(watchedElsewhere, { RECOVERY_INTERVAL_MS: "200" })), svc.dataDir);
-    const b = await startService(svc.control, fx.target, channels(watching(own)), svc.dataDir);
+    const a = await startService(svc.control, fx.target, channels(watching(watchedElsewhere, { RECOVERY_INTERVAL_MS: "200" })), svc.dataDir, { clock });
+    const b = await startService(svc.control, fx.target, channels(watching(own)), svc.dataDir, { clock });
     try {
-      await a.app.scheduler.fire("alert-check", new Date()); // opens the incident (not yet due)
+      await a.app.scheduler.fire("alert-check", clock.now()); // opens the incident (not yet due)
       expect(await incidentIsOpen(key)).toBe(true);
       await backdateIncident(key);
       await sql(svc.control, "INSERT INTO backup_service.alert_incidents (key, message, last_seen_at) VALUES ($1, 'low', now() - interval '25 hours')", [staleDisk]);
       await waitFor("A's sweep to say it watches the incident", () => incidentSeenLately(key));
-      await b.app.scheduler.fire("alert-check", new Date());
+      await b.app.scheduler.fire("alert-check", clock.now());
       expect(await incidentIsOpen(key), "watched by A").toBe(true);
       expect(await incidentIsOpen(staleDisk), "watched by no one").toBe(false);
 
       await a.close();
       await backdateIncident(key);
-      await b.app.scheduler.fire("alert-check", new Date());
+      await b.app.scheduler.fire("alert-check", clock.now());
       expect(await incidentIsOpen(key), "A is gone").toBe(false);
       // Neither was announced (the database's was never due, the disk's never sent): no notices.
       expect((await hooksOf("backup_overdue", from, b)).filter((h) => h.database === watchedElsewhere)).toEqual([]);
@@ -486,17 +496,18 @@ describe("the dead-man's switch and disk space", () => {
   });
 
   it("a replica that does not watch a database still resolves its incident once it has a verified backup again", async () => {
+    const clock = movableClock();
     const x = await watchedDatabase("bs_alert_x");
     const from = hook.received.length;
-    const a = await startService(svc.control, fx.target, channels(watching(x)), svc.dataDir);
-    const b = await startService(svc.control, fx.target, channels(watching(await watchedDatabase("bs_alert_y"))), svc.dataDir);
+    const a = await startService(svc.control, fx.target, channels(watching(x)), svc.dataDir, { clock });
+    const b = await startService(svc.control, fx.target, channels(watching(await watchedDatabase("bs_alert_y"))), svc.dataDir, { clock });
     try {
-      await a.app.scheduler.fire("alert-check", new Date());
-      await new Promise((r) => setTimeout(r, 1600));
-      await a.app.scheduler.fire("alert-check", new Date());
+      await a.app.scheduler.fire("alert-check", clock.now());
+      clock.advance(overAnHour);
+      await a.app.scheduler.fire("alert-check", clock.now());
       await b.client.createBackup({ database: x });
       // B wins the next slot: it does not watch x, but x's incident is open and watched.
-      await b.app.scheduler.fire("alert-check", new Date());
+      await b.app.scheduler.fire("alert-check", clock.now());
       await a.app.alerts.idle();
       const sent = (await hooksOf("backup_overdue", from, b)).filter((h) => h.database === x);
       expect(sent.map((h) => [h.severity, h.title])).toEqual([
@@ -561,13 +572,13 @@ describe("the dead-man's switch and disk space", () => {
 
   it("a disk hovering just above its limit stays one incident: it ends only 10% above the limit", async () => {
     const base = channels({ ALERT_CHECK_CRON: "* * * * *", ALERT_MAX_BACKUP_AGE: "off", ALERT_MIN_FREE_PERCENT: "0", ALERT_DISK_NAME: uniqueName("disk") });
-    const { bavail, bsize } = await statfs(svc.dataDir);
-    const free = bavail * bsize;
     const withLimit = (bytes: number) =>
       startService(svc.control, fx.target, { ...base, ALERT_MIN_FREE_BYTES: String(Math.floor(bytes)) }, svc.dataDir);
     const from = hook.received.length;
-    const check = async (limit: number) => {
-      const s = await withLimit(limit);
+    /** A check with the limit at `share` of the free space right now (the other tests write to this disk too). */
+    const check = async (share: number) => {
+      const { bavail, bsize } = await statfs(svc.dataDir);
+      const s = await withLimit(bavail * bsize * share);
       try {
         await s.app.scheduler.fire("alert-check", new Date());
         return (await hooksOf("disk_low", from, s)).map((h) => h.severity);
@@ -575,14 +586,14 @@ describe("the dead-man's switch and disk space", () => {
         await s.close();
       }
     };
-    expect(await check(free * 2)).toEqual(["failure"]);
+    expect(await check(2)).toEqual(["failure"]);
     // 5% above the limit: no longer under it, but not clear of it either.
-    expect(await check(free / 1.05)).toEqual(["failure"]);
-    expect(await check(free * 2)).toEqual(["failure"]);
-    expect(await check(free / 1.05)).toEqual(["failure"]);
-    expect(await check(free / 1.25)).toEqual(["failure", "resolved"]);
+    expect(await check(1 / 1.05)).toEqual(["failure"]);
+    expect(await check(2)).toEqual(["failure"]);
+    expect(await check(1 / 1.05)).toEqual(["failure"]);
+    expect(await check(1 / 1.25)).toEqual(["failure", "resolved"]);
     // Once resolved, the limit itself is the line again: 5% above it raises nothing.
-    expect(await check(free / 1.05)).toEqual(["failure", "resolved"]);
+    expect(await check(1 / 1.05)).toEqual(["failure", "resolved"]);
   });
 });
 

@@ -16,9 +16,10 @@ import * as grpc from "@grpc/grpc-js";
 import { SignJWT } from "jose";
 import pg from "pg";
 import { BackupService } from "../gen/backup/v1/backup_pb.js";
-import { createApp, type App } from "../src/app.js";
+import { createApp, type App, type AppDeps } from "../src/app.js";
 import { createGrpcJsClient } from "../src/client/grpc-js.js";
 import { loadConfig } from "../src/config.js";
+import type { Clock } from "../src/domain/ports.js";
 import { createLogger } from "../src/logger.js";
 
 export const PG_HOST = process.env.TEST_PG_HOST ?? "127.0.0.1";
@@ -151,11 +152,20 @@ export async function startService(
   target: string,
   extra: Record<string, string> = {},
   dataDir?: string,
+  deps: AppDeps = {},
 ): Promise<TestService> {
   const dir = dataDir ?? (await tempDir());
+  // A directory made here for a start that fails goes with it (tests may reuse one after close).
+  const dropDir = () => (dataDir === undefined ? rm(dir, { recursive: true, force: true }) : Promise.resolve());
   const env = serviceEnv(control, target, dir, extra);
   const config = loadConfig(env);
-  const app = await createApp(config, createLogger(config.logLevel));
+  let app: App;
+  try {
+    app = await createApp(config, createLogger(config.logLevel), deps);
+  } catch (err) {
+    await dropDir();
+    throw err;
+  }
   const url = app.server.url;
   const token = await mintToken({ sub: "test-admin", role: "admin", username: "Test Admin" });
   const clientWith = (t: string | null) =>
@@ -177,6 +187,17 @@ export async function startService(
     clientWith,
     async close() {
       await app.close();
+    },
+  };
+}
+
+/** A clock that runs with the real one, moved ahead by `advance` (for checks that compare ages). */
+export function movableClock(): Clock & { advance(ms: number): void } {
+  let ahead = 0;
+  return {
+    now: () => new Date(Date.now() + ahead),
+    advance(ms) {
+      ahead += ms;
     },
   };
 }
@@ -360,8 +381,14 @@ export async function spawnService(control: string, target: string, dataDir: str
   const env = { ...process.env, ...serviceEnv(control, target, dataDir, extra), LOG_LEVEL: "info" };
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
   const logs: Record<string, unknown>[] = [];
-  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // "close", not "exit": by then every line the service wrote has been read into `logs`.
+  const exited = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
+  let gaveUp: NodeJS.Timeout | undefined;
   const url = await new Promise<string>((resolve, reject) => {
+    gaveUp = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error("the service did not listen within 60 s"));
+    }, 60_000);
     createInterface({ input: child.stdout! }).on("line", (line) => {
       try {
         const entry = JSON.parse(line) as Record<string, unknown>;
@@ -372,7 +399,7 @@ export async function spawnService(control: string, target: string, dataDir: str
       }
     });
     child.once("exit", (code) => reject(new Error(`service exited with ${code} before listening`)));
-  });
+  }).finally(() => clearTimeout(gaveUp));
   const token = await mintToken({ sub: "ops", role: "admin" });
   const client = createClient(
     BackupService,
