@@ -54,6 +54,9 @@ describe("a backup file is never left behind unrecorded", () => {
     await refuseStatus(svc.control, "COMPLETED");
     const err = await callFailure(svc.client.createBackup({}));
     expect(err.code).toBe(Code.Internal);
+    // The database's own error (the trigger's text, the statement) stays in the service log.
+    expect(err.rawMessage).toMatch(/: backup failed: internal error \(details are in the service log\)$/);
+    expect(err.rawMessage).not.toMatch(/refused|backup_history|update/i);
     const { backups } = await svc.client.listBackups({});
     expect(backups).toHaveLength(1);
     expect(backups[0]!.status).toBe(BackupStatus.FAILED);

@@ -168,13 +168,25 @@ describe("deep verification", () => {
   });
 
   it("never takes the database's lock: a backup of it runs during a deep verification", async () => {
-    const { backup } = await svc.client.createBackup({});
-    const deep = svc.client.verifyBackup({ id: backup!.id, deep: true });
+    // Big enough that the drill is still loading when the second backup starts.
+    const db = uniqueName("bs_drill_lock");
+    extra.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g");
+    const { backup } = await svc.client.createBackup({ database: db });
+    let deepDone = false;
+    const deep = svc.client.verifyBackup({ id: backup!.id, deep: true }).finally(() => (deepDone = true));
     await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
-    const during = await svc.client.createBackup({});
-    expect(during.backup!.status).toBe(BackupStatus.VERIFIED);
+    // Started (its lock taken) while the drill runs: a drill holding the lock would make it ABORTED.
+    const during = await svc.client.createBackup({ database: db, async: true });
+    expect(deepDone, "the drill was still running when the backup started").toBe(false);
     expect((await deep).verified).toBe(true);
-  });
+    const done = await waitFor("the second backup", async () => {
+      const { backup: b } = await svc.client.getBackup({ id: during.backup!.id });
+      return b!.status === BackupStatus.IN_PROGRESS ? null : b;
+    });
+    expect(done.status).toBe(BackupStatus.VERIFIED);
+  }, 120_000);
 
   it("cancelled mid-drill: the scratch database is dropped and the backup's status is unchanged", async () => {
     const big = uniqueName("bs_drill_big");

@@ -227,7 +227,7 @@ describe("cancellation", () => {
   it("a deadline that passes mid-backup: same clean-up, FAILED with the reason", async () => {
     const lock = await blockTable(target, "customers");
     try {
-      const call = main.client.createBackup({}, { timeoutMs: 3000 });
+      const call = main.client.createBackup({}, { timeoutMs: 6000 });
       await waitForBlockedDump(target);
       expect((await backupFiles(main.backupDir)).some((f) => f.endsWith(".partial"))).toBe(true);
       await expectError(call, Code.DeadlineExceeded);
@@ -235,6 +235,29 @@ describe("cancellation", () => {
     } finally {
       await lock.release();
     }
+  });
+
+  it("a backup still running can be neither deleted nor verified; a deleted one cannot be verified", async () => {
+    const lock = await blockTable(target, "customers");
+    let id: string;
+    try {
+      id = (await main.client.createBackup({ async: true })).backup!.id;
+      await waitForBlockedDump(target);
+      for (const hardDelete of [false, true]) {
+        const err = await expectError(main.client.deleteBackup({ id, hardDelete }), Code.FailedPrecondition);
+        expect(err.rawMessage).toBe(`backup ${id} is still in progress; delete it when it has finished`);
+      }
+      for (const deep of [false, true]) {
+        const err = await expectError(main.client.verifyBackup({ id, deep }), Code.FailedPrecondition);
+        expect(err.rawMessage).toBe(`backup ${id} is still in progress; verify it when it has finished`);
+      }
+    } finally {
+      await lock.release();
+    }
+    await waitFor("the backup to finish", async () => (await recordOf(main, id)).status === BackupStatus.VERIFIED);
+    await main.client.deleteBackup({ id });
+    const err = await expectError(main.client.verifyBackup({ id }), Code.FailedPrecondition);
+    expect(err.rawMessage).toBe(`backup ${id} was deleted; there is nothing to verify`);
   });
 
   it("two replicas on one control database: a backup on one makes the other's ABORTED", async () => {

@@ -3,7 +3,8 @@
  * database settings, a non-UTF8 encoding), and what it must not replace (a
  * target someone created, or wrote into, while the backup was loading).
  */
-import { Code } from "@connectrpc/connect";
+import { open } from "node:fs/promises";
+import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, RestorePhase, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
@@ -457,14 +458,18 @@ describe("cancelling a restore whose row count waits on a lock", () => {
         for await (const _ of psqlPath.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target }, { signal: ac.signal })) {
           // drain
         }
-      })().catch(() => undefined);
+      })().then(
+        () => null,
+        (e: unknown) => e,
+      );
       const scratch = await loadingScratch("payload to be loading through psql", "COPY public.payload %");
       locker = await connect(scratch);
       await locker.query("BEGIN");
       await locker.query("LOCK TABLE public.aaa_side IN ACCESS EXCLUSIVE MODE");
       await waitFor("the row count to wait on the lock", async () => (await lockWaiters(scratch, "SELECT count(*)%")) > 0, 60_000);
       ac.abort();
-      await call;
+      const err = await call;
+      expect(err instanceof ConnectError ? Code[err.code] : err, "the call's end").toBe("Canceled");
       // Well before the lock is given up (the finally below).
       await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0, 10_000);
       expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
@@ -518,4 +523,62 @@ describe("the scratch database while it loads", () => {
       await sql("postgres", `DROP ROLE IF EXISTS ${reader}`).catch(() => undefined);
     }
   }, 120_000);
+});
+
+describe("refused before anything is loaded", () => {
+  /** A small database of its own and a verified backup of it. */
+  async function backedUp(prefix: string) {
+    const db = newDbName(prefix);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    return backup!;
+  }
+
+  it("a FAILED backup: FAILED_PRECONDITION, even with force", async () => {
+    const backup = await backedUp("bs_edges_failedsrc");
+    await sql(svc.control, "UPDATE backup_service.backup_history SET status = 'FAILED' WHERE id = $1", [backup.id]);
+    const target = newDbName("bs_edges_failedtgt");
+    for (const force of [false, true]) {
+      const err = await callFailure(drain({ id: backup.id, targetDatabase: target, force }));
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toMatch(/is FAILED and has no file to restore/);
+    }
+    expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
+  });
+
+  it("a VERIFIED backup whose file changed since: DATA_LOSS naming both checksums, the target untouched", async () => {
+    const backup = await backedUp("bs_edges_sumsrc");
+    const file = `${svc.backupDir}/${backup.fileName}`;
+    const fh = await open(file, "r+");
+    await fh.write(Buffer.from([0xff]), 0, 1, Number(backup.fileSize) - 1);
+    await fh.close();
+    const target = newDbName("bs_edges_sumtgt");
+    await createDatabase(target);
+    await sql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
+    const err = await callFailure(drain({ id: backup.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
+    expect(Code[err.code], err.rawMessage).toBe("DataLoss");
+    expect(err.rawMessage).toMatch(
+      new RegExp(`failed its checksum check \\(sha256 is [0-9a-f]{64}, ${backup.checksum} recorded\\); nothing was changed`),
+    );
+    expect(await sql(target, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
+    expect(await leftovers()).toEqual([]);
+  });
+
+  it("an empty target someone is connected to, without drop_existing: FAILED_PRECONDITION, the session left alone", async () => {
+    const backup = await backedUp("bs_edges_busysrc");
+    const target = newDbName("bs_edges_busytgt");
+    await createDatabase(target);
+    const session = await connect(target);
+    try {
+      const err = await callFailure(drain({ id: backup.id, targetDatabase: target }));
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toMatch(/is in use by 1 session\(s\); nothing was changed \(hint: close them, or set drop_existing/);
+      expect((await session.query("SELECT 1 AS ok")).rows).toEqual([{ ok: 1 }]);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await session.end();
+    }
+  });
 });

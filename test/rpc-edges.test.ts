@@ -334,7 +334,7 @@ describe("calls that must not wait on a client", () => {
           req.once("close", () => (clearTimeout(timer), resolve(Date.now() - started)));
         });
         expect(ended, `${name}: the stream ended (ms after the call)`).toBeDefined();
-        expect(ended!, name).toBeLessThan(2500);
+        expect(ended!, name).toBeLessThan(4000);
         const audit = await waitFor(`${name}: the download's audit event`, async () => {
           const { events } = await svc.client.listAuditEvents({ backupId: backup!.id, action: "DownloadBackup" });
           return events[0];
@@ -404,7 +404,7 @@ describe("calls that must not wait on a client", () => {
           );
           try {
             const got = await answer(opened);
-            expect(got.ms, `${label}: answered at once`).toBeLessThan(1500);
+            expect(got.ms, `${label}: answered at once`).toBeLessThan(3000);
             // Held back by flow control: the server took no more than its windows' worth of the body.
             if (body.length > 1 << 20) expect(opened.req.writableLength, `${label}: bytes never read`).toBeGreaterThan(3 << 20);
             const { events } = await svc.client.listAuditEvents({ pageSize: 1 });
@@ -487,7 +487,7 @@ describe("keepalive", () => {
       host: "127.0.0.1",
       port: 0,
       handler: (_req, res) => res.writeHead(404).end(),
-      keepalive: { intervalMs: 100, timeoutMs: 300 },
+      keepalive: { intervalMs: 200, timeoutMs: 1000 },
     });
     const live = http2.connect(server.url);
     try {
@@ -497,12 +497,12 @@ describe("keepalive", () => {
       silent.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), Buffer.from([0, 0, 0, 4, 0, 0, 0, 0, 0])]));
       const started = Date.now();
       const dropped = await new Promise<number | undefined>((resolve) => {
-        const timer = setTimeout(() => resolve(undefined), 3000);
+        const timer = setTimeout(() => resolve(undefined), 5000);
         silent.once("close", () => (clearTimeout(timer), resolve(Date.now() - started)));
       });
       silent.destroy();
       expect(dropped, "the silent connection was dropped").toBeDefined();
-      expect(dropped!).toBeLessThan(1500);
+      expect(dropped!).toBeLessThan(3000);
       expect(live.closed || live.destroyed, "the live connection is still open").toBe(false);
       const { status } = await new Promise<{ status: unknown }>((resolve, reject) => {
         const req = live.request({ ":path": "/" });

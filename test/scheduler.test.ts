@@ -452,6 +452,7 @@ describe("GetJobStatus and shutdown", () => {
     expect(await svc.app.scheduler.fire("daily-backup", previousSlot(DAILY, TZ, new Date())!)).toBe("disabled");
     const s = await svc.client.getJobStatus({});
     expect(s.schedulerEnabled).toBe(false);
+    expect(s.jobs.length).toBeGreaterThan(0);
     expect(s.jobs.every((j) => !j.enabled)).toBe(true);
   });
 });
