@@ -477,6 +477,23 @@ export function describeTarget(t: PgTarget): string {
   return `${t.user ? `${t.user}@` : ""}${t.host}:${t.port}/${t.database}`;
 }
 
+/** libpq's own variables (PGPASSWORD, PGSSLMODE, PGOPTIONS, PGCONNECT_TIMEOUT...); not the service's PG_BIN_DIR. */
+const LIBPQ_VARIABLE = /^PG[A-Z][A-Z_]*$/;
+
+/**
+ * Takes libpq's variables out of this process's environment, once the configuration is read,
+ * and returns their names. The service connects with what CONTROL_DATABASE_URL and
+ * TARGET_DATABASE_URL say: node-postgres would otherwise fill what a URL leaves out from them
+ * (a password, sslmode, session options), while pg_dump, pg_restore and psql never see them
+ * (childProcessEnv), so the service's own connections and its tools' could differ. A password
+ * file at the default place (~/.pgpass) still serves both.
+ */
+export function dropLibpqEnvironment(env: NodeJS.ProcessEnv = process.env): string[] {
+  const names = Object.keys(env).filter((k) => LIBPQ_VARIABLE.test(k)).sort();
+  for (const k of names) delete env[k];
+  return names;
+}
+
 /**
  * The environment handed to child processes: ours, minus libpq's variables
  * (each child gets exactly the connection we give it) and the service's own

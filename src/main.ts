@@ -1,4 +1,4 @@
-import { checkServiceFiles, ConfigError, loadConfig } from "./config.js";
+import { checkServiceFiles, ConfigError, dropLibpqEnvironment, loadConfig } from "./config.js";
 import { createApp } from "./app.js";
 import { createLogger } from "./logger.js";
 
@@ -12,6 +12,13 @@ try {
   process.exit(2);
 }
 const logger = createLogger(config.logLevel);
+const ignored = dropLibpqEnvironment();
+if (ignored.length > 0) {
+  logger.warn(
+    { variables: ignored },
+    "ignoring libpq's environment variables: connections use CONTROL_DATABASE_URL and TARGET_DATABASE_URL alone (put a password or sslmode in the URL)",
+  );
+}
 
 try {
   const app = await createApp(config, logger);

@@ -6,6 +6,7 @@ import {
   createDatabase,
   createFixture,
   removeDir,
+  spawnService,
   startService,
   tempDir,
   uniqueName,
@@ -121,6 +122,27 @@ describe("configuration", () => {
       expect((err as Error).message).toMatch(/pg_dump not found .*hint: apt-get install postgresql-client/);
     } finally {
       await removeDir(empty);
+    }
+  });
+
+  it("libpq's variables in the service's environment change none of its connections", async () => {
+    const dir = await tempDir("bs-pgenv-");
+    // A read-only session setting would stop the migrations; a wrong password would matter behind password auth.
+    const spawned = await spawnService(svc.control, target, dir, {
+      PGOPTIONS: "-c default_transaction_read_only=on",
+      PGPASSWORD: "not-the-urls",
+      PGAPPNAME: "from-the-environment",
+    });
+    try {
+      const warning = spawned.logs.find((l) => String(l.msg).startsWith("ignoring libpq's environment variables"));
+      expect(warning?.variables).toEqual(expect.arrayContaining(["PGAPPNAME", "PGOPTIONS", "PGPASSWORD"]));
+      expect(JSON.stringify(spawned.logs)).not.toContain("not-the-urls");
+      const { backup } = await spawned.client.createBackup({});
+      expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    } finally {
+      spawned.child.kill("SIGTERM");
+      await spawned.exited;
+      await removeDir(dir);
     }
   });
 
