@@ -194,7 +194,8 @@ describe("@grpc/grpc-js client from src/client/grpc-js.ts", () => {
         return { stream: session!.remoteSettings.initialWindowSize, connection: session!.state.remoteWindowSize };
       } finally {
         client.close();
-        server.close();
+        session?.destroy();
+        await new Promise((resolve) => server.close(resolve));
       }
     };
     const ours = await seen();
@@ -411,6 +412,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         ["no token", "DownloadBackup", downloadRequest(backup.id), {}],
         ["an unknown backup", "DownloadBackup", downloadRequest(unknown), authed()],
         ["an offset past the end", "DownloadBackup", downloadRequest(backup.id, 1n << 40n), authed()],
+        ["an offset no file has", "DownloadBackup", downloadRequest(backup.id, 1n << 60n), authed()],
         ["no message", "DownloadBackup", Buffer.alloc(0), authed()],
         ["two messages", "DownloadBackup", Buffer.concat([downloadRequest(backup.id), downloadRequest(backup.id)]), authed()],
         ["a message that is not protobuf", "DownloadBackup", frame([0x0a, 0xff, 0xff]), authed()],
@@ -421,12 +423,17 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         "no token": "16",
         "an unknown backup": "5",
         "an offset past the end": "11",
+        "an offset no file has": "11",
         "no message": "12",
         "two messages": "12",
         "a message that is not protobuf": "13",
         "a malformed timeout": "3",
         "a restore without a token": "16",
       });
+      const huge = await bothWays("DownloadBackup", downloadRequest(backup.id, 1n << 60n), authed());
+      expect(decodeURIComponent(String(huge.trailers["grpc-message"] ?? ""))).toBe(
+        `offset ${1n << 60n} is past the end of any file (at most ${Number.MAX_SAFE_INTEGER})`,
+      );
       // A restore reports its first phase before it fails, with the time it took: the same
       // status and message both ways.
       const lean = await call("RestoreBackup", restoreRequest(unknown), authed());

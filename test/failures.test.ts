@@ -11,10 +11,14 @@ import {
   createDatabase,
   childProcessNames,
   createFixture,
+  dropDatabase,
+  PG_HOST,
+  PG_PORT,
   pgDumpPids,
   seedDatabase,
   sql,
   startService,
+  uniqueName,
   waitFor,
   waitForBlockedDump,
   type TestService,
@@ -97,6 +101,38 @@ describe("when pg_dump cannot do its job", () => {
     expect(b.id.length).toBe(36);
     expect(err.rawMessage).toContain(b.id);
     expect(await backupFiles(s.backupDir)).toEqual([]);
+  });
+
+  it("what the target's server refuses at login: the right code and a hint, FAILED, no file", async () => {
+    const suffix = uniqueName("r").slice(-8);
+    const unknown = `bs_nosuch_${suffix}`;
+    const full = `bs_full_${suffix}`;
+    const shut = `bs_shut_${suffix}`;
+    const closed = uniqueName("bs_closed");
+    await sql("postgres", `CREATE ROLE ${full} LOGIN CONNECTION LIMIT 0`);
+    await sql("postgres", `CREATE ROLE ${shut} LOGIN`);
+    await createDatabase(closed);
+    await sql("postgres", `REVOKE CONNECT ON DATABASE "${closed}" FROM PUBLIC`);
+    const as = (user: string, db = target) => `postgres://${user}@${PG_HOST}:${PG_PORT}/${db}`;
+    try {
+      const cases: [string, Code, RegExp][] = [
+        [as(unknown), Code.FailedPrecondition, new RegExp(`cannot log in to .*role "${unknown}" does not exist.*hint: check the user and password in TARGET_DATABASE_URL`)],
+        [as(full), Code.Unavailable, new RegExp(`takes no more sessions: too many connections for role "${full}"`)],
+        [as(shut, closed), Code.FailedPrecondition, new RegExp(`permission denied on .*permission denied for database "?${closed}"?`)],
+      ];
+      for (const [url, code, message] of cases) {
+        const s = await service({ TARGET_DATABASE_URL: url });
+        const err = await expectError(s.client.createBackup({}), code);
+        expect(err.rawMessage, url).toMatch(message);
+        const b = await onlyBackup(s);
+        expect(b.status, url).toBe(BackupStatus.FAILED);
+        expect(await backupFiles(s.backupDir), url).toEqual([]);
+      }
+    } finally {
+      await dropDatabase(closed);
+      await sql("postgres", `DROP ROLE IF EXISTS ${full}`);
+      await sql("postgres", `DROP ROLE IF EXISTS ${shut}`);
+    }
   });
 
   it("a database that does not exist: NOT_FOUND, FAILED, no file", async () => {
