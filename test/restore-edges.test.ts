@@ -207,6 +207,19 @@ describe("a target that changes while the backup loads is not replaced behind th
     await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
   }, 120_000);
 
+  it("a target dropped during the load: NOT_FOUND, nothing made under its name, no scratch database left", async () => {
+    const target = newDbName("bs_edges_dropped");
+    await createDatabase(target);
+    const { err } = await restoreWhile({ id: bigBackup, targetDatabase: target }, async () => {
+      await dropDatabase(target);
+    });
+    expect(err, "the restore went through").not.toBeNull();
+    expect(Code[err!.code], err!.rawMessage).toBe("NotFound");
+    expect(err!.rawMessage).toMatch(new RegExp(`database "${target}" no longer exists; nothing was changed`));
+    expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+  }, 120_000);
+
   it("with drop_existing, what was written during the load is kept in a safety backup before the swap", async () => {
     const target = newDbName("bs_edges_filled_drop");
     await createDatabase(target);
@@ -579,6 +592,40 @@ describe("refused before anything is loaded", () => {
       expect(await leftovers()).toEqual([]);
     } finally {
       await session.end();
+    }
+  });
+});
+
+describe("a service role that may not create databases", () => {
+  it("is refused before anything is loaded, with the grant to ask for", async () => {
+    const plain = uniqueName("bs_edges_plain");
+    await sql("postgres", `CREATE ROLE ${plain} LOGIN`);
+    const { backup } = await svc.client.createBackup({ database: fx.target });
+    const s = await startService(
+      svc.control,
+      fx.target,
+      { TARGET_DATABASE_URL: `postgres://${plain}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
+      svc.dataDir,
+    );
+    tags.push(s.app.restoreTag);
+    const target = newDbName("bs_edges_plaintgt");
+    try {
+      const err = await callFailure(
+        (async () => {
+          for await (const _ of s.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target })) {
+            // drain
+          }
+        })(),
+      );
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toMatch(
+        /could not create the scratch database: permission denied to create database; nothing was changed \(hint: ALTER ROLE \.\.\. CREATEDB for the role in TARGET_DATABASE_URL\)/,
+      );
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await s.close();
+      await sql("postgres", `DROP ROLE IF EXISTS ${plain}`).catch(() => undefined);
     }
   });
 });
