@@ -702,6 +702,39 @@ describe("DeleteBackup", () => {
 });
 
 describe("CleanupExpiredBackups", () => {
+  it("leaves an expired backup that is being downloaded for the next run, which removes it", async () => {
+    const s = await fx.service({ RETENTION_MIN_KEEP: "1" });
+    const db = newDbName("bs_cleanup_dl");
+    await createDatabase(db);
+    // A file bigger than the connection's flow-control windows, so the download stays open.
+    await sql(db, "CREATE TABLE t (id int, body text); INSERT INTO t SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g");
+    const old = (await s.client.createBackup({ database: db })).backup!;
+    await s.client.createBackup({ database: db }); // the newest, which the floor keeps
+    await sql(s.control, "UPDATE backup_service.backup_history SET expires_at = now() - interval '1 day' WHERE id = $1", [old.id]);
+    const file = path.join(s.backupDir, old.fileName);
+    const stream = s.client.downloadBackup({ id: old.id })[Symbol.asyncIterator]();
+    try {
+      expect((await stream.next()).value.payload.case).toBe("info"); // the download holds the file now
+      expect(Number(old.fileSize)).toBeGreaterThan(4 << 20);
+      const during = await s.client.cleanupExpiredBackups({});
+      expect(during.removed.map((b) => b.id)).not.toContain(old.id);
+      await readFile(file); // still there
+      const hash = createHash("sha256");
+      for (let n = await stream.next(); !n.done; n = await stream.next()) {
+        if (n.value.payload.case === "chunk") hash.update(n.value.payload.value.data);
+      }
+      expect(hash.digest("hex")).toBe(old.checksum);
+    } finally {
+      await stream.return?.();
+    }
+    const after = await waitFor("the next cleanup to remove it", async () => {
+      const r = await s.client.cleanupExpiredBackups({});
+      return r.removed.some((b) => b.id === old.id) ? r : null;
+    });
+    expect(after.removed.map((b) => b.id)).toEqual([old.id]);
+    await expect(readFile(file)).rejects.toThrow(/ENOENT/);
+  });
+
   it("after a week of failed backups with every good one expired, the newest good ones stay", async () => {
     const s = await fx.service({ RETENTION_MIN_KEEP: "3" });
     const db = newDbName("bs_cleanup_src");
