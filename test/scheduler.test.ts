@@ -26,6 +26,16 @@ import {
 const fx = createFixture("sched");
 const DAILY = "0 2 * * *";
 const TZ = "Asia/Jakarta";
+/**
+ * The zone the tests' running services use: one where it is about 14:00 now, so that no
+ * 02:00-04:00 slot fires by itself while they run (Asia/Jakarta's 02:00 is 19:00 UTC).
+ */
+function afternoonZone(now = new Date()): string {
+  let ahead = (14 - now.getUTCHours() + 24) % 24;
+  if (ahead > 14) ahead -= 24;
+  return ahead === 0 ? "Etc/GMT" : ahead > 0 ? `Etc/GMT-${ahead}` : `Etc/GMT+${-ahead}`;
+}
+const LIVE_TZ = afternoonZone();
 const logger = createLogger("silent");
 
 beforeAll(async () => {
@@ -155,10 +165,10 @@ describe("exactly once per slot", () => {
   });
 
   it("two service replicas firing the daily backup for one slot take exactly one backup", async () => {
-    const first = await fx.service({ DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-1" });
-    const second = await startService(first.control, fx.target, { DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-2" }, first.dataDir);
+    const first = await fx.service({ SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-1" });
+    const second = await startService(first.control, fx.target, { SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY, REPLICA_ID: "svc-2" }, first.dataDir);
     try {
-      const slot = previousSlot(DAILY, TZ, new Date())!;
+      const slot = previousSlot(DAILY, LIVE_TZ, new Date())!;
       const outcomes = await Promise.all([
         first.app.scheduler.fire("daily-backup", slot),
         second.app.scheduler.fire("daily-backup", slot),
@@ -265,7 +275,7 @@ describe("missed slots", () => {
   });
 
   it("a run left RUNNING by a dead replica is marked interrupted at start-up; one another replica has just claimed is not", async () => {
-    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY });
     // The dead replica's run started minutes ago; the other replica claimed its slot a moment
     // ago and is about to take the job's lock (runClaimed), which it does not hold yet.
     await sql(
@@ -274,7 +284,7 @@ describe("missed slots", () => {
          ('daily-backup', '2026-11-01T19:00:00Z', 'dead-replica', true, 'RUNNING', now() - interval '10 minutes'),
          ('daily-backup', '2026-11-02T19:00:00Z', 'starting-replica', true, 'RUNNING', now())`,
     );
-    const again = await startService(svc.control, fx.target, { DAILY_BACKUP_CRON: DAILY }, svc.dataDir);
+    const again = await startService(svc.control, fx.target, { SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY }, svc.dataDir);
     try {
       const rows = await runsOf(svc.control, "daily-backup");
       expect(rows.find((r) => r.replicaId === "dead-replica")).toMatchObject({
@@ -290,7 +300,7 @@ describe("missed slots", () => {
 
 describe("history", () => {
   it("weekly-cleanup removes the service's own history older than HISTORY_RETENTION_DAYS, and nothing still going on", async () => {
-    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
     const old = "now() - interval '40 days'";
     const recent = "now() - interval '20 days'";
     await sql(
@@ -321,7 +331,7 @@ describe("history", () => {
       `INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (${old}, 'old-action', 'OK'), (${recent}, 'recent-action', 'OK')`,
     );
 
-    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", LIVE_TZ, new Date())!)).toBe("ran");
 
     const runs = await sql<{ job: string; outcome: string }>(
       svc.control,
@@ -351,7 +361,7 @@ describe("history", () => {
   });
 
   it("a prune the database refuses: the run is FAILED with the server's reason, and keeps what cleanup did", async () => {
-    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "30" });
     // As an operator who keeps the audit trail append-only might.
     await sql(
       svc.control,
@@ -361,7 +371,7 @@ describe("history", () => {
          FOR EACH ROW EXECUTE FUNCTION backup_service.no_audit_delete();
        INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (now() - interval '40 days', 'old-action', 'OK')`,
     );
-    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", LIVE_TZ, new Date())!)).toBe("ran");
     const [run] = await runsOf(svc.control, "weekly-cleanup");
     expect(run).toMatchObject({
       outcome: "FAILED",
@@ -371,12 +381,12 @@ describe("history", () => {
   });
 
   it("HISTORY_RETENTION_DAYS=0 keeps it all; a bad value stops start-up", async () => {
-    const svc = await fx.service({ WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "0" });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, WEEKLY_CLEANUP_CRON: "0 3 * * 0", HISTORY_RETENTION_DAYS: "0" });
     await sql(
       svc.control,
       "INSERT INTO backup_service.audit_events (occurred_at, action, outcome) VALUES (now() - interval '20 years', 'ancient', 'OK')",
     );
-    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", TZ, new Date())!)).toBe("ran");
+    expect(await svc.app.scheduler.fire("weekly-cleanup", previousSlot("0 3 * * 0", LIVE_TZ, new Date())!)).toBe("ran");
     expect(await sql(svc.control, "SELECT 1 FROM backup_service.audit_events WHERE action = 'ancient'")).toHaveLength(1);
     expect(() => loadConfig({ HISTORY_RETENTION_DAYS: "-1" })).toThrow(/HISTORY_RETENTION_DAYS: must be a whole number from 0 to 36500/);
     expect(loadConfig({}).historyRetentionDays).toBe(365);
@@ -385,7 +395,7 @@ describe("history", () => {
 
 describe("the recovery sweep", () => {
   it("marks a dead replica's run interrupted while the service runs, and leaves one whose job lock is held, however old", async () => {
-    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, RECOVERY_INTERVAL_MS: "200" });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY, RECOVERY_INTERVAL_MS: "200" });
     const config = loadConfig(svc.env);
     const pool = createPool(config.control, logger, { max: 2 });
     // Another replica's weekly cleanup, running for ten minutes: it holds the job's lock.
@@ -414,20 +424,22 @@ describe("the recovery sweep", () => {
 
 describe("GetJobStatus and shutdown", () => {
   it("reports each job; a shutdown during a scheduled backup leaves no file and records the run interrupted", async () => {
-    const svc = await fx.service({ DAILY_BACKUP_CRON: DAILY, WEEKLY_CLEANUP_CRON: "off", REPLICA_ID: "status-replica" });
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, DAILY_BACKUP_CRON: DAILY, WEEKLY_CLEANUP_CRON: "off", REPLICA_ID: "status-replica" });
     const before = await svc.client.getJobStatus({});
     expect(before.schedulerEnabled).toBe(true);
     expect(before.replicaId).toBe("status-replica");
     const daily = before.jobs.find((j) => j.name === "daily-backup")!;
-    expect(daily).toMatchObject({ cron: DAILY, timeZone: TZ, enabled: true, running: false });
+    expect(daily).toMatchObject({ cron: DAILY, timeZone: LIVE_TZ, enabled: true, running: false });
     const next = new Date(Number(daily.nextRunAt!.seconds) * 1000);
-    expect(next.getUTCHours()).toBe(19);
+    // 02:00 in the service's zone, within the next day.
+    expect(formatInZone(next, LIVE_TZ)).toMatch(/T02:00:00([+-]\d\d:\d\d|Z)$/);
     expect(next.getTime()).toBeGreaterThan(Date.now());
+    expect(next.getTime() - Date.now()).toBeLessThanOrEqual(24 * 3_600_000);
     expect(before.jobs.find((j) => j.name === "weekly-cleanup")).toMatchObject({ cron: "off", enabled: false });
 
     const lock = await blockTable(fx.target, "customers");
     try {
-      const slot = previousSlot(DAILY, TZ, new Date())!;
+      const slot = previousSlot(DAILY, LIVE_TZ, new Date())!;
       const firing = svc.app.scheduler.fire("daily-backup", slot);
       await waitForBlockedDump(fx.target);
       expect((await svc.client.getJobStatus({})).jobs.find((j) => j.name === "daily-backup")!.running).toBe(true);
@@ -448,8 +460,8 @@ describe("GetJobStatus and shutdown", () => {
   });
 
   it("SCHEDULER_ENABLED=false: no job runs on that replica", async () => {
-    const svc = await fx.service({ SCHEDULER_ENABLED: "false", DAILY_BACKUP_CRON: DAILY });
-    expect(await svc.app.scheduler.fire("daily-backup", previousSlot(DAILY, TZ, new Date())!)).toBe("disabled");
+    const svc = await fx.service({ SCHEDULE_TZ: LIVE_TZ, SCHEDULER_ENABLED: "false", DAILY_BACKUP_CRON: DAILY });
+    expect(await svc.app.scheduler.fire("daily-backup", previousSlot(DAILY, LIVE_TZ, new Date())!)).toBe("disabled");
     const s = await svc.client.getJobStatus({});
     expect(s.schedulerEnabled).toBe(false);
     expect(s.jobs.length).toBeGreaterThan(0);
