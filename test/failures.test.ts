@@ -478,3 +478,47 @@ describe("VerifyBackup finds damage", () => {
     expect(err.rawMessage).toMatch(/failed and has no file/);
   });
 });
+
+describe("a restore whose safety backup fails", () => {
+  it("changes nothing: the target keeps its data and lets sessions in again, no scratch database is left", async () => {
+    const source = uniqueName("bs_safety_src");
+    const tgt = uniqueName("bs_safety_tgt");
+    await createDatabase(source);
+    await createDatabase(tgt);
+    try {
+      await sql(source, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 100)");
+      await sql(tgt, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
+      const { backup } = await main.client.createBackup({ database: source });
+      // pg_dump fails for the target alone: the backup above was made, the safety backup is not.
+      const bin = await fakeBinDir(
+        `case "$PGDATABASE" in ${tgt}) echo "pg_dump: error: simulated failure of the safety backup" >&2; exit 1;; esac\nexec "$REAL_PG_DUMP" "$@"`,
+      );
+      const s = await startService(main.control, target, { PG_BIN_DIR: bin }, main.dataDir);
+      try {
+        const phases: string[] = [];
+        const err = await expectError(
+          (async () => {
+            for await (const m of s.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: tgt, dropExisting: true })) {
+              phases.push(String(m.phase));
+            }
+          })(),
+          Code.Internal,
+        );
+        expect(err.rawMessage).toMatch(new RegExp(`the safety backup of "${tgt}" failed, so nothing was changed: .*simulated failure of the safety backup`));
+        expect(await sql(tgt, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
+        expect(await sql(tgt, "SELECT to_regclass('public.t') IS NULL AS absent")).toEqual([{ absent: true }]);
+        const [{ limit }] = await sql<{ limit: number }>("postgres", "SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [tgt]);
+        expect(limit, "sessions are let in again").toBe(-1);
+        const scratch = await sql("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [`bsvc\\_%\\_${s.app.restoreTag}\\_%`]);
+        expect(scratch).toEqual([]);
+        const { backups } = await s.client.listBackups({ database: tgt });
+        expect(backups.map((b) => b.status)).toEqual([BackupStatus.FAILED]);
+      } finally {
+        await s.close();
+      }
+    } finally {
+      await dropDatabase(source);
+      await dropDatabase(tgt);
+    }
+  }, 120_000);
+});
