@@ -67,6 +67,18 @@ function newDbName(prefix: string): string {
   return name;
 }
 
+/** A service on this file's records whose role in TARGET_DATABASE_URL is `user`; its scratch databases count as leftovers. */
+async function serviceAs(user: string): Promise<TestService> {
+  const s = await startService(
+    svc.control,
+    fx.target,
+    { TARGET_DATABASE_URL: `postgres://${user}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
+    svc.dataDir,
+  );
+  tags.push(s.app.restoreTag);
+  return s;
+}
+
 /** This file's services' scratch and retired databases. */
 async function leftovers(): Promise<string[]> {
   const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE 'bsvc\\_%'");
@@ -339,12 +351,7 @@ describe("a service role that is not a superuser", () => {
   beforeAll(async () => {
     // May create databases, but not change other roles' settings.
     await sql("postgres", `CREATE ROLE ${creator} LOGIN CREATEDB`);
-    limited = await startService(
-      svc.control,
-      fx.target,
-      { TARGET_DATABASE_URL: `postgres://${creator}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
-      svc.dataDir,
-    );
+    limited = await serviceAs(creator);
   });
   const owned: string[] = [];
   afterAll(async () => {
@@ -401,13 +408,7 @@ describe("a service role that is not a superuser", () => {
     const member = uniqueName(inherit ? "bs_edges_inherit" : "bs_edges_noinherit");
     const db = newDbName(inherit ? "bs_edges_iowner" : "bs_edges_niowner");
     await sql("postgres", `CREATE ROLE ${member} LOGIN CREATEDB ${inherit ? "INHERIT" : "NOINHERIT"}; GRANT ${role} TO ${member}`);
-    const asMember = await startService(
-      svc.control,
-      fx.target,
-      { TARGET_DATABASE_URL: `postgres://${member}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
-      svc.dataDir,
-    );
-    tags.push(asMember.app.restoreTag);
+    const asMember = await serviceAs(member);
     try {
       await sql("postgres", `CREATE DATABASE "${db}" OWNER ${role}`);
       await sql(db, `CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ${role}`);
@@ -601,13 +602,7 @@ describe("a service role that may not create databases", () => {
     const plain = uniqueName("bs_edges_plain");
     await sql("postgres", `CREATE ROLE ${plain} LOGIN`);
     const { backup } = await svc.client.createBackup({ database: fx.target });
-    const s = await startService(
-      svc.control,
-      fx.target,
-      { TARGET_DATABASE_URL: `postgres://${plain}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
-      svc.dataDir,
-    );
-    tags.push(s.app.restoreTag);
+    const s = await serviceAs(plain);
     const target = newDbName("bs_edges_plaintgt");
     try {
       const err = await callFailure(
