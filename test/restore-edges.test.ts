@@ -3,7 +3,9 @@
  * database settings, a non-UTF8 encoding), and what it must not replace (a
  * target someone created, or wrote into, while the backup was loading).
  */
-import { open } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { open, writeFile } from "node:fs/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -622,5 +624,32 @@ describe("a service role that may not create databases", () => {
       await s.close();
       await sql("postgres", `DROP ROLE IF EXISTS ${plain}`).catch(() => undefined);
     }
+  });
+});
+
+describe("an archive that decompresses but ends early", () => {
+  it("fails the restore as damaged: INTERNAL naming what was cut, the target untouched, no scratch database left", async () => {
+    const db = newDbName("bs_edges_cutsrc");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int PRIMARY KEY, body text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g");
+    const { backup } = await svc.client.createBackup({ database: db });
+    // Cut in the middle of the table's rows, then compressed again: zstd is content, the archive is not.
+    const file = `${svc.backupDir}/${backup!.fileName}`;
+    const whole = execFileSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 });
+    const cut = execFileSync("zstd", ["-q", "-c"], { input: whole.subarray(0, Math.floor(whole.length * 0.6)), maxBuffer: 1 << 28 });
+    await writeFile(file, cut);
+    await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
+      backup!.id,
+      createHash("sha256").update(cut).digest("hex"),
+      cut.length,
+    ]);
+    const target = newDbName("bs_edges_cuttgt");
+    await createDatabase(target);
+    await sql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
+    const err = await callFailure(drain({ id: backup!.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
+    expect(Code[err.code], err.rawMessage).toBe("Internal");
+    expect(err.rawMessage).toMatch(/the archive is damaged: the archive ends inside a table's data/);
+    expect(await sql(target, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
   });
 });
