@@ -56,7 +56,7 @@ function loadingScratch(what: string, query = "COPY %"): Promise<string> {
   return waitFor(what, async () => {
     const rows = await sql<{ datname: string }>(
       "postgres",
-      "SELECT datname FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE $2",
+      "SELECT datname FROM (SELECT * FROM pg_stat_activity WHERE datname LIKE $1 OFFSET 0) a WHERE state = 'active' AND query ILIKE $2",
       [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`, query],
     );
     return rows[0]?.datname;
@@ -167,7 +167,7 @@ describe("a target that changes while the backup loads is not replaced behind th
   async function copySessions(): Promise<number> {
     const [{ n }] = await sql<{ n: string }>(
       "postgres",
-      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY %'",
+      "SELECT count(*) AS n FROM (SELECT * FROM pg_stat_activity WHERE datname LIKE $1 OFFSET 0) a WHERE state = 'active' AND query ILIKE 'COPY %'",
       [`bsvc\\_restore\\_${svc.app.restoreTag}\\_%`],
     );
     return Number(n);
@@ -279,8 +279,8 @@ describe("a restore whose outcome was never recorded", () => {
 async function lockWaiters(db: string, like: string): Promise<number> {
   const [{ n }] = await sql<{ n: string }>(
     "postgres",
-    `SELECT count(*) AS n FROM pg_stat_activity
-      WHERE datname = $1 AND application_name = 'backup-service' AND wait_event_type = 'Lock' AND query ILIKE $2`,
+    `SELECT count(*) AS n FROM (SELECT * FROM pg_stat_activity WHERE datname = $1 OFFSET 0) a
+      WHERE application_name = 'backup-service' AND wait_event_type = 'Lock' AND query ILIKE $2`,
     [db, like],
   );
   return Number(n);

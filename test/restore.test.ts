@@ -330,7 +330,9 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
   async function copySessions(s: TestService = svc): Promise<number[]> {
     const rows = await sql<{ pid: number }>(
       "postgres",
-      `SELECT pid FROM pg_stat_activity WHERE datname LIKE $1 AND state = 'active' AND query ILIKE 'COPY %'`,
+      // Our sessions first (OFFSET 0 keeps the filter inside): another database's query text is in its
+      // own encoding, and a LATIN1 one (restore-edges) fails ILIKE in this UTF8 session.
+      `SELECT pid FROM (SELECT * FROM pg_stat_activity WHERE datname LIKE $1 OFFSET 0) a WHERE state = 'active' AND query ILIKE 'COPY %'`,
       [`bsvc\\_restore\\_${s.app.restoreTag}\\_%`],
     );
     return rows.map((r) => r.pid);
