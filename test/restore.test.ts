@@ -303,7 +303,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     await sql(big, "INSERT INTO payload VALUES (0, 'written after the backup')");
     bigPrint = await fingerprint(big);
     bigOid = (await oidOf(big))!;
-  }, 120_000);
+  }, 300_000);
 
   /**
    * The loader's processes (psql or pg_restore, connected to the scratch
@@ -735,7 +735,7 @@ describe("CleanupExpiredBackups", () => {
     });
     expect(after.removed.map((b) => b.id)).toEqual([old.id]);
     await expect(readFile(file)).rejects.toThrow(/ENOENT/);
-  });
+  }, 120_000);
 
   it("after a week of failed backups with every good one expired, the newest good ones stay", async () => {
     const s = await fx.service({ RETENTION_MIN_KEEP: "3" });
