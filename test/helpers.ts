@@ -381,14 +381,18 @@ export async function spawnService(control: string, target: string, dataDir: str
   const env = { ...process.env, ...serviceEnv(control, target, dataDir, extra), LOG_LEVEL: "info" };
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], { env, stdio: ["ignore", "pipe", "pipe"] });
   const logs: Record<string, unknown>[] = [];
+  // Read, or "close" would never come: a pipe with unread output does not end.
+  let stderr = "";
+  child.stderr!.setEncoding("utf8").on("data", (d: string) => (stderr += d));
   // "close", not "exit": by then every line the service wrote has been read into `logs`.
   const exited = new Promise<number | null>((resolve) => child.once("close", (code) => resolve(code)));
   let gaveUp: NodeJS.Timeout | undefined;
   const url = await new Promise<string>((resolve, reject) => {
+    // Well inside the test's own timeout (60 s), so the child is killed rather than left running.
     gaveUp = setTimeout(() => {
       child.kill("SIGKILL");
-      reject(new Error("the service did not listen within 60 s"));
-    }, 60_000);
+      reject(new Error(`the service did not listen within 30 s; its stderr: ${stderr.slice(-2000)}`));
+    }, 30_000);
     createInterface({ input: child.stdout! }).on("line", (line) => {
       try {
         const entry = JSON.parse(line) as Record<string, unknown>;
@@ -398,7 +402,7 @@ export async function spawnService(control: string, target: string, dataDir: str
         // not a log line
       }
     });
-    child.once("exit", (code) => reject(new Error(`service exited with ${code} before listening`)));
+    child.once("close", (code) => reject(new Error(`service exited with ${code} before listening; its stderr: ${stderr.slice(-2000)}`)));
   }).finally(() => clearTimeout(gaveUp));
   const token = await mintToken({ sub: "ops", role: "admin" });
   const client = createClient(
