@@ -413,6 +413,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         ["an unknown backup", "DownloadBackup", downloadRequest(unknown), authed()],
         ["an offset past the end", "DownloadBackup", downloadRequest(backup.id, 1n << 40n), authed()],
         ["an offset no file has", "DownloadBackup", downloadRequest(backup.id, 1n << 60n), authed()],
+        ["an unknown backup, an offset no file has", "DownloadBackup", downloadRequest(unknown, 1n << 60n), authed()],
         ["no message", "DownloadBackup", Buffer.alloc(0), authed()],
         ["two messages", "DownloadBackup", Buffer.concat([downloadRequest(backup.id), downloadRequest(backup.id)]), authed()],
         ["a message that is not protobuf", "DownloadBackup", frame([0x0a, 0xff, 0xff]), authed()],
@@ -424,6 +425,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
         "an unknown backup": "5",
         "an offset past the end": "11",
         "an offset no file has": "11",
+        "an unknown backup, an offset no file has": "5",
         "no message": "12",
         "two messages": "12",
         "a message that is not protobuf": "13",
@@ -432,7 +434,7 @@ describe("unary gRPC: the lean path and connect-node's answer alike", () => {
       });
       const huge = await bothWays("DownloadBackup", downloadRequest(backup.id, 1n << 60n), authed());
       expect(decodeURIComponent(String(huge.trailers["grpc-message"] ?? ""))).toBe(
-        `offset ${1n << 60n} is past the end of any file (at most ${Number.MAX_SAFE_INTEGER})`,
+        `offset ${1n << 60n} is past the end of the file (${backup.fileSize} bytes)`,
       );
       // A restore reports its first phase before it fails, with the time it took: the same
       // status and message both ways.

@@ -31,9 +31,13 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
      * First the file's description, then its bytes from `offset` in order.
      * A hard delete waits (is refused) while a download holds the file.
      */
-    async *downloadBackup(id: string, offset: number, signal?: AbortSignal): AsyncGenerator<DownloadItem> {
+    async *downloadBackup(id: string, from: number | bigint, signal?: AbortSignal): AsyncGenerator<DownloadItem> {
       const backupId = core.validateId(id);
-      if (!Number.isSafeInteger(offset) || offset < 0) throw invalidArgument("offset", "must be 0 or a positive byte offset");
+      // A bigint as the wire's uint64 has it: one past what a number holds exactly is still
+      // just an offset past the end of the file, told once the file is known.
+      if (typeof from === "number" ? !Number.isSafeInteger(from) || from < 0 : from < 0n) {
+        throw invalidArgument("offset", "must be 0 or a positive byte offset");
+      }
       const record = await backups.findById(backupId);
       if (!record) throw notFound(`backup ${backupId} not found`);
       if (record.isDeleted) throw notFound(`backup ${backupId} was deleted`);
@@ -55,9 +59,10 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
             `the file of backup ${backupId} (${record.fileName}) is missing from the backup directory`,
           );
         }
-        if (offset > stat.size) {
-          throw new DomainError("out_of_range", `offset ${offset} is past the end of the file (${stat.size} bytes)`);
+        if (BigInt(from) > BigInt(stat.size)) {
+          throw new DomainError("out_of_range", `offset ${from} is past the end of the file (${stat.size} bytes)`);
         }
+        const offset = Number(from);
         yield {
           kind: "info",
           backupId,

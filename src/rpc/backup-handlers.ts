@@ -220,11 +220,8 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
 
     async *downloadBackup(req, ctx) {
       ctx.values.set(kAuditBackupId, req.id.toLowerCase());
-      if (req.offset > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw new DomainError("out_of_range", `offset ${req.offset} is past the end of any file (at most ${Number.MAX_SAFE_INTEGER})`);
-      }
       ctx.values.set(kAuditNote, `download from offset ${req.offset}`);
-      for await (const item of service.downloadBackup(req.id, Number(req.offset), ctx.signal)) {
+      for await (const item of service.downloadBackup(req.id, req.offset, ctx.signal)) {
         yield downloadItemToProto(item);
       }
     },
