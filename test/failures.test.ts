@@ -292,7 +292,7 @@ describe("cancellation", () => {
     }
     await waitFor("the backup to finish", async () => (await recordOf(main, id)).status === BackupStatus.VERIFIED);
     await main.client.deleteBackup({ id });
-    const err = await expectError(main.client.verifyBackup({ id }), Code.FailedPrecondition);
+    const err = await expectError(main.client.verifyBackup({ id }), Code.NotFound);
     expect(err.rawMessage).toBe(`backup ${id} was deleted; there is nothing to verify`);
   });
 

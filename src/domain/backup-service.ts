@@ -710,7 +710,8 @@ export function createBackupService(deps: BackupServiceDeps) {
       const record = await backups.findById(validateId(id));
       if (!record) throw notFound(`backup ${id} not found`);
       if (record.isDeleted) {
-        throw new DomainError("failed_precondition", `backup ${id} was deleted; there is nothing to verify`);
+        // As a download or a restore of it: a deleted backup is not there to act on.
+        throw notFound(`backup ${id} was deleted; there is nothing to verify`);
       }
       if (record.status === "IN_PROGRESS") {
         throw new DomainError("failed_precondition", `backup ${id} is still in progress; verify it when it has finished`);
