@@ -634,7 +634,7 @@ describe("a service role that may not create databases", () => {
 });
 
 describe("an archive that decompresses but ends early", () => {
-  it("fails the restore as damaged: INTERNAL naming what was cut, the target untouched, no scratch database left", async () => {
+  it("fails the restore as damaged: DATA_LOSS naming what was cut, the target untouched, no scratch database left", async () => {
     const db = newDbName("bs_edges_cutsrc");
     await createDatabase(db);
     await sql(db, "CREATE TABLE t (id int PRIMARY KEY, body text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g");
@@ -653,7 +653,7 @@ describe("an archive that decompresses but ends early", () => {
     await createDatabase(target);
     await sql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
     const err = await callFailure(drain({ id: backup!.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
-    expect(Code[err.code], err.rawMessage).toBe("Internal");
+    expect(Code[err.code], err.rawMessage).toBe("DataLoss");
     expect(err.rawMessage).toMatch(/the archive is damaged: the archive ends inside a table's data/);
     expect(await sql(target, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
     await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);

@@ -288,9 +288,11 @@ export interface RestoreEngine {
   /**
    * Gives `scratch` the name `target` in one transaction; an existing `target`
    * is renamed to `retired` first (then dropped by the caller). Nothing
-   * changes if `signal` has aborted by the time it would commit.
+   * changes if `signal` has aborted by the time it would commit, nor if
+   * `targetExists` and the target is gone (NOT_FOUND: a dropped target is not
+   * created again).
    */
-  swapIn(scratch: string, target: string, retired: string, signal: AbortSignal): Promise<void>;
+  swapIn(scratch: string, target: string, retired: string, targetExists: boolean, signal: AbortSignal): Promise<void>;
   dropDatabase(name: string): Promise<void>;
   listDatabases(prefix: string): Promise<string[]>;
   /** Free bytes where the server keeps its data, when that can be seen from here; null otherwise. */

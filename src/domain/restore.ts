@@ -252,10 +252,11 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         });
       } catch (err) {
         signal.throwIfAborted();
-        // Only the loader or the decompressor failing says something about the backup. Anything
-        // else (no right to create databases, the server down, a full disk) means the
-        // verification could not run: the backup's status must not change for it.
-        if (!(err instanceof DomainError) || err.kind !== "dump_failed") throw err;
+        // Only the loader or the decompressor failing, or the archive found damaged, says
+        // something about the backup. Anything else (no right to create databases, the server
+        // down, a full disk) means the verification could not run: the backup's status must not
+        // change for it.
+        if (!(err instanceof DomainError) || (err.kind !== "dump_failed" && err.kind !== "corrupted")) throw err;
         checks.push({ name: "restore", passed: false, detail: `the restore failed: ${err.message}` });
         return { checks, mismatches };
       }
@@ -498,6 +499,9 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         // have created the database, or objects in it, meanwhile. The swap must not drop those
         // without drop_existing, nor without the safety backup.
         const now = await restorer.inspectDatabase(target, signal);
+        if (state.exists && !now.exists) {
+          throw new DomainError("not_found", `database "${target}" no longer exists; nothing was changed`);
+        }
         if (!state.exists && now.exists) {
           throw new DomainError(
             "failed_precondition",
@@ -541,7 +545,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         // Written ahead: should the outcome below never be recorded, recovery must not say the target
         // was left as it was.
         await runs.update(runId, { error: SWAPPING });
-        await restorer.swapIn(scratch, target, retired, signal);
+        await restorer.swapIn(scratch, target, retired, now.exists, signal);
         scratch = null; // it is the target now
         blocked = null; // the new database has the old one's connection limit
         if (now.exists) {

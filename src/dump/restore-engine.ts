@@ -355,6 +355,17 @@ function createHint(reason: string, source: SourceDatabase | null): string {
 }
 
 /** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
+/**
+ * The decompressor failed of its own accord. An exit with an error is the file's bytes (zstd and
+ * gzip exit 1 on data they cannot decode): DATA_LOSS, as a checksum mismatch is. Killed (out of
+ * memory, say) is not the file's fault.
+ */
+function decompressorFailure(exit: ExitInfo): DomainError {
+  return exit.signal === null
+    ? new DomainError("corrupted", `${describeExit(exit)} (the file does not decompress)`)
+    : new DomainError("dump_failed", describeExit(exit));
+}
+
 async function terminate(c: pg.Client, name: string): Promise<void> {
   await c.query(
     "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -470,7 +481,7 @@ export function createRestoreEngine(opts: {
     const consequence = (e: ExitInfo) =>
       e.signal === "SIGPIPE" || e.signal === "SIGTERM" || /could not write|broken pipe|connection reset|write error/i.test(e.stderr);
     const cause = failures.find((e) => !consequence(e)) ?? failures[0];
-    if (cause) throw new DomainError("dump_failed", describeExit(cause));
+    if (cause) throw cause === (await dec.exit) ? decompressorFailure(cause) : new DomainError("dump_failed", describeExit(cause));
     if (readError) {
       throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
     }
@@ -735,7 +746,7 @@ export function createRestoreEngine(opts: {
     }
     const [decExit, readError] = await pass.settled();
     pass.signal.throwIfAborted();
-    if (!succeeded(decExit)) throw new DomainError("dump_failed", describeExit(decExit));
+    if (!succeeded(decExit)) throw decompressorFailure(decExit);
     if (readError) {
       throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
     }
@@ -785,12 +796,13 @@ export function createRestoreEngine(opts: {
         // decompressor may not have said so yet when the reader gave up (it was stopped,
         // or ended on a pipe no longer read): then a second pass, only on this path, asks it.
         if (!succeeded(decExit) && decExit.signal !== "SIGTERM" && decExit.signal !== "SIGPIPE") {
-          throw new DomainError("dump_failed", describeExit(decExit));
+          throw decompressorFailure(decExit);
         }
         if (err instanceof ArchiveFormatError) {
           const undecompressable = await decompressFailure(options, signal);
-          if (undecompressable) throw new DomainError("dump_failed", undecompressable);
-          throw new DomainError("dump_failed", `the archive is damaged: ${err.message}`);
+          // The file's own bytes are bad (DATA_LOSS), as with a checksum that does not match.
+          if (undecompressable) throw new DomainError("corrupted", undecompressable);
+          throw new DomainError("corrupted", `the archive is damaged: ${err.message}`);
         }
         throw err;
       },
@@ -1014,7 +1026,7 @@ export function createRestoreEngine(opts: {
 
     releaseSessions: putBackLimit,
 
-    async swapIn(scratch, target, retired, signal) {
+    async swapIn(scratch, target, retired, targetExists, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
         for (let attempt = 1; ; attempt++) {
           await terminate(c, target);
@@ -1022,6 +1034,11 @@ export function createRestoreEngine(opts: {
           try {
             await c.query("BEGIN");
             const existing = await describeDatabase(c, target);
+            // Dropped by someone since it was inspected: the restore was into that database, and
+            // creating it again under its name is not what was asked.
+            if (targetExists && !existing) {
+              throw new DomainError("not_found", `database "${target}" no longer exists; nothing was changed`);
+            }
             // The target's privileges (as they are now) only in the transaction that gives the
             // scratch database its name: no one it lets in could connect while the backup loaded.
             await copyPrivileges(c, existing, scratch);
@@ -1041,6 +1058,7 @@ export function createRestoreEngine(opts: {
             // target is replaced, and saying "nothing was changed" would be false.
             if (committing && (await swapped(scratch))) return;
             if (signal.aborted) throw signal.reason;
+            if (err instanceof DomainError) throw err;
             // 55006: a session connected between the termination and the rename.
             const inUse = (err as { code?: string }).code === "55006";
             if (!inUse || attempt >= SWAP_ATTEMPTS) {
