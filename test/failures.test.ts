@@ -2,8 +2,14 @@ import { execFileSync } from "node:child_process";
 import { chmod, open, readFile, symlink, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
+import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
+import { parsePgUrl, type PgTarget } from "../src/config.js";
+import { pgConfigOf } from "../src/db/client.js";
+import { createAdvisoryLocks } from "../src/db/locks.js";
+import { fileLockKey } from "../src/domain/backup.js";
+import { createLogger } from "../src/logger.js";
 import { previousSlot } from "../src/scheduler/cron.js";
 import {
   backupFiles,
@@ -15,6 +21,7 @@ import {
   PG_HOST,
   PG_PORT,
   pgDumpPids,
+  pgUrl,
   seedDatabase,
   sql,
   startService,
@@ -519,6 +526,125 @@ describe("a restore whose safety backup fails", () => {
     } finally {
       await dropDatabase(source);
       await dropDatabase(tgt);
+    }
+  }, 120_000);
+});
+
+describe("when the control database's sessions or the backup disk fail under the work", () => {
+  it("the lock's session to the control database ends mid-backup: FAILED as UNAVAILABLE, pg_dump stopped, no file; the next backup runs", async () => {
+    const s = await service();
+    const lock = await blockTable(target, "customers");
+    let id: string;
+    try {
+      const { backup } = await s.client.createBackup({ async: true });
+      id = backup!.id;
+      await waitForBlockedDump(target);
+      // What a restarted control server or a dropped network path does to the locks' sessions.
+      // (The sessions found first, then ended: in one WHERE the server may end sessions before it filters them.)
+      const sessions = await sql<{ pid: number }>(
+        "postgres",
+        `SELECT pid FROM (SELECT pid, datname, application_name FROM pg_stat_activity OFFSET 0) a
+          WHERE datname = $1 AND application_name = 'backup-service lock'`,
+        [s.control],
+      );
+      expect(sessions.length).toBeGreaterThan(0);
+      for (const { pid } of sessions) await sql("postgres", "SELECT pg_terminate_backend($1)", [pid]);
+      const failed = await waitFor("the backup to be recorded as failed", async () => {
+        const r = await recordOf(s, id);
+        return r.status === BackupStatus.FAILED ? r : null;
+      });
+      expect(failed.errorMessage).toBe("lost the lock that guards this work: the connection to the control database dropped");
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      expect(await backupFiles(s.backupDir)).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+    const next = await s.client.createBackup({});
+    expect(next.backup!.status).toBe(BackupStatus.VERIFIED);
+    expect(await backupFiles(s.backupDir)).toEqual([next.backup!.fileName]);
+  });
+
+  it("a backup another replica is deleting: verify, restore and download are ABORTED, the record and file untouched", async () => {
+    const { backup } = await main.client.createBackup({});
+    const id = backup!.id;
+    const file = path.join(main.backupDir, backup!.fileName);
+    const before = await readFile(file);
+    // The lock a hard delete holds while it removes the file, taken as another replica would.
+    const control = parsePgUrl(pgUrl(main.control)) as PgTarget;
+    const pool = new pg.Pool(pgConfigOf(control, { max: 1 }));
+    const deleting = await createAdvisoryLocks(control, pool, createLogger("silent")).tryAcquire(fileLockKey(id));
+    expect(deleting).not.toBeNull();
+    try {
+      for (const deep of [false, true]) {
+        const err = await expectError(main.client.verifyBackup({ id, deep }), Code.Aborted);
+        expect(err.rawMessage).toBe(`backup ${id} is being deleted; nothing to verify`);
+      }
+      const restoreTo = uniqueName("bs_fail_deleting");
+      const err = await expectError(
+        (async () => {
+          for await (const _ of main.client.restoreBackup({ id, confirmRestore: true, targetDatabase: restoreTo })) {
+            // progress
+          }
+        })(),
+        Code.Aborted,
+      );
+      expect(err.rawMessage).toMatch(new RegExp(`backup ${id} is being deleted; nothing to restore`));
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [restoreTo])).toEqual([]);
+      const dl = await expectError(
+        (async () => {
+          for await (const _ of main.client.downloadBackup({ id })) {
+            // chunks
+          }
+        })(),
+        Code.Aborted,
+      );
+      expect(dl.rawMessage).toBe(`backup ${id} is being deleted`);
+    } finally {
+      await deleting!.release();
+      await pool.end();
+    }
+    expect((await recordOf(main, id)).status).toBe(BackupStatus.VERIFIED);
+    expect((await readFile(file)).equals(before)).toBe(true);
+    // Once the other replica lets go (here: without deleting), the backup is there to use.
+    expect((await main.client.verifyBackup({ id })).status).toBe(BackupStatus.VERIFIED);
+  });
+
+  it("the backup disk fills up during the dump: RESOURCE_EXHAUSTED, FAILED, the partial file removed; a backup that fits then succeeds", async (ctx) => {
+    // A 5 MiB tmpfs as BACKUP_DIR (root can mount one; CI runs as root).
+    const mountpoint = await fx.tempDir("bs-full-disk-");
+    try {
+      execFileSync("mount", ["-t", "tmpfs", "-o", "size=5m,mode=0700", "tmpfs", mountpoint], { stdio: "ignore" });
+    } catch {
+      ctx.skip();
+    }
+    const db = uniqueName("bs_fail_full");
+    await createDatabase(db);
+    let s: TestService | undefined;
+    try {
+      // About 6.4 MB of random bytes: about 14 MB on disk with the catalogs, so the estimate
+      // before the dump (a quarter of that) fits in 5 MiB, and the dump (random bytes do not
+      // compress) does not.
+      await sql(
+        db,
+        `CREATE TABLE noise (id int PRIMARY KEY, b bytea);
+         INSERT INTO noise SELECT g, decode((SELECT string_agg(md5(random()::text || g || i), '') FROM generate_series(1, 100) i), 'hex')
+           FROM generate_series(1, 4000) g`,
+      );
+      s = await service({ BACKUP_DIR: mountpoint, TARGET_DATABASE_URL: pgUrl(db) });
+      const err = await expectError(s.client.createBackup({}), Code.ResourceExhausted);
+      expect(err.rawMessage).toMatch(/the backup directory ran out of space while the backup was written \(ENOSPC\); the partial file is removed/);
+      const b = await onlyBackup(s);
+      expect(b.status).toBe(BackupStatus.FAILED);
+      expect(b.errorMessage).toMatch(/ran out of space/);
+      expect(await backupFiles(mountpoint)).toEqual([]);
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(db)).length === 0);
+      await sql(db, "DROP TABLE noise");
+      const ok = await s.client.createBackup({});
+      expect(ok.backup!.status).toBe(BackupStatus.VERIFIED);
+    } finally {
+      await s?.close();
+      await dropDatabase(db);
+      execFileSync("umount", [mountpoint], { stdio: "ignore" });
     }
   }, 120_000);
 });

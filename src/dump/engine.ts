@@ -180,7 +180,20 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
         { signal: steps },
       ).catch((err: unknown) => {
-        if (!steps.aborted) fail(new DomainError("dump_failed", `writing the backup file failed: ${safeReason(err)}`, { cause: err }));
+        if (steps.aborted) return;
+        const code = (err as { code?: unknown }).code;
+        // The disk filled up under the dump (the estimate before it was short, or something else
+        // wrote there meanwhile): the operator's to fix, not ours, and said so.
+        fail(
+          code === "ENOSPC" || code === "EDQUOT"
+            ? new DomainError(
+                "resource_exhausted",
+                `the backup directory ran out of space while the backup was written (${code}); the partial file ` +
+                  "is removed (hint: free space, or point BACKUP_DIR at a larger disk)",
+                { cause: err },
+              )
+            : new DomainError("dump_failed", `writing the backup file failed: ${safeReason(err)}`, { cause: err }),
+        );
       });
       const watch = (p: Promise<ExitInfo>) =>
         p.then((e) => {
