@@ -88,7 +88,13 @@ function sameDatabase(a: PgTarget, b: PgTarget): boolean {
 }
 
 /** What a caller may put in place of the real thing: tests move the clock instead of sleeping. */
+/** What tests may put in place of the real thing. */
 export interface AppDeps {
+  /**
+   * The service's time, everywhere it reads one: records, retention, alerts and the scheduler
+   * (whose firings come at real cron times, so a clock moved far ahead can find them
+   * superseded; tests fire jobs by hand instead).
+   */
   clock?: Clock;
 }
 

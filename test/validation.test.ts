@@ -1,12 +1,16 @@
+import { writeFile } from "node:fs/promises";
+import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, BackupType } from "../gen/backup/v1/backup_pb.js";
-import { ConfigError, loadConfig } from "../src/config.js";
+import { ConfigError, loadConfig, parsePgUrl, type PgTarget } from "../src/config.js";
+import { pgConfigOf } from "../src/db/client.js";
 import {
   createDatabase,
   createFixture,
   removeDir,
   spawnService,
+  sql,
   startService,
   tempDir,
   uniqueName,
@@ -139,9 +143,42 @@ describe("configuration", () => {
       expect(JSON.stringify(spawned.logs)).not.toContain("not-the-urls");
       const { backup } = await spawned.client.createBackup({});
       expect(backup!.status).toBe(BackupStatus.VERIFIED);
+      // Its pool to the control database names no application, so PGAPPNAME would show there.
+      const sessions = await sql<{ app: string }>(
+        "postgres",
+        "SELECT application_name AS app FROM (SELECT datname, application_name FROM pg_stat_activity OFFSET 0) a WHERE datname = $1",
+        [svc.control],
+      );
+      expect(sessions.length).toBeGreaterThan(0);
+      expect(sessions.map((r) => r.app)).not.toContain("from-the-environment");
     } finally {
       spawned.child.kill("SIGTERM");
       await spawned.exited;
+      await removeDir(dir);
+    }
+  });
+
+  it("with no password in the URL, the service's own connections read the password file, as libpq does for the tools", async () => {
+    const dir = await tempDir("bs-pgpass-");
+    const file = path.join(dir, "pgpass");
+    await writeFile(file, "db.example:5433:shop:alice:from-the-file\n*:*:*:bob:bobs-own\n", { mode: 0o600 });
+    // PGPASSFILE points the lookup at this file here only: the service takes it out of its
+    // environment, so that it and the tools both read ~/.pgpass.
+    const saved = process.env.PGPASSFILE;
+    process.env.PGPASSFILE = file;
+    try {
+      const passwordFor = async (url: string) => {
+        const p = pgConfigOf(parsePgUrl(url) as PgTarget).password;
+        return typeof p === "function" ? await p() : p;
+      };
+      expect(await passwordFor("postgres://alice@db.example:5433/shop")).toBe("from-the-file");
+      expect(await passwordFor("postgres://bob@elsewhere:5432/any")).toBe("bobs-own");
+      expect(await passwordFor("postgres://carol@db.example:5433/shop")).toBeUndefined();
+      expect(await passwordFor("postgres://alice@db.example:5433/other")).toBeUndefined();
+      expect(await passwordFor("postgres://alice:in-the-url@db.example:5433/shop")).toBe("in-the-url");
+    } finally {
+      if (saved === undefined) delete process.env.PGPASSFILE;
+      else process.env.PGPASSFILE = saved;
       await removeDir(dir);
     }
   });

@@ -3,6 +3,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import pg from "pg";
+import pgpass from "pgpass";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import { migrate } from "drizzle-orm/node-postgres/migrator";
 import type { PgTarget } from "../config.js";
@@ -18,12 +19,21 @@ export function pgConfigOf(t: PgTarget, extra: pg.PoolConfig = {}): pg.PoolConfi
     t.sslmode === undefined || t.sslmode === "disable" || t.sslmode === "allow" || t.sslmode === "prefer"
       ? undefined
       : { rejectUnauthorized: t.sslmode === "verify-ca" || t.sslmode === "verify-full" };
+  // Like libpq: no user in the URL means the operating-system user.
+  const user = t.user ?? os.userInfo().username;
   return {
     host: t.host,
     port: t.port,
-    // Like libpq: no user in the URL means the operating-system user.
-    user: t.user ?? os.userInfo().username,
-    password: t.password,
+    user,
+    // No password in the URL: the password file (~/.pgpass), as libpq reads it for the tools.
+    // Asked for here rather than by node-postgres, whose own reading of it is deprecated.
+    // (Resolving undefined, no entry, node-postgres takes as no password; its types say string.)
+    password:
+      t.password ??
+      ((() =>
+        new Promise<string | undefined>((resolve) =>
+          pgpass({ host: t.host, port: t.port, database: t.database, user }, resolve),
+        )) as () => Promise<string>),
     database: t.database,
     ssl,
     connectionTimeoutMillis: 10_000,
