@@ -564,6 +564,40 @@ describe("when the control database's sessions or the backup disk fail under the
     expect(await backupFiles(s.backupDir)).toEqual([next.backup!.fileName]);
   });
 
+  it("the row count's session ends mid-backup: FAILED naming the count, pg_dump stopped, no file", async () => {
+    const s = await service();
+    const lock = await blockTable(target, "customers");
+    let id: string;
+    try {
+      const { backup } = await s.client.createBackup({ async: true });
+      id = backup!.id;
+      // pg_dump waits at its LOCK TABLE of customers; the count, in the dump's snapshot, at its count of them.
+      const blocked = () =>
+        sql<{ pid: number; query: string }>(
+          "postgres",
+          `SELECT pid, query FROM (SELECT pid, datname, application_name, wait_event_type, query FROM pg_stat_activity
+                                    WHERE datname = $1 OFFSET 0) a
+            WHERE application_name = 'backup-service' AND wait_event_type = 'Lock'`,
+          [target],
+        );
+      const counting = await waitFor("the count and pg_dump to block on the table lock", async () => {
+        const rows = await blocked();
+        return rows.length === 2 ? rows.find((r) => !r.query.startsWith("LOCK TABLE")) : null;
+      });
+      expect(counting.query).toMatch(/count/i);
+      await sql("postgres", "SELECT pg_terminate_backend($1)", [counting.pid]);
+      const failed = await waitFor("the backup to be recorded as failed", async () => {
+        const r = await recordOf(s, id);
+        return r.status === BackupStatus.FAILED ? r : null;
+      });
+      expect(failed.errorMessage).toBe("counting rows in the dump's snapshot failed: terminating connection due to administrator command");
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      expect(await backupFiles(s.backupDir)).toEqual([]);
+    } finally {
+      await lock.release();
+    }
+  });
+
   it("a backup another replica is deleting: verify, restore and download are ABORTED, the record and file untouched", async () => {
     const { backup } = await main.client.createBackup({});
     const id = backup!.id;
