@@ -76,16 +76,16 @@ let main: TestService;
  * After a cancelled backup: the newest record is FAILED with `reason`, pg_dump and the
  * compressor are gone, and no file (partial or not) is left.
  */
-async function expectStoppedCleanly(reason: RegExp): Promise<void> {
-  const { backups } = await main.client.listBackups({ pageSize: 1 });
+async function expectStoppedCleanly(reason: RegExp, svc: TestService = main): Promise<void> {
+  const { backups } = await svc.client.listBackups({ pageSize: 1 });
   const b = await waitFor("the backup to be recorded as failed", async () => {
-    const r = await recordOf(main, backups[0]!.id);
+    const r = await recordOf(svc, backups[0]!.id);
     return r.status === BackupStatus.FAILED ? r : null;
   });
   expect(b.errorMessage).toMatch(reason);
   await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
   await waitFor("the compressor to exit", async () => !(await childProcessNames()).includes("zstd"));
-  expect(await backupFiles(main.backupDir)).toEqual([]);
+  expect(await backupFiles(svc.backupDir)).toEqual([]);
 }
 
 beforeAll(async () => {
@@ -534,10 +534,8 @@ describe("when the control database's sessions or the backup disk fail under the
   it("the lock's session to the control database ends mid-backup: FAILED as UNAVAILABLE, pg_dump stopped, no file; the next backup runs", async () => {
     const s = await service();
     const lock = await blockTable(target, "customers");
-    let id: string;
     try {
-      const { backup } = await s.client.createBackup({ async: true });
-      id = backup!.id;
+      await s.client.createBackup({ async: true });
       await waitForBlockedDump(target);
       // What a restarted control server or a dropped network path does to the locks' sessions.
       // (The sessions found first, then ended: in one WHERE the server may end sessions before it filters them.)
@@ -549,13 +547,7 @@ describe("when the control database's sessions or the backup disk fail under the
       );
       expect(sessions.length).toBeGreaterThan(0);
       for (const { pid } of sessions) await sql("postgres", "SELECT pg_terminate_backend($1)", [pid]);
-      const failed = await waitFor("the backup to be recorded as failed", async () => {
-        const r = await recordOf(s, id);
-        return r.status === BackupStatus.FAILED ? r : null;
-      });
-      expect(failed.errorMessage).toBe("lost the lock that guards this work: the connection to the control database dropped");
-      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
-      expect(await backupFiles(s.backupDir)).toEqual([]);
+      await expectStoppedCleanly(/^lost the lock that guards this work: the connection to the control database dropped$/, s);
     } finally {
       await lock.release();
     }
@@ -567,10 +559,8 @@ describe("when the control database's sessions or the backup disk fail under the
   it("the row count's session ends mid-backup: FAILED naming the count, pg_dump stopped, no file", async () => {
     const s = await service();
     const lock = await blockTable(target, "customers");
-    let id: string;
     try {
-      const { backup } = await s.client.createBackup({ async: true });
-      id = backup!.id;
+      await s.client.createBackup({ async: true });
       // pg_dump waits at its LOCK TABLE of customers; the count, in the dump's snapshot, at its count of them.
       const blocked = () =>
         sql<{ pid: number; query: string }>(
@@ -586,13 +576,7 @@ describe("when the control database's sessions or the backup disk fail under the
       });
       expect(counting.query).toMatch(/count/i);
       await sql("postgres", "SELECT pg_terminate_backend($1)", [counting.pid]);
-      const failed = await waitFor("the backup to be recorded as failed", async () => {
-        const r = await recordOf(s, id);
-        return r.status === BackupStatus.FAILED ? r : null;
-      });
-      expect(failed.errorMessage).toBe("counting rows in the dump's snapshot failed: terminating connection due to administrator command");
-      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
-      expect(await backupFiles(s.backupDir)).toEqual([]);
+      await expectStoppedCleanly(/^counting rows in the dump's snapshot failed: terminating connection due to administrator command$/, s);
     } finally {
       await lock.release();
     }
