@@ -88,7 +88,6 @@ function sameDatabase(a: PgTarget, b: PgTarget): boolean {
 }
 
 /** What a caller may put in place of the real thing: tests move the clock instead of sleeping. */
-/** What tests may put in place of the real thing. */
 export interface AppDeps {
   /**
    * The service's time, everywhere it reads one: records, retention, alerts and the scheduler

@@ -633,28 +633,66 @@ describe("a service role that may not create databases", () => {
   });
 });
 
+/**
+ * A backup of a new database holding table t (50,000 rows), whose archive `edit` then changes
+ * (decompressed, edited, compressed again, so that zstd decodes it): its record and file path.
+ */
+async function backupEditedAs(prefix: string, edit: (archive: Buffer) => Buffer) {
+  const db = newDbName(prefix);
+  await createDatabase(db);
+  await sql(db, "CREATE TABLE t (id int PRIMARY KEY, body text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g");
+  const { backup } = await svc.client.createBackup({ database: db });
+  const file = `${svc.backupDir}/${backup!.fileName}`;
+  const edited = edit(execFileSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 }));
+  const bytes = execFileSync("zstd", ["-q", "-c"], { input: edited, maxBuffer: 1 << 28 });
+  await writeFile(file, bytes);
+  return { backup: backup!, bytes };
+}
+
 describe("an archive that decompresses but ends early", () => {
   it("fails the restore as damaged: DATA_LOSS naming what was cut, the target untouched, no scratch database left", async () => {
-    const db = newDbName("bs_edges_cutsrc");
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE t (id int PRIMARY KEY, body text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g");
-    const { backup } = await svc.client.createBackup({ database: db });
-    // Cut in the middle of the table's rows, then compressed again: zstd is content, the archive is not.
-    const file = `${svc.backupDir}/${backup!.fileName}`;
-    const whole = execFileSync("zstd", ["-dc", file], { maxBuffer: 1 << 28 });
-    const cut = execFileSync("zstd", ["-q", "-c"], { input: whole.subarray(0, Math.floor(whole.length * 0.6)), maxBuffer: 1 << 28 });
-    await writeFile(file, cut);
+    // Cut in the middle of the table's rows: zstd is content, the archive is not. Its checksum
+    // recorded as the cut file's, as if it had been written so.
+    const { backup, bytes: cut } = await backupEditedAs("bs_edges_cutsrc", (a) => a.subarray(0, Math.floor(a.length * 0.6)));
     await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
-      backup!.id,
+      backup.id,
       createHash("sha256").update(cut).digest("hex"),
       cut.length,
     ]);
     const target = newDbName("bs_edges_cuttgt");
     await createDatabase(target);
     await sql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
-    const err = await callFailure(drain({ id: backup!.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
+    const err = await callFailure(drain({ id: backup.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
     expect(Code[err.code], err.rawMessage).toBe("DataLoss");
     expect(err.rawMessage).toMatch(/the archive is damaged: the archive ends inside a table's data/);
+    expect(await sql(target, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+  });
+});
+
+describe("a file that decompresses but holds rows the server rejects", () => {
+  it("forced past its checksum, the load's failure is DATA_LOSS, naming the row and the damage; the target untouched", async () => {
+    // One row's id made a non-number, in place (the archive's framing intact): zstd decodes it,
+    // pg_restore reads it, the server refuses the row. The recorded checksum stays.
+    const { backup } = await backupEditedAs("bs_edges_badsrc", (a) => {
+      // (Each row is a chunk of its own in a -Z0 archive, after its length: no newline before it.)
+      const at = a.indexOf("12345\t");
+      expect(at).toBeGreaterThan(0);
+      a.write("x", at + 4);
+      return a;
+    });
+    const target = newDbName("bs_edges_badtgt");
+    await createDatabase(target);
+    await sql(target, "CREATE TABLE keep (id int); INSERT INTO keep VALUES (7)");
+    const refused = await callFailure(drain({ id: backup.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true }));
+    expect(Code[refused.code], refused.rawMessage).toBe("DataLoss");
+    expect(refused.rawMessage).toMatch(/failed its checksum check .*\(set force to restore it anyway\)/);
+    const err = await callFailure(
+      drain({ id: backup.id, targetDatabase: target, dropExisting: true, skipSafetyBackup: true, force: true }),
+    );
+    expect(Code[err.code], err.rawMessage).toBe("DataLoss");
+    expect(err.rawMessage).toMatch(/invalid input syntax for type integer: "1234x"/);
+    expect(err.rawMessage).toMatch(/\(the file is damaged: its checksum does not match\)/);
     expect(await sql(target, "SELECT id FROM keep")).toEqual([{ id: 7 }]);
     await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
   });

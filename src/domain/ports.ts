@@ -288,9 +288,10 @@ export interface RestoreEngine {
   /**
    * Gives `scratch` the name `target` in one transaction; an existing `target`
    * is renamed to `retired` first (then dropped by the caller). Nothing
-   * changes if `signal` has aborted by the time it would commit, nor if
-   * `targetExists` and the target is gone (NOT_FOUND: a dropped target is not
-   * created again).
+   * changes if `signal` has aborted by the time it would commit, nor if the
+   * target's existence is no longer `targetExists` (a dropped target is not
+   * created again: NOT_FOUND; one created meanwhile is not replaced:
+   * FAILED_PRECONDITION).
    */
   swapIn(scratch: string, target: string, retired: string, targetExists: boolean, signal: AbortSignal): Promise<void>;
   dropDatabase(name: string): Promise<void>;

@@ -464,6 +464,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         send({ phase: "RESTORING", within: 0, bytesDone: 0, bytesTotal: total, message: `loading ${record.fileName}` });
         const loaded = await loadScratch(record, state.exists ? target : null, signal, (p) => {
           send({ bytesDone: p.bytesRead, within: p.fraction * 0.9 });
+        }).catch((err: unknown) => {
+          // Forced past a checksum that does not match: the file is known to be damaged, and bytes
+          // that still decompress reach the server as rows it rejects. That is DATA_LOSS too.
+          if (!checksumOk && err instanceof DomainError && err.kind === "dump_failed") {
+            throw new DomainError("corrupted", `${err.message} (the file is damaged: its checksum does not match)`, { cause: err });
+          }
+          throw err;
         });
         scratch = loaded.name;
         if (loaded.lock) held.push(loaded.lock);

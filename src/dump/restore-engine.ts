@@ -354,7 +354,6 @@ function createHint(reason: string, source: SourceDatabase | null): string {
   return `${who} needs CREATEDB, membership in the target's owner and CREATE on its tablespace`;
 }
 
-/** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
 /**
  * The decompressor failed of its own accord. An exit with an error is the file's bytes (zstd and
  * gzip exit 1 on data they cannot decode): DATA_LOSS, as a checksum mismatch is. Killed (out of
@@ -366,6 +365,24 @@ function decompressorFailure(exit: ExitInfo): DomainError {
     : new DomainError("dump_failed", describeExit(exit));
 }
 
+/**
+ * Reading the backup file failed of itself (the disk, not the file's bytes), rather than because
+ * the decompressor it fed stopped or the load was stopped: then that is what is reported.
+ */
+function ownReadFailure(err: Error | null): DomainError | null {
+  if (!err) return null;
+  const code = (err as { code?: unknown }).code;
+  if (err.name === "AbortError" || code === "EPIPE" || code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ERR_STREAM_DESTROYED") {
+    return null;
+  }
+  return readFailure(err);
+}
+
+function readFailure(err: Error): DomainError {
+  return new DomainError("dump_failed", `reading the backup file failed: ${safeReason(err)}`, { cause: err });
+}
+
+/** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
 async function terminate(c: pg.Client, name: string): Promise<void> {
   await c.query(
     "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
@@ -480,11 +497,13 @@ export function createRestoreEngine(opts: {
     signal.throwIfAborted();
     const consequence = (e: ExitInfo) =>
       e.signal === "SIGPIPE" || e.signal === "SIGTERM" || /could not write|broken pipe|connection reset|write error/i.test(e.stderr);
+    const ownRead = ownReadFailure(readError);
+    if (ownRead) throw ownRead; // the decompressor's exit on its cut input says nothing of the file
     const cause = failures.find((e) => !consequence(e)) ?? failures[0];
-    if (cause) throw cause === (await dec.exit) ? decompressorFailure(cause) : new DomainError("dump_failed", describeExit(cause));
-    if (readError) {
-      throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
+    if (cause) {
+      throw cause === (await dec.exit) && !consequence(cause) ? decompressorFailure(cause) : new DomainError("dump_failed", describeExit(cause));
     }
+    if (readError) throw readFailure(readError);
   }
 
   /**
@@ -746,10 +765,10 @@ export function createRestoreEngine(opts: {
     }
     const [decExit, readError] = await pass.settled();
     pass.signal.throwIfAborted();
+    const ownRead = ownReadFailure(readError);
+    if (ownRead) throw ownRead;
     if (!succeeded(decExit)) throw decompressorFailure(decExit);
-    if (readError) {
-      throw new DomainError("dump_failed", `reading the backup file failed: ${safeReason(readError)}`, { cause: readError });
-    }
+    if (readError) throw readFailure(readError);
   }
 
   /** The archive streamed from the file through its decompressor into a reader. */
@@ -790,8 +809,10 @@ export function createRestoreEngine(opts: {
       },
       async fail(err: unknown): Promise<never> {
         stop();
-        const [decExit] = await settled();
+        const [decExit, readError] = await settled();
         signal.throwIfAborted();
+        const ownRead = ownReadFailure(readError);
+        if (ownRead) throw ownRead;
         // A file that does not decompress is the cause of whatever the reader met. The
         // decompressor may not have said so yet when the reader gave up (it was stopped,
         // or ended on a pipe no longer read): then a second pass, only on this path, asks it.
@@ -1038,6 +1059,14 @@ export function createRestoreEngine(opts: {
             // creating it again under its name is not what was asked.
             if (targetExists && !existing) {
               throw new DomainError("not_found", `database "${target}" no longer exists; nothing was changed`);
+            }
+            // And the other way: created since, it is someone's database, and the restore was to a new one.
+            if (!targetExists && existing) {
+              throw new DomainError(
+                "failed_precondition",
+                `database "${target}" was created while the backup was loading; nothing was changed ` +
+                  "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
+              );
             }
             // The target's privileges (as they are now) only in the transaction that gives the
             // scratch database its name: no one it lets in could connect while the backup loaded.
