@@ -660,9 +660,17 @@ describe("when the control database's sessions or the backup disk fail under the
       const ok = await s.client.createBackup({});
       expect(ok.backup!.status).toBe(BackupStatus.VERIFIED);
     } finally {
-      await s?.close();
-      await dropDatabase(db);
-      execFileSync("umount", [mountpoint], { stdio: "ignore" });
+      try {
+        await s?.close();
+        await dropDatabase(db);
+      } finally {
+        // Never left mounted on the machine, even when something above failed (lazily if still busy).
+        try {
+          execFileSync("umount", [mountpoint], { stdio: "ignore" });
+        } catch {
+          execFileSync("umount", ["-l", mountpoint], { stdio: "ignore" });
+        }
+      }
     }
   }, 120_000);
 });

@@ -8,6 +8,7 @@ import { pgConfigOf } from "../src/db/client.js";
 import {
   createDatabase,
   createFixture,
+  dropDatabase,
   removeDir,
   spawnService,
   sql,
@@ -131,8 +132,10 @@ describe("configuration", () => {
 
   it("libpq's variables in the service's environment change none of its connections", async () => {
     const dir = await tempDir("bs-pgenv-");
+    // Its own control database, so that the sessions seen there are its own.
+    const control = uniqueName("bs_ctl_pgenv");
     // A read-only session setting would stop the migrations; a wrong password would matter behind password auth.
-    const spawned = await spawnService(svc.control, target, dir, {
+    const spawned = await spawnService(control, target, dir, {
       PGOPTIONS: "-c default_transaction_read_only=on",
       PGPASSWORD: "not-the-urls",
       PGAPPNAME: "from-the-environment",
@@ -147,7 +150,7 @@ describe("configuration", () => {
       const sessions = await sql<{ app: string }>(
         "postgres",
         "SELECT application_name AS app FROM (SELECT datname, application_name FROM pg_stat_activity OFFSET 0) a WHERE datname = $1",
-        [svc.control],
+        [control],
       );
       expect(sessions.length).toBeGreaterThan(0);
       expect(sessions.map((r) => r.app)).not.toContain("from-the-environment");
@@ -155,6 +158,7 @@ describe("configuration", () => {
       spawned.child.kill("SIGTERM");
       await spawned.exited;
       await removeDir(dir);
+      await dropDatabase(control);
     }
   });
 
@@ -164,8 +168,10 @@ describe("configuration", () => {
     await writeFile(file, "db.example:5433:shop:alice:from-the-file\n*:*:*:bob:bobs-own\n", { mode: 0o600 });
     // PGPASSFILE points the lookup at this file here only: the service takes it out of its
     // environment, so that it and the tools both read ~/.pgpass.
-    const saved = process.env.PGPASSFILE;
+    // (pgpass, as libpq, reads no file while PGPASSWORD is set: a runner's own is put aside.)
+    const saved = { PGPASSFILE: process.env.PGPASSFILE, PGPASSWORD: process.env.PGPASSWORD };
     process.env.PGPASSFILE = file;
+    delete process.env.PGPASSWORD;
     try {
       const passwordFor = async (url: string) => {
         const p = pgConfigOf(parsePgUrl(url) as PgTarget).password;
@@ -177,8 +183,10 @@ describe("configuration", () => {
       expect(await passwordFor("postgres://alice@db.example:5433/other")).toBeUndefined();
       expect(await passwordFor("postgres://alice:in-the-url@db.example:5433/shop")).toBe("in-the-url");
     } finally {
-      if (saved === undefined) delete process.env.PGPASSFILE;
-      else process.env.PGPASSFILE = saved;
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
       await removeDir(dir);
     }
   });
