@@ -142,8 +142,17 @@ export function serviceEnv(control: string, target: string, dataDir: string, ext
   };
 }
 
+/** Every directory tempDir made for this test file: removed once its tests are done (test/setup.ts). */
+const madeDirs: string[] = [];
+
 export async function tempDir(prefix = "bs-test-"): Promise<string> {
-  return mkdtemp(path.join(os.tmpdir(), prefix));
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  madeDirs.push(dir);
+  return dir;
+}
+
+export async function removeMadeDirs(): Promise<void> {
+  for (const dir of madeDirs.splice(0)) await removeDir(dir);
 }
 
 /** Starts the real service in this process against the given databases. */
