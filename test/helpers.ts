@@ -152,7 +152,8 @@ export async function tempDir(prefix = "bs-test-"): Promise<string> {
 }
 
 export async function removeMadeDirs(): Promise<void> {
-  for (const dir of madeDirs.splice(0)) await removeDir(dir);
+  // Each one tried, whatever became of the others.
+  await Promise.allSettled(madeDirs.splice(0).map((dir) => removeDir(dir)));
 }
 
 /** Starts the real service in this process against the given databases. */
@@ -300,13 +301,16 @@ export async function blockTable(database: string, table: string): Promise<{ rel
   };
 }
 
-/** Waits until a session of the service in `database` waits on a lock. */
+/** Waits until pg_dump's session in `database` waits on a lock (see blockTable). */
 export async function waitForBlockedDump(database: string): Promise<void> {
   await waitFor("pg_dump to block on the table lock", async () => {
+    // pg_dump's own session, at its LOCK TABLE: the row count's (the same application name)
+    // can block first, before pg_dump has even started. (The query text read only for our database.)
     const rows = await sql<{ n: string }>(
       "postgres",
-      `SELECT count(*) AS n FROM pg_stat_activity
-        WHERE datname = $1 AND application_name = 'backup-service' AND wait_event_type = 'Lock'`,
+      `SELECT count(*) AS n FROM (SELECT application_name, wait_event_type, query FROM pg_stat_activity
+                                   WHERE datname = $1 OFFSET 0) a
+        WHERE application_name = 'backup-service' AND wait_event_type = 'Lock' AND query LIKE 'LOCK TABLE %'`,
       [database],
     );
     return Number(rows[0]!.n) > 0;
