@@ -141,6 +141,20 @@ interface ScratchLoad {
 }
 
 /** Restores backups atomically: into a scratch database first, then swapped in by name. */
+/**
+ * A load that failed on the data itself: the server rejected a row (SQLSTATE class 22, data
+ * exception, or 23, integrity: a garbled key is a duplicate), in a COPY of ours or in the
+ * words psql and pg_restore print for it.
+ */
+function rejectedData(err: unknown): boolean {
+  if (!(err instanceof DomainError) || err.kind !== "dump_failed") return false;
+  const sqlstate = (err.cause as { code?: unknown } | undefined)?.code;
+  if (typeof sqlstate === "string" && /^2[23]/.test(sqlstate)) return true;
+  return /ERROR: +(invalid input syntax|invalid byte sequence|extra data after last expected column|missing data for column|value too long|duplicate key value|null value in column|.* out of range)/.test(
+    err.message,
+  );
+}
+
 export function createRestoreUseCase(deps: RestoreDeps) {
   const { backups, runs, locks, store, restorer, logger, core } = deps;
   const events = deps.events ?? NO_EVENTS;
@@ -466,9 +480,10 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           send({ bytesDone: p.bytesRead, within: p.fraction * 0.9 });
         }).catch((err: unknown) => {
           // Forced past a checksum that does not match: the file is known to be damaged, and bytes
-          // that still decompress reach the server as rows it rejects. That is DATA_LOSS too.
-          if (!checksumOk && err instanceof DomainError && err.kind === "dump_failed") {
-            throw new DomainError("corrupted", `${err.message} (the file is damaged: its checksum does not match)`, { cause: err });
+          // that still decompress reach the server as rows it rejects. That is DATA_LOSS too; a
+          // session ended, a process killed or a full disk is not the file's doing.
+          if (!checksumOk && rejectedData(err)) {
+            throw new DomainError("corrupted", `${(err as Error).message} (the file is damaged: its checksum does not match)`, { cause: err });
           }
           throw err;
         });

@@ -367,15 +367,13 @@ function decompressorFailure(exit: ExitInfo): DomainError {
 
 /**
  * Reading the backup file failed of itself (the disk, not the file's bytes), rather than because
- * the decompressor it fed stopped or the load was stopped: then that is what is reported.
+ * the decompressor it fed stopped or the load was stopped: then that is what is reported. The
+ * file's own errors are the file system's calls (open, read); writing into a child that has
+ * stopped fails in a write (EPIPE, or ECONNRESET: Node's stdio pipes are socket pairs).
  */
 function ownReadFailure(err: Error | null): DomainError | null {
-  if (!err) return null;
-  const code = (err as { code?: unknown }).code;
-  if (err.name === "AbortError" || code === "EPIPE" || code === "ERR_STREAM_PREMATURE_CLOSE" || code === "ERR_STREAM_DESTROYED") {
-    return null;
-  }
-  return readFailure(err);
+  const syscall = (err as { syscall?: unknown } | null)?.syscall;
+  return err && (syscall === "open" || syscall === "read") ? readFailure(err) : null;
 }
 
 function readFailure(err: Error): DomainError {
