@@ -40,6 +40,16 @@ export function isDomainError(e: unknown, kind?: ErrorKind): e is DomainError {
 }
 
 /**
+ * A file that could not be opened or read (the disk's failure, not its bytes'): a file
+ * system call's error, or a DomainError caused by one.
+ */
+export function isFileReadError(err: unknown): boolean {
+  const e = err instanceof DomainError ? err.cause : err;
+  const syscall = (e as { syscall?: unknown } | null | undefined)?.syscall;
+  return syscall === "open" || syscall === "read";
+}
+
+/**
  * Words about an unexpected error that are safe to show a client: a
  * PostgreSQL server message, or which system call failed with which code;
  * never a path, SQL text or parameters.

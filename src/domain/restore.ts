@@ -1,6 +1,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
-import { DomainError, invalidArgument, notFound } from "../errors.js";
+import { DomainError, invalidArgument, isFileReadError, notFound } from "../errors.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
 import type { BackupService, DeepChecks, TableMismatch, VerificationCheck } from "./backup-service.js";
 import type {
@@ -268,9 +268,11 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         signal.throwIfAborted();
         // Only the loader or the decompressor failing, or the archive found damaged, says
         // something about the backup. Anything else (no right to create databases, the server
-        // down, a full disk) means the verification could not run: the backup's status must not
-        // change for it.
-        if (!(err instanceof DomainError) || (err.kind !== "dump_failed" && err.kind !== "corrupted")) throw err;
+        // down, a full disk, the backup disk failing a read, as the checksum check treats it)
+        // means the verification could not run: the backup's status must not change for it.
+        if (!(err instanceof DomainError) || (err.kind !== "dump_failed" && err.kind !== "corrupted") || isFileReadError(err)) {
+          throw err;
+        }
         checks.push({ name: "restore", passed: false, detail: `the restore failed: ${err.message}` });
         return { checks, mismatches };
       }

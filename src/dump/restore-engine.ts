@@ -6,7 +6,7 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
-import { DomainError, safeReason } from "../errors.js";
+import { DomainError, isFileReadError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { createCopyLanes } from "./copy-lanes.js";
 import { tableKey, type TableRowCounts } from "../domain/backup.js";
@@ -372,8 +372,7 @@ function decompressorFailure(exit: ExitInfo): DomainError {
  * stopped fails in a write (EPIPE, or ECONNRESET: Node's stdio pipes are socket pairs).
  */
 function ownReadFailure(err: Error | null): DomainError | null {
-  const syscall = (err as { syscall?: unknown } | null)?.syscall;
-  return err && (syscall === "open" || syscall === "read") ? readFailure(err) : null;
+  return err && isFileReadError(err) ? readFailure(err) : null;
 }
 
 function readFailure(err: Error): DomainError {
