@@ -25,7 +25,7 @@ let archive: Buffer;
 /** The source's archive, compressed as the service stores it. */
 let srcZst: { file: string; dumpBytes: number };
 const ROWS = 40_000;
-const LIMITED = "bs_lanes_limited";
+const LIMITED = uniqueName("bs_lanes_limited");
 const BIG_ROWS = 3;
 
 function run(cmd: string, args: string[]): Promise<Buffer> {
@@ -123,7 +123,7 @@ beforeAll(async () => {
      INSERT INTO s SELECT g, 'small ' || g FROM generate_series(1, 10) g;`,
   );
   // Owned by a role that is not a superuser, so that one can restore the archive (below).
-  await sql("postgres", `DO $$ BEGIN CREATE ROLE ${LIMITED} LOGIN CREATEDB; EXCEPTION WHEN duplicate_object THEN NULL; END $$`);
+  await sql("postgres", `CREATE ROLE ${LIMITED} LOGIN CREATEDB`);
   await sql(src, `ALTER TABLE t OWNER TO ${LIMITED}; ALTER TABLE s OWNER TO ${LIMITED}`);
   archive = await run("pg_dump", ["-Fc", "-Z0", `--dbname=${src}`]);
   archiveFile = path.join(dir, "src.dump");

@@ -28,15 +28,17 @@ import { createRichSchema, fingerprint } from "./rich-schema.js";
 const fx = createFixture("restore");
 const source = fx.target;
 const big = uniqueName("bs_big");
+/** A role that owns a table and holds grants in the source, so that owners and privileges are seen to travel. */
+const reader = uniqueName("bs_reader");
 const extraDbs: string[] = [];
 let svc: TestService;
 
 beforeAll(async () => {
-  await sql("postgres", "DO $$ BEGIN CREATE ROLE bs_reader; EXCEPTION WHEN duplicate_object THEN NULL; END $$");
+  await sql("postgres", `CREATE ROLE ${reader}`);
   await createDatabase(source);
   await createRichSchema(source);
   // Owners and privileges travel in a custom archive.
-  await sql(source, "GRANT USAGE ON SCHEMA sales TO bs_reader; GRANT SELECT ON sales.orders TO bs_reader; ALTER TABLE sales.bookings OWNER TO bs_reader");
+  await sql(source, `GRANT USAGE ON SCHEMA sales TO ${reader}; GRANT SELECT ON sales.orders TO ${reader}; ALTER TABLE sales.bookings OWNER TO ${reader}`);
   // Big enough that a restore takes a few seconds: time to interrupt it mid-way.
   await createPayloadDatabase(big, "CREATE TABLE small (id int PRIMARY KEY); INSERT INTO small SELECT generate_series(1, 10);");
   svc = await fx.service();
@@ -48,7 +50,7 @@ afterAll(async () => {
   await dropDatabase(big);
   for (const d of extraDbs) await dropDatabase(d);
   for (const d of await scratchDatabases()) await dropDatabase(d);
-  await sql("postgres", "DROP ROLE IF EXISTS bs_reader").catch(() => undefined);
+  await sql("postgres", `DROP ROLE IF EXISTS ${reader}`).catch(() => undefined);
 });
 
 function newDbName(prefix = "bs_restored"): string {
@@ -156,7 +158,7 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const src = newDbName("bs_nolo_src");
     await createDatabase(src);
     await createRichSchema(src);
-    await sql(src, "SELECT lo_unlink(oid) FROM pg_largeobject_metadata; ALTER TABLE sales.bookings OWNER TO bs_reader");
+    await sql(src, `SELECT lo_unlink(oid) FROM pg_largeobject_metadata; ALTER TABLE sales.bookings OWNER TO ${reader}`);
     const before = await fingerprint(src);
     const { backup } = await svc.client.createBackup({ database: src });
     const target = newDbName();
@@ -171,7 +173,7 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     const [{ nextval }] = await sql<{ nextval: string }>(target, "SELECT nextval('sales.invoice_no')");
     expect(Number(nextval)).toBe(1000 + 3 * 7);
     const [{ owner }] = await sql<{ owner: string }>(target, "SELECT tableowner AS owner FROM pg_tables WHERE tablename = 'bookings'");
-    expect(owner).toBe("bs_reader");
+    expect(owner).toBe(reader);
     expect(await scratchDatabases()).toEqual([]);
   });
 
@@ -222,7 +224,7 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     await sql("postgres", `COMMENT ON DATABASE "${source}" IS 'the shop'`);
     await sql("postgres", `ALTER DATABASE "${source}" SET statement_timeout TO '42s'`);
     await sql("postgres", `REVOKE CONNECT ON DATABASE "${source}" FROM PUBLIC`);
-    await sql("postgres", `GRANT CONNECT ON DATABASE "${source}" TO bs_reader`);
+    await sql("postgres", `GRANT CONNECT ON DATABASE "${source}" TO ${reader}`);
     await sql(source, "INSERT INTO sales.customers (email) VALUES ('added.after@backup.example')");
     const changed = await fingerprint(source);
     expect(changed.tables).not.toEqual(original.tables);
@@ -239,7 +241,7 @@ describe("RestoreBackup round trip (custom format + zstd)", () => {
     );
     expect(after!.oid).not.toBe(oidBefore); // really replaced
     expect(after).toMatchObject({ limit: 42, comment: "the shop", settings: ["statement_timeout=42s"] });
-    expect(after!.acl).toMatch(/bs_reader=c\//);
+    expect(after!.acl).toContain(`${reader}=c/`);
     expect(after!.acl).not.toMatch(/(^|[{,])=c/); // PUBLIC still may not connect
     expect(result.safetyBackupId).toMatch(/^[0-9a-f-]{36}$/);
     expect(result.undoHint).toContain(result.safetyBackupId);
