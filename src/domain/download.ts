@@ -33,7 +33,7 @@ export function createDownloadUseCase({ backups, store, locks, core }: DownloadD
      */
     async *downloadBackup(id: string, from: number | bigint, signal?: AbortSignal): AsyncGenerator<DownloadItem> {
       const backupId = core.validateId(id);
-      // A bigint as the wire's uint64 has it: one past what a number holds exactly is still
+      // A bigint as the wire's int64 has it: one past what a number holds exactly is still
       // just an offset past the end of the file, told once the file is known.
       if (typeof from === "number" ? !Number.isSafeInteger(from) || from < 0 : from < 0n) {
         throw invalidArgument("offset", "must be 0 or a positive byte offset");

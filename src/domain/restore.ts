@@ -1,6 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, isFileReadError, notFound } from "../errors.js";
+import { targetCreatedMeanwhile, targetGone } from "./restore-refusals.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
 import type { BackupService, DeepChecks, TableMismatch, VerificationCheck } from "./backup-service.js";
 import type {
@@ -140,7 +141,6 @@ interface ScratchLoad {
   rowCounts: TableRowCounts | undefined;
 }
 
-/** Restores backups atomically: into a scratch database first, then swapped in by name. */
 /**
  * A load that failed on the data itself: the server rejected a row (SQLSTATE class 22, data
  * exception, or 23, integrity: a garbled key is a duplicate), in a COPY of ours or in the
@@ -155,6 +155,7 @@ function rejectedData(err: unknown): boolean {
   );
 }
 
+/** Restores backups atomically: into a scratch database first, then swapped in by name. */
 export function createRestoreUseCase(deps: RestoreDeps) {
   const { backups, runs, locks, store, restorer, logger, core } = deps;
   const events = deps.events ?? NO_EVENTS;
@@ -523,16 +524,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         // have created the database, or objects in it, meanwhile. The swap must not drop those
         // without drop_existing, nor without the safety backup.
         const now = await restorer.inspectDatabase(target, signal);
-        if (state.exists && !now.exists) {
-          throw new DomainError("not_found", `database "${target}" no longer exists; nothing was changed`);
-        }
-        if (!state.exists && now.exists) {
-          throw new DomainError(
-            "failed_precondition",
-            `database "${target}" was created while the backup was loading; nothing was changed ` +
-              "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
-          );
-        }
+        if (state.exists && !now.exists) throw targetGone(target);
+        if (!state.exists && now.exists) throw targetCreatedMeanwhile(target);
         if (now.holdsServiceRecords) throw holdsServiceRecords(target);
         if (!now.mayReplace) throw notReplaceable(target, now.owner);
         const replacing = now.exists && now.objectCount > 0;

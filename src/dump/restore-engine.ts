@@ -6,6 +6,7 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
+import { targetCreatedMeanwhile, targetGone } from "../domain/restore-refusals.js";
 import { DomainError, isFileReadError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { createCopyLanes } from "./copy-lanes.js";
@@ -1011,7 +1012,7 @@ export function createRestoreEngine(opts: {
           [name],
         );
         const row = res.rows[0];
-        if (!row) throw new DomainError("not_found", `database "${name}" no longer exists; nothing was changed`);
+        if (!row) throw targetGone(name);
         // Superusers pass a connection limit of 0, so our own pg_dump still gets in; a role that
         // is not one cannot keep others out, and only ends the sessions there are.
         const limited = row.superuser;
@@ -1054,17 +1055,9 @@ export function createRestoreEngine(opts: {
             const existing = await describeDatabase(c, target);
             // Dropped by someone since it was inspected: the restore was into that database, and
             // creating it again under its name is not what was asked.
-            if (targetExists && !existing) {
-              throw new DomainError("not_found", `database "${target}" no longer exists; nothing was changed`);
-            }
+            if (targetExists && !existing) throw targetGone(target);
             // And the other way: created since, it is someone's database, and the restore was to a new one.
-            if (!targetExists && existing) {
-              throw new DomainError(
-                "failed_precondition",
-                `database "${target}" was created while the backup was loading; nothing was changed ` +
-                  "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
-              );
-            }
+            if (!targetExists && existing) throw targetCreatedMeanwhile(target);
             // The target's privileges (as they are now) only in the transaction that gives the
             // scratch database its name: no one it lets in could connect while the backup loaded.
             await copyPrivileges(c, existing, scratch);
