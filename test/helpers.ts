@@ -342,14 +342,14 @@ export async function removeDir(dir: string): Promise<void> {
 }
 
 /**
- * One test file's world: a target database name and every service, control
- * database and directory the file makes, all removed by `cleanup()`.
+ * One test file's world: a target database name and every service and control
+ * database the file makes, removed by `cleanup()`; its directories go with the
+ * file's others once its tests are done (test/setup.ts).
  */
 export function createFixture(name: string) {
   const target = uniqueName(`bs_tgt_${name}`);
   const services: TestService[] = [];
   const controls: string[] = [];
-  const dirs: string[] = [];
   return {
     target,
     /** A service with its own control database, against the fixture's target. */
@@ -360,16 +360,12 @@ export function createFixture(name: string) {
       services.push(s);
       return s;
     },
-    async tempDir(prefix?: string): Promise<string> {
-      const dir = await tempDir(prefix);
-      dirs.push(dir);
-      return dir;
-    },
+    /** A directory removed with the file's others, once its tests are done (test/setup.ts). */
+    tempDir,
     async cleanup(): Promise<void> {
       for (const s of services) await s.close().catch(() => undefined);
       await dropDatabase(target);
       for (const c of controls) await dropDatabase(c);
-      for (const d of [...services.map((s) => s.dataDir), ...dirs]) await removeDir(d);
     },
   };
 }
