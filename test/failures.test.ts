@@ -8,7 +8,7 @@ import { BackupStatus } from "../gen/backup/v1/backup_pb.js";
 import { parsePgUrl, type PgTarget } from "../src/config.js";
 import { pgConfigOf } from "../src/db/client.js";
 import { createAdvisoryLocks } from "../src/db/locks.js";
-import { fileLockKey } from "../src/domain/backup.js";
+import { databaseLockKey, fileLockKey } from "../src/domain/backup.js";
 import { createLogger } from "../src/logger.js";
 import { previousSlot } from "../src/scheduler/cron.js";
 import {
@@ -71,6 +71,20 @@ async function onlyBackup(svc: TestService) {
 }
 
 let main: TestService;
+
+/** A lock of `svc`'s, taken as another replica would take it (the real advisory lock); release() lets go. */
+async function holdLockOf(svc: TestService, key: string) {
+  const control = parsePgUrl(pgUrl(svc.control)) as PgTarget;
+  const pool = new pg.Pool(pgConfigOf(control, { max: 1 }));
+  const lock = await createAdvisoryLocks(control, pool, createLogger("silent")).tryAcquire(key);
+  expect(lock, `${key} is free to take`).not.toBeNull();
+  return {
+    async release() {
+      await lock!.release();
+      await pool.end();
+    },
+  };
+}
 
 /**
  * After a cancelled backup: the newest record is FAILED with `reason`, pg_dump and the
@@ -319,6 +333,28 @@ describe("cancellation", () => {
     } finally {
       await lock.release();
       await other.close();
+    }
+  });
+
+  it("a database lock let go a moment after its holder finished: the next backup waits for it, not ABORTED", async () => {
+    // The lock's key as the service makes it for the fixture's target (127.0.0.1 is "localhost").
+    const key = databaseLockKey(`localhost:${PG_PORT}`, target);
+    // Held throughout, with no backup on record (a restore, or a holder just finishing): ABORTED after its wait.
+    const held = await holdLockOf(main, key);
+    try {
+      const err = await expectError(main.client.createBackup({}), Code.Aborted);
+      expect(err.rawMessage).toMatch(new RegExp(`database "${target}" is already running; wait for it to finish`));
+    } finally {
+      await held.release();
+    }
+    // Let go 300 ms in, as a backup whose record is already VERIFIED lets go of it: the next one runs.
+    const finishing = await holdLockOf(main, key);
+    const letGo = new Promise((r) => setTimeout(r, 300)).then(() => finishing.release());
+    try {
+      const { backup } = await main.client.createBackup({});
+      expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    } finally {
+      await letGo;
     }
   });
 
@@ -588,10 +624,7 @@ describe("when the control database's sessions or the backup disk fail under the
     const file = path.join(main.backupDir, backup!.fileName);
     const before = await readFile(file);
     // The lock a hard delete holds while it removes the file, taken as another replica would.
-    const control = parsePgUrl(pgUrl(main.control)) as PgTarget;
-    const pool = new pg.Pool(pgConfigOf(control, { max: 1 }));
-    const deleting = await createAdvisoryLocks(control, pool, createLogger("silent")).tryAcquire(fileLockKey(id));
-    expect(deleting).not.toBeNull();
+    const deleting = await holdLockOf(main, fileLockKey(id));
     try {
       for (const deep of [false, true]) {
         const err = await expectError(main.client.verifyBackup({ id, deep }), Code.Aborted);
@@ -618,8 +651,7 @@ describe("when the control database's sessions or the backup disk fail under the
       );
       expect(dl.rawMessage).toBe(`backup ${id} is being deleted`);
     } finally {
-      await deleting!.release();
-      await pool.end();
+      await deleting.release();
     }
     expect((await recordOf(main, id)).status).toBe(BackupStatus.VERIFIED);
     expect((await readFile(file)).equals(before)).toBe(true);

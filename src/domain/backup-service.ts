@@ -17,6 +17,7 @@ import {
   MIN_RETENTION_DAYS,
   backupFileName,
   compressionRatioOf,
+  databaseLockKey,
   fileLockKey,
   expiryOf,
   isUuid,
@@ -143,7 +144,7 @@ export function createBackupService(deps: BackupServiceDeps) {
   const running = new Set<Promise<unknown>>();
 
   function lockKey(database: string): string {
-    return `backup:${options.targetServer}/${database}`;
+    return databaseLockKey(options.targetServer, database);
   }
 
   function runKey(id: string): string {
@@ -170,16 +171,6 @@ export function createBackupService(deps: BackupServiceDeps) {
   function validateId(id: string, field = "id"): string {
     if (!isUuid(id)) throw invalidArgument(field, "must be a backup UUID such as 0b9f7c1e-5d2a-4c1b-9a3e-2f4d6b8a0c1e");
     return id.toLowerCase();
-  }
-
-  async function findRunningId(database: string): Promise<string | null> {
-    // The lock holder inserts its record right after taking the lock; give it a moment.
-    for (let attempt = 0; attempt < 10; attempt++) {
-      const [rec] = await backups.findInProgress(database);
-      if (rec) return rec.id;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-    return null;
   }
 
   function track<T>(p: Promise<T>): Promise<T> {
@@ -524,15 +515,24 @@ export function createBackupService(deps: BackupServiceDeps) {
 
   /** The cross-replica lock of one database (backups and restores); busy when held. */
   async function lockDatabase(database: string): Promise<Lock> {
-    const lock = await locks.tryAcquire(lockKey(database));
-    if (lock) return lock;
-    const runningId = await findRunningId(database);
-    throw new DomainError(
-      "busy",
-      `a backup or restore of database "${database}" is already running` +
-        (runningId ? ` (backup ${runningId})` : "") +
-        "; wait for it to finish",
-    );
+    // A holder with no IN_PROGRESS record has either just taken the lock (its record follows at
+    // once) or just finished (its record final, the lock let go a moment later: a caller that
+    // saw VERIFIED and starts the next backup must not be refused). Either is waited for, for
+    // up to a second; a restore holds it longer, and is then named as running.
+    for (let attempt = 0; ; attempt++) {
+      const lock = await locks.tryAcquire(lockKey(database));
+      if (lock) return lock;
+      const [running] = await backups.findInProgress(database);
+      if (running || attempt >= 10) {
+        throw new DomainError(
+          "busy",
+          `a backup or restore of database "${database}" is already running` +
+            (running ? ` (backup ${running.id})` : "") +
+            "; wait for it to finish",
+        );
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   async function insertRecord(p: {

@@ -175,6 +175,11 @@ export function isUuid(s: string): boolean {
   return UUID_RE.test(s);
 }
 
+/** The lock of one database (its backups and restores), across replicas: `server` as `host:port`. */
+export function databaseLockKey(server: string, database: string): string {
+  return `backup:${server}/${database}`;
+}
+
 /**
  * The lock on a backup's file: readers (restore, download, verification)
  * share it; removing the file needs it alone.
