@@ -19,6 +19,7 @@ import {
   dropDatabase,
   PG_HOST,
   PG_PORT,
+  PG_USER,
   spawnService,
   sql,
   startService,
@@ -397,6 +398,116 @@ describe("a service role that is not a superuser", () => {
     expect(err.rawMessage).not.toMatch(/may not create databases/);
     expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
     expect(await leftovers()).toEqual([]);
+  }, 60_000);
+
+  /**
+   * A database owned by the service's role, holding t: 300,000 rows (enough that a backup or a
+   * load takes a moment), owned by that role too; and a backup of it.
+   */
+  async function ownTarget(prefix: string): Promise<{ db: string; backupId: string }> {
+    const db = newDbName(prefix);
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(db, `CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000); ALTER TABLE t OWNER TO ${creator}`);
+    const { backup } = await limited.client.createBackup({ database: db });
+    expect(backup?.status).toBe(BackupStatus.VERIFIED);
+    return { db, backupId: backup!.id };
+  }
+
+  /**
+   * Restores `id` over its database as the limited service, with drop_existing and a safety
+   * backup; once a message of phase `when` has arrived, a superuser session (this test's own
+   * role) connects to `db` and stays, or leaves `leaveAfterMs` after the swap has begun. Resolves with the call's
+   * error (null if it succeeded), its phases, those seen before the session was in, and the session.
+   */
+  async function restoreWithSuperuserArriving(id: string, db: string, when: RestorePhase, leaveAfterMs?: number) {
+    const phases: RestorePhase[] = [];
+    let arrived: Promise<pg.Client> | null = null;
+    let seenBefore: RestorePhase[] = [];
+    const call = async () => {
+      for await (const m of limited.client.restoreBackup({ id, confirmRestore: true, dropExisting: true })) {
+        phases.push(m.phase);
+        if (m.phase === when && !arrived) {
+          arrived = connect(db).then((c) => {
+            seenBefore = [...phases];
+            return c;
+          });
+          await arrived;
+        }
+        if (m.phase === RestorePhase.FINALIZING && arrived && leaveAfterMs !== undefined) {
+          const session = await arrived;
+          setTimeout(() => void session.end(), leaveAfterMs);
+        }
+      }
+    };
+    const err = await call().then(
+      () => null,
+      (e: unknown) => ConnectError.from(e),
+    );
+    expect(arrived, `no message of phase ${RestorePhase[when]}`).not.toBeNull();
+    return { err, phases, seenBefore, session: await arrived! };
+  }
+
+  it("a superuser's session in the target, which its role may not end: refused before the load, naming the role; the session left alone", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_su_before");
+    const session = await connect(db);
+    try {
+      const err = await restoreAs(backupId);
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toContain(`database "${db}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
+      expect(err.rawMessage).toMatch(/hint: close them; only a superuser may end a superuser's sessions/);
+      expect((await session.query("SELECT count(*)::int AS n FROM t")).rows).toEqual([{ n: 300000 }]);
+      // Refused before a scratch database was made (none was ever there to drop).
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await session.end();
+    }
+  }, 60_000);
+
+  it("one that arrives during the load: refused before the safety backup and the swap, the target and the session left alone", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_su_load");
+    await sql(db, "INSERT INTO t VALUES (0)"); // so that a restore would show
+    const { err, phases, session } = await restoreWithSuperuserArriving(backupId, db, RestorePhase.RESTORING);
+    try {
+      expect(phases).not.toContain(RestorePhase.SAFETY_BACKUP);
+      expect(err, "the restore went through").not.toBeNull();
+      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+      expect(err!.rawMessage).toContain(`database "${db}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
+      expect((await session.query("SELECT count(*)::int AS n FROM t")).rows).toEqual([{ n: 300001 }]);
+      await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+    } finally {
+      await session.end();
+    }
+  }, 60_000);
+
+  it("one that arrives during the safety backup: the swap waits for it a moment, then FAILED_PRECONDITION; the target left as it was", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_su_swap");
+    await sql(db, "INSERT INTO t VALUES (0)");
+    const { err, phases, seenBefore, session } = await restoreWithSuperuserArriving(backupId, db, RestorePhase.SAFETY_BACKUP);
+    try {
+      // In before the swap began, or the test proves nothing; and the swap was reached.
+      expect(seenBefore).not.toContain(RestorePhase.FINALIZING);
+      expect(phases).toContain(RestorePhase.FINALIZING);
+      expect(err, "the restore went through").not.toBeNull();
+      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+      expect(err!.rawMessage).toContain(`database "${db}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
+      expect((await session.query("SELECT count(*)::int AS n FROM t")).rows).toEqual([{ n: 300001 }]);
+      const [{ owner }] = await sql<{ owner: string }>("postgres", "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1", [db]);
+      expect(owner).toBe(creator);
+      await waitFor("the scratch and retired databases to be dropped", async () => (await leftovers()).length === 0);
+    } finally {
+      await session.end();
+    }
+  }, 60_000);
+
+  it("one that arrives during the safety backup and leaves a moment later: the swap waits for it and goes through", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_su_leaves");
+    await sql(db, "INSERT INTO t VALUES (0)");
+    const { err, phases, seenBefore } = await restoreWithSuperuserArriving(backupId, db, RestorePhase.SAFETY_BACKUP, 300);
+    expect(seenBefore).not.toContain(RestorePhase.FINALIZING);
+    expect(err, err?.rawMessage).toBeNull();
+    expect(phases.at(-1)).toBe(RestorePhase.DONE);
+    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+    await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
   }, 60_000);
 
   /**

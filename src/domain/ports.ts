@@ -219,8 +219,10 @@ export interface DatabaseState {
    * public, extensions, large objects, and the like. Zero means empty.
    */
   objectCount: number;
-  /** Sessions connected to it, other than ours. */
+  /** Sessions connected to it, other than ours (autovacuum workers are not counted). */
   sessions: number;
+  /** The roles of those sessions that the service's role may not end (sorted): they would keep the swap from renaming it. */
+  unendableRoles: string[];
   /** It holds this service's own tables (a control database): never a restore target. */
   holdsServiceRecords: boolean;
   /** Its owner (null: it does not exist). */

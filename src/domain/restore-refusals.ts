@@ -18,3 +18,18 @@ export function targetCreatedMeanwhile(target: string): DomainError {
       "(hint: restore into another target_database, or drop it, or set drop_existing to replace it)",
   );
 }
+
+/**
+ * Sessions in the target that the service's role may not end (PostgreSQL's own rule: only a
+ * superuser ends a superuser's session; another role's needs its privileges or pg_signal_backend).
+ * Left there, they would make the swap's rename fail, so the restore stops first.
+ */
+export function sessionsNotEndable(target: string, roles: readonly string[]): DomainError {
+  const who = roles.map((r) => `"${r}"`).join(", ");
+  return new DomainError(
+    "failed_precondition",
+    `database "${target}" has sessions of ${roles.length === 1 ? "role" : "roles"} ${who} that the service's role ` +
+      "may not end; nothing was changed (hint: close them; only a superuser may end a superuser's sessions, " +
+      "and another role's need its privileges or membership in pg_signal_backend)",
+  );
+}

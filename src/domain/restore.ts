@@ -1,7 +1,7 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import type { Logger } from "../logger.js";
 import { DomainError, invalidArgument, isFileReadError, notFound } from "../errors.js";
-import { targetCreatedMeanwhile, targetGone } from "./restore-refusals.js";
+import { sessionsNotEndable, targetCreatedMeanwhile, targetGone } from "./restore-refusals.js";
 import { fileLockKey, type Actor, type BackupRecord, type TableRowCounts } from "./backup.js";
 import type { BackupService, DeepChecks, TableMismatch, VerificationCheck } from "./backup-service.js";
 import type {
@@ -457,6 +457,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
               "(hint: close them, or set drop_existing to end them)",
           );
         }
+        // drop_existing ends the target's sessions before the swap, but only those the service's role may end.
+        if (state.exists && state.unendableRoles.length > 0) throw sessionsNotEndable(target, state.unendableRoles);
         // The scratch copy needs about as much room as the database had when it was backed up.
         const needed = Math.ceil((record.databaseSize ?? 0) * 1.1);
         const free = await restorer.serverFreeBytes();

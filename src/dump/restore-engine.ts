@@ -6,7 +6,7 @@ import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
 import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
-import { targetCreatedMeanwhile, targetGone } from "../domain/restore-refusals.js";
+import { sessionsNotEndable, targetCreatedMeanwhile, targetGone } from "../domain/restore-refusals.js";
 import { DomainError, isFileReadError, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { createCopyLanes } from "./copy-lanes.js";
@@ -381,11 +381,28 @@ function readFailure(err: Error): DomainError {
 }
 
 /** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
-async function terminate(c: pg.Client, name: string): Promise<void> {
-  await c.query(
-    "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+/**
+ * The sessions in a database (parameter $1) other than ours, each with its role and whether the
+ * service's role may end it, by pg_terminate_backend's own rule: a superuser's session only as a
+ * superuser, another role's with that role's privileges or pg_signal_backend's. Processes without
+ * a role (autovacuum workers) are not sessions: a rename or DROP DATABASE ends those itself.
+ */
+const SESSIONS_OF = `SELECT a.pid, r.rolname AS role,
+         me.rolsuper OR (NOT r.rolsuper AND (pg_has_role(r.oid, 'USAGE') OR pg_has_role('pg_signal_backend', 'USAGE'))) AS may_end
+    FROM pg_stat_activity a
+    JOIN pg_roles r ON r.oid = a.usesysid
+   CROSS JOIN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) me
+   WHERE a.datname = $1 AND a.pid <> pg_backend_pid()`;
+
+/** Ends the sessions in `name` the service's role may end; returns the roles of those it may not (sorted, once each). */
+async function terminate(c: pg.Client, name: string): Promise<string[]> {
+  // CASE, so that pg_terminate_backend is not even tried (it would raise an error) where it may not.
+  const res = await c.query<{ role: string; may_end: boolean }>(
+    `SELECT s.role::text AS role, s.may_end, CASE WHEN s.may_end THEN pg_terminate_backend(s.pid, 5000) END AS ended
+       FROM (${SESSIONS_OF}) s`,
     [name],
   );
+  return [...new Set(res.rows.filter((r) => !r.may_end).map((r) => r.role))].sort();
 }
 
 async function fileSizeOf(p: string): Promise<number> {
@@ -887,8 +904,9 @@ export function createRestoreEngine(opts: {
     async inspectDatabase(name, signal): Promise<DatabaseState> {
       const found = await withAdmin([name], async (c) => {
         // USAGE, not MEMBER: renaming it takes its owner's privileges, which a NOINHERIT member lacks.
-        const res = await c.query<{ sessions: string; owner: string; may_replace: boolean }>(
-          `SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
+        const res = await c.query<{ sessions: string; unendable: string[]; owner: string; may_replace: boolean }>(
+          `SELECT (SELECT count(*) FROM (${SESSIONS_OF}) s) AS sessions,
+                  ARRAY(SELECT DISTINCT s.role::text FROM (${SESSIONS_OF}) s WHERE NOT s.may_end ORDER BY 1) AS unendable,
                   pg_get_userbyid(datdba) AS owner, pg_has_role(current_user, datdba, 'USAGE') AS may_replace
              FROM pg_database WHERE datname = $1`,
           [name],
@@ -896,7 +914,7 @@ export function createRestoreEngine(opts: {
         return res.rows[0] ?? null;
       });
       if (found === null) {
-        return { exists: false, objectCount: 0, sessions: 0, holdsServiceRecords: false, owner: null, mayReplace: true };
+        return { exists: false, objectCount: 0, sessions: 0, unendableRoles: [], holdsServiceRecords: false, owner: null, mayReplace: true };
       }
       const sessions = Number(found.sessions);
       const client = await libpq.connect(name, signal);
@@ -921,6 +939,7 @@ export function createRestoreEngine(opts: {
           exists: true,
           objectCount: Number(res.rows[0]!.n),
           sessions,
+          unendableRoles: found.unendable,
           holdsServiceRecords: res.rows[0]!.service,
           owner: found.owner,
           mayReplace: found.may_replace,
@@ -1029,7 +1048,9 @@ export function createRestoreEngine(opts: {
             throw err;
           }
         } else {
-          await terminate(c, name);
+          const left = await terminate(c, name);
+          // Still there at the swap, they would fail its rename: better said now, before a safety backup.
+          if (left.length > 0) throw sessionsNotEndable(name, left);
         }
         return {
           originalLimit: row.limit,
@@ -1048,7 +1069,14 @@ export function createRestoreEngine(opts: {
     async swapIn(scratch, target, retired, targetExists, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
         for (let attempt = 1; ; attempt++) {
-          await terminate(c, target);
+          const unendable = await terminate(c, target);
+          if (unendable.length > 0) {
+            // The rename would wait five seconds for them and fail (55006); they may still leave by themselves.
+            if (attempt >= SWAP_ATTEMPTS) throw sessionsNotEndable(target, unendable);
+            if (signal.aborted) throw signal.reason;
+            await new Promise((r) => setTimeout(r, 200 * attempt));
+            continue;
+          }
           let committing = false;
           try {
             await c.query("BEGIN");
