@@ -60,3 +60,20 @@ export function safeReason(err: unknown): string {
   if (e && typeof e.code === "string" && typeof e.syscall === "string") return `${e.syscall} failed (${e.code})`;
   return "internal error (details are in the service log)";
 }
+
+/**
+ * PostgreSQL's words for a privilege the role lacks, as the server and its client tools
+ * (pg_dump, pg_restore, psql) print them; SQLSTATE 42501 in a server error.
+ */
+const PRIVILEGE_WORDS =
+  /permission denied|must be owner of|must be (?:a )?member of (?:the )?role|must be (?:a )?superuser|query would be affected by row-level security policy/i;
+
+/** A server error, or a client tool's output, that says the role lacks a privilege (not that anything is damaged). */
+export function isPrivilegeFailure(err: unknown): boolean {
+  if (typeof err === "string") return PRIVILEGE_WORDS.test(err);
+  const e = err as { code?: unknown; message?: unknown } | null | undefined;
+  if (e?.code === "42501") return true;
+  const cause = (err as { cause?: unknown } | null | undefined)?.cause;
+  if (err instanceof DomainError && cause !== undefined) return isPrivilegeFailure(cause);
+  return false;
+}

@@ -9,8 +9,9 @@ import { open, writeFile } from "node:fs/promises";
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BackupStatus, RestorePhase, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
+import { BackupStatus, RestorePhase, VerificationLevel, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import {
+  backupFiles,
   callFailure,
   connect,
   createDatabase,
@@ -532,6 +533,73 @@ describe("a service role that is not a superuser", () => {
     }
   }
 
+  /** The control database's record of a backup: its status and error. */
+  async function recordOf(id: string) {
+    const [row] = await sql<{ status: string; error: string | null }>(
+      svc.control,
+      "SELECT status, error_message AS error FROM backup_service.backup_history WHERE id = $1",
+      [id],
+    );
+    return row;
+  }
+
+  it("a backup of a table it may not read: FAILED_PRECONDITION with the grant to ask for, FAILED, no file", async () => {
+    const db = newDbName("bs_edges_unreadable");
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(db, `CREATE TABLE mine (x int); ALTER TABLE mine OWNER TO ${creator}; CREATE TABLE secret (x int); INSERT INTO secret VALUES (1); ALTER TABLE secret OWNER TO ${role}`);
+    const before = await backupFiles(svc.dataDir);
+    const err = await callFailure(limited.client.createBackup({ database: db }));
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toContain(`the role in TARGET_DATABASE_URL may not read all of "${db}"`);
+    expect(err.rawMessage).toMatch(/permission denied for table secret/);
+    expect(err.rawMessage).toMatch(/hint: GRANT pg_read_all_data/);
+    const [row] = await sql<{ status: string; error: string }>(
+      svc.control,
+      "SELECT status, error_message AS error FROM backup_service.backup_history WHERE database_name = $1",
+      [db],
+    );
+    expect(row).toEqual({ status: "FAILED", error: expect.stringContaining("may not read all of") });
+    expect(await backupFiles(svc.dataDir)).toEqual(before);
+  }, 60_000);
+
+  it("a table whose row-level security would hide rows from it: FAILED_PRECONDITION, not a backup of some of the rows", async () => {
+    const db = newDbName("bs_edges_rls");
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(
+      db,
+      `CREATE TABLE guarded (x int); INSERT INTO guarded VALUES (1), (2); ALTER TABLE guarded OWNER TO ${role};
+       ALTER TABLE guarded ENABLE ROW LEVEL SECURITY; GRANT SELECT ON guarded TO ${creator}`,
+    );
+    const err = await callFailure(limited.client.createBackup({ database: db }));
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/row-level security policy for table "guarded"/);
+    expect(err.rawMessage).toMatch(/BYPASSRLS/);
+  }, 60_000);
+
+  it("an archive holding an object it may not give its owner: deep verification could not run (FAILED_PRECONDITION), the backup stays VERIFIED; a restore is FAILED_PRECONDITION too", async () => {
+    const db = newDbName("bs_edges_foreign_owner");
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(db, `CREATE TABLE theirs (x int); INSERT INTO theirs VALUES (1); ALTER TABLE theirs OWNER TO ${role}; GRANT SELECT ON theirs TO ${creator}`);
+    const { backup } = await limited.client.createBackup({ database: db });
+    expect(backup?.status).toBe(BackupStatus.VERIFIED);
+    const err = await callFailure(limited.client.verifyBackup({ id: backup!.id, deep: true }));
+    expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+    expect(err.rawMessage).toMatch(/may not restore this archive: .*must be member of role/);
+    expect((await recordOf(backup!.id))?.status).toBe("VERIFIED");
+    const target = newDbName("bs_edges_foreign_tgt");
+    const restoreErr = await callFailure(
+      (async () => {
+        for await (const _ of limited.client.restoreBackup({ id: backup!.id, confirmRestore: true, targetDatabase: target })) {
+          // drain
+        }
+      })(),
+    );
+    expect(Code[restoreErr.code], restoreErr.rawMessage).toBe("FailedPrecondition");
+    expect(restoreErr.rawMessage).toMatch(/may not restore this archive: .*; nothing was changed \(hint: restore as a superuser/);
+    expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [target])).toHaveLength(0);
+    await waitFor("the scratch databases to be dropped", async () => (await leftovers()).length === 0);
+  }, 60_000);
+
   it("a member of the target's owner that inherits its privileges restores over it", async () => {
     await asOwnerMember(true, async (member, db) => {
       const { backup } = await svc.client.createBackup({ database: db });
@@ -544,6 +612,20 @@ describe("a service role that is not a superuser", () => {
       expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
       const [{ owner }] = await sql<{ owner: string }>("postgres", "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1", [db]);
       expect(owner).toBe(role);
+    });
+  }, 60_000);
+
+  it("a member of the database's owner deep-verifies its backup: the scratch database is owned as the database is", async () => {
+    await asOwnerMember(true, async (member, db) => {
+      const { backup } = await member.client.createBackup({ database: db });
+      expect(backup?.status).toBe(BackupStatus.VERIFIED);
+      const v = await member.client.verifyBackup({ id: backup!.id, deep: true });
+      expect(v.checks.filter((c) => !c.passed)).toEqual([]);
+      expect({ verified: v.verified, level: v.level, status: v.status }).toEqual({
+        verified: true,
+        level: VerificationLevel.RESTORE,
+        status: BackupStatus.VERIFIED,
+      });
     });
   }, 60_000);
 

@@ -268,9 +268,13 @@ export interface RestoreEngine {
   /**
    * Creates an empty database. With `like`, it gets that database's owner,
    * encoding, locale, tablespace, connection limit, privileges, comment and
-   * settings, so that swapping it in changes only the contents.
+   * settings, so that swapping it in changes only the contents. Without,
+   * `ownerOf` names a database whose owner it gets, if that database exists
+   * and the service's role may act as its owner (else the role owns it): an
+   * archive of that database then restores its objects' owners as it would
+   * over the database itself.
    */
-  createDatabase(name: string, like: string | null): Promise<void>;
+  createDatabase(name: string, like: string | null, ownerOf?: string): Promise<void>;
   /** Loads the archive file into the database, reporting progress as it goes. */
   load(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<LoadSummary>;
   /** Every table's rows: `known` (the load's own counts) where given, count(*) for the rest. */

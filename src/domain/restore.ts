@@ -207,12 +207,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     like: string | null,
     signal: AbortSignal,
     onProgress: (p: LoadProgress) => void,
+    ownerOf?: string,
   ): Promise<ScratchLoad> {
     const name = `${scratchPrefix}${randomBytes(4).toString("hex")}`;
     // Held for the scratch database's lifetime: start-up clean-up leaves it alone while we live.
     const lock = await locks.tryAcquire(`scratch:${name}`);
     try {
-      await restorer.createDatabase(name, like);
+      await restorer.createDatabase(name, like, ownerOf);
       const { how, stepsMs, rowCounts } = await restorer.load(
         {
           path: store.path(record.fileName),
@@ -259,7 +260,9 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     try {
       const started = performance.now();
       try {
-        scratch = await loadScratch(record, null, signal, () => undefined);
+        // Owned as the backed-up database is, where the role may: a role that is not a superuser
+        // can then give the archive's objects that owner, as a restore over the database would.
+        scratch = await loadScratch(record, null, signal, () => undefined, record.databaseName);
         checks.push({
           name: "restore",
           passed: true,

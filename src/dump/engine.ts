@@ -15,7 +15,7 @@ import type {
   InspectResult,
   TargetInfo,
 } from "../domain/ports.js";
-import { DomainError, safeReason } from "../errors.js";
+import { DomainError, isPrivilegeFailure, safeReason } from "../errors.js";
 import { createStopper } from "../domain/stopper.js";
 import { readToc } from "./archive.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
@@ -99,7 +99,9 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       // parallel workers that took every core for the first second of a backup (the calls
       // answered meanwhile waited; measured under the latency bench). A count gains nothing
       // from JIT, which cost up to 0.1 s of compiling per big table.
-      await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off");
+      // And with row-level security off, as pg_dump runs: a policy that would hide rows from the
+      // count is an error (42501), not a smaller count.
+      await client.query("SET max_parallel_workers_per_gather = 0; SET jit = off; SET row_security = off");
       await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
       const snap = await client.query<{ id: string; encoding: string }>(
         "SELECT pg_export_snapshot() AS id, current_setting('server_encoding') AS encoding",
@@ -197,7 +199,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       });
       const watch = (p: Promise<ExitInfo>) =>
         p.then((e) => {
-          if (!succeeded(e) && !steps.aborted) fail(dumpFailure(e));
+          if (!succeeded(e) && !steps.aborted) fail(dumpFailure(e, options.database));
         });
       let counts: TableRowCounts = {};
       const counting = countRows(client, tables, steps).then(
@@ -207,9 +209,11 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         (err: unknown) => {
           if (!steps.aborted) {
             fail(
-              new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${safeReason(err)}`, {
-                cause: err,
-              }),
+              isPrivilegeFailure(err)
+                ? unreadable(options.database, safeReason(err), err)
+                : new DomainError("dump_failed", `counting rows in the dump's snapshot failed: ${safeReason(err)}`, {
+                    cause: err,
+                  }),
             );
           }
         },
@@ -484,12 +488,23 @@ export function zstdReportedBytes(stderr: string): number | null {
   return m ? Number(m[1]) : null;
 }
 
-function dumpFailure(e: ExitInfo): DomainError {
-  const hint =
-    e.name === "pg_dump" && /permission denied/i.test(e.stderr)
-      ? " (hint: the role in TARGET_DATABASE_URL must be able to read every table)"
-      : "";
-  return new DomainError("dump_failed", `${describeExit(e)}${hint}`);
+function dumpFailure(e: ExitInfo, database: string): DomainError {
+  if (e.name === "pg_dump" && isPrivilegeFailure(e.stderr)) return unreadable(database, describeExit(e));
+  return new DomainError("dump_failed", describeExit(e));
+}
+
+/**
+ * The role in TARGET_DATABASE_URL may not read all of the database (a table without SELECT, or
+ * one whose row-level security would hide rows: pg_dump refuses those rather than dump part of
+ * them, and so does the row count, which runs with row_security off): the operator's to grant.
+ */
+function unreadable(database: string, why: string, cause?: unknown): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    `the role in TARGET_DATABASE_URL may not read all of "${database}": ${why}; no backup was written ` +
+      "(hint: GRANT pg_read_all_data to it, or SELECT on the table; a table with row-level security also needs BYPASSRLS)",
+    cause === undefined ? undefined : { cause },
+  );
 }
 
 /**

@@ -5,9 +5,9 @@ import path from "node:path";
 import { pipeline } from "node:stream/promises";
 import type pg from "pg";
 import { childProcessEnv, type PgTarget } from "../config.js";
-import type { DatabaseState, LoadOptions, LoadProgress, RestoreEngine } from "../domain/ports.js";
+import type { DatabaseState, LoadOptions, LoadProgress, LoadSummary, RestoreEngine } from "../domain/ports.js";
 import { sessionsNotEndable, targetCreatedMeanwhile, targetGone } from "../domain/restore-refusals.js";
-import { DomainError, isFileReadError, safeReason } from "../errors.js";
+import { DomainError, isFileReadError, isPrivilegeFailure, safeReason } from "../errors.js";
 import { readToc } from "./archive.js";
 import { createCopyLanes } from "./copy-lanes.js";
 import { tableKey, type TableRowCounts } from "../domain/backup.js";
@@ -380,7 +380,6 @@ function readFailure(err: Error): DomainError {
   return new DomainError("dump_failed", `reading the backup file failed: ${safeReason(err)}`, { cause: err });
 }
 
-/** Ends every other session of a database and waits (up to 5 s each) until they are gone. */
 /**
  * The sessions in a database (parameter $1) other than ours, each with its role and whether the
  * service's role may end it, by pg_terminate_backend's own rule: a superuser's session only as a
@@ -394,7 +393,10 @@ const SESSIONS_OF = `SELECT a.pid, r.rolname AS role,
    CROSS JOIN (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) me
    WHERE a.datname = $1 AND a.pid <> pg_backend_pid()`;
 
-/** Ends the sessions in `name` the service's role may end; returns the roles of those it may not (sorted, once each). */
+/**
+ * Ends the sessions in `name` the service's role may end, waiting (up to 5 s each) until they are
+ * gone. Returns the roles of those it may not (sorted, once each).
+ */
 async function terminate(c: pg.Client, name: string): Promise<string[]> {
   // CASE, so that pg_terminate_backend is not even tried (it would raise an error) where it may not.
   const res = await c.query<{ role: string; may_end: boolean }>(
@@ -892,6 +894,30 @@ export function createRestoreEngine(opts: {
     });
   }
 
+  /** The load itself: over the COPY sessions where it can, else pg_restore's script through psql. */
+  async function loadInto(options: LoadOptions, onProgress: (p: LoadProgress) => void, signal: AbortSignal): Promise<LoadSummary> {
+    if (options.format === "custom" && opts.jobs > 1) {
+      const lanes = await laneLoad(options, onProgress, signal);
+      if (lanes) {
+        return {
+          how:
+            `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}` +
+            (lanes.firstTable ? `, ${lanes.firstTable} first` : ""),
+          stepsMs: lanes.stepsMs,
+          rowCounts: lanes.rowCounts,
+        };
+      }
+    }
+    const started = performance.now();
+    let read = 0;
+    const fileSize = await fileSizeOf(options.path);
+    await streamLoad(options, (n) => {
+      read += n;
+      onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });
+    }, signal);
+    return { how: "through psql", stepsMs: { load: Math.round(performance.now() - started) } };
+  }
+
   /** Whether a swap committed: its scratch database no longer exists by that name (false if that cannot be told). */
   async function swapped(scratch: string): Promise<boolean> {
     return withAdmin([scratch], async (c) => {
@@ -949,11 +975,20 @@ export function createRestoreEngine(opts: {
       }
     },
 
-    async createDatabase(name, like) {
-      await withAdmin([name], async (c) => {
+    async createDatabase(name, like, ownerOf) {
+      await withAdmin(ownerOf === undefined ? [name] : [name, ownerOf], async (c) => {
         const source = like === null ? null : await describeDatabase(c, like);
+        let options = source ? createOptions(source) : "TEMPLATE template0";
+        if (!source && ownerOf !== undefined) {
+          const res = await c.query<{ owner: string }>(
+            `SELECT pg_get_userbyid(datdba) AS owner FROM pg_database
+              WHERE datname = $1 AND pg_has_role(current_user, datdba, 'USAGE')`,
+            [ownerOf],
+          );
+          if (res.rows[0]) options += ` OWNER ${quoteIdent(res.rows[0].owner)}`;
+        }
         try {
-          await c.query(`CREATE DATABASE ${quoteIdent(name)} ${source ? createOptions(source) : "TEMPLATE template0"}`);
+          await c.query(`CREATE DATABASE ${quoteIdent(name)} ${options}`);
         } catch (err) {
           if (!insufficientPrivilege(err)) throw err;
           throw new DomainError(
@@ -986,26 +1021,22 @@ export function createRestoreEngine(opts: {
     },
 
     async load(options: LoadOptions, onProgress, signal) {
-      if (options.format === "custom" && opts.jobs > 1) {
-        const lanes = await laneLoad(options, onProgress, signal);
-        if (lanes) {
-          return {
-            how:
-              `over ${lanes.sessions} session${lanes.sessions === 1 ? "" : "s"}` +
-              (lanes.firstTable ? `, ${lanes.firstTable} first` : ""),
-            stepsMs: lanes.stepsMs,
-            rowCounts: lanes.rowCounts,
-          };
+      try {
+        return await loadInto(options, onProgress, signal);
+      } catch (err) {
+        // The archive asked for something the role may not do (an owner it may not act as, an
+        // extension only a superuser creates): not the file's fault, and not ours.
+        if (err instanceof DomainError && err.kind === "dump_failed" && (isPrivilegeFailure(err.message) || isPrivilegeFailure(err))) {
+          throw new DomainError(
+            "failed_precondition",
+            `the role in TARGET_DATABASE_URL may not restore this archive: ${err.message}; nothing was changed (hint: restore ` +
+              "as a superuser, or as a role with the privileges of every owner in the archive; extensions that are not " +
+              "trusted need a superuser)",
+            { cause: err },
+          );
         }
+        throw err;
       }
-      const started = performance.now();
-      let read = 0;
-      const fileSize = await fileSizeOf(options.path);
-      await streamLoad(options, (n) => {
-        read += n;
-        onProgress({ bytesRead: read, fraction: fileSize === 0 ? 1 : read / fileSize });
-      }, signal);
-      return { how: "through psql", stepsMs: { load: Math.round(performance.now() - started) } };
     },
 
     async countRows(database, signal, known = {}) {
