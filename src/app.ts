@@ -301,6 +301,8 @@ export async function createApp(config: Config, logger: Logger, deps: AppDeps = 
                   },
                 ],
                 ["verifications", () => backupService.verifyPending()],
+                // Scratch and retired databases a restore or drill could not drop when it ended.
+                ["restores", () => restore.recoverInterrupted()],
                 recoverStale,
               ]),
             config.recoveryIntervalMs,

@@ -71,12 +71,12 @@ function newDbName(prefix: string): string {
   return name;
 }
 
-/** A service on this file's records whose role in TARGET_DATABASE_URL is `user`; its scratch databases count as leftovers. */
-async function serviceAs(user: string): Promise<TestService> {
+/** A service on this file's records whose role in TARGET_DATABASE_URL is `user` (and `extra` settings); its scratch databases count as leftovers. */
+async function serviceAs(user: string, extra: Record<string, string> = {}): Promise<TestService> {
   const s = await startService(
     svc.control,
     fx.target,
-    { TARGET_DATABASE_URL: `postgres://${user}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}` },
+    { TARGET_DATABASE_URL: `postgres://${user}@${PG_HOST}:${PG_PORT}/${encodeURIComponent(fx.target)}`, ...extra },
     svc.dataDir,
   );
   tags.push(s.app.restoreTag);
@@ -532,6 +532,68 @@ describe("a service role that is not a superuser", () => {
       await sql("postgres", `DROP ROLE IF EXISTS ${member}`).catch(() => undefined);
     }
   }
+
+  it("a superuser's session in the scratch database: the swap waits, then FAILED_PRECONDITION naming it; the sweep drops it once the session has gone", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_su_scratch");
+    const sweeping = await serviceAs(creator, { RECOVERY_INTERVAL_MS: "300" });
+    let session: pg.Client | null = null;
+    try {
+      const call = (async () => {
+        for await (const _ of sweeping.client.restoreBackup({ id: backupId, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          // drain
+        }
+      })().then(
+        () => null,
+        (e: unknown) => ConnectError.from(e),
+      );
+      const scratch = await waitFor("the scratch database", async () => {
+        const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
+          `bsvc\_restore\_${sweeping.app.restoreTag}\_%`,
+        ]);
+        return rows[0]?.datname;
+      });
+      session = await connect(scratch);
+      const err = await call;
+      expect(err, "the restore went through").not.toBeNull();
+      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+      expect(err!.rawMessage).toContain(`database "${scratch}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+      // It could not be dropped with the session in it; the next sweep after the session has gone drops it.
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [scratch])).toHaveLength(1);
+      await session.end();
+      session = null;
+      await waitFor("the sweep to drop the scratch database", async () => (await leftovers()).length === 0);
+    } finally {
+      await session?.end().catch(() => undefined);
+      await sweeping.close();
+    }
+  }, 60_000);
+
+  it("start-up's clean-up goes on past a database it cannot drop yet, and the sweep drops that one later", async () => {
+    const sweeping = await serviceAs(creator, { RECOVERY_INTERVAL_MS: "300" });
+    const tag = sweeping.app.restoreTag;
+    await sweeping.close();
+    // As a crash would leave them: no live restore holds their locks.
+    const [held, scratch, retired] = [`bsvc_restore_${tag}_00held`, `bsvc_restore_${tag}_00free`, `bsvc_retired_${tag}_00free`];
+    for (const d of [held, scratch, retired]) await sql("postgres", `CREATE DATABASE "${d}" OWNER ${creator}`);
+    const session = await connect(held);
+    let again: TestService | null = null;
+    try {
+      again = await serviceAs(creator, { RECOVERY_INTERVAL_MS: "300" });
+      const present = async () =>
+        (await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname = ANY($1) ORDER BY 1", [[held, scratch, retired]])).map(
+          (r) => r.datname,
+        );
+      // The two it could drop are gone as the service starts; the held one stays while its session does.
+      expect(await present()).toEqual([held]);
+      await session.end();
+      await waitFor("the sweep to drop the held database", async () => (await present()).length === 0);
+    } finally {
+      await session.end().catch(() => undefined);
+      await again?.close();
+      for (const d of [held, scratch, retired]) await dropDatabase(d);
+    }
+  }, 60_000);
 
   /** The control database's record of a backup: its status and error. */
   async function recordOf(id: string) {

@@ -230,7 +230,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
       return { name, lock, how, stepsMs, rowCounts };
     } catch (err) {
       await restorer.dropDatabase(name).catch((e: unknown) =>
-        logger.error({ err: e, database: name }, "could not drop the scratch database; start-up will retry"),
+        logger.error({ err: e, database: name }, "could not drop the scratch database; the recovery sweep will retry"),
       );
       await lock?.release();
       throw err;
@@ -339,7 +339,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
     } finally {
       if (scratch) {
         await restorer.dropDatabase(scratch.name).catch((err: unknown) =>
-          logger.error({ err, database: scratch!.name }, "could not drop the scratch database; start-up will retry"),
+          logger.error({ err, database: scratch!.name }, "could not drop the scratch database; the recovery sweep will retry"),
         );
         await scratch.lock?.release();
       }
@@ -572,7 +572,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         blocked = null; // the new database has the old one's connection limit
         if (now.exists) {
           await restorer.dropDatabase(retired).catch((err: unknown) =>
-            logger.warn({ err, database: retired }, "could not drop the replaced database; start-up will retry"),
+            logger.warn({ err, database: retired }, "could not drop the replaced database; the recovery sweep will retry"),
           );
         }
         const rows = Object.values(found).reduce((a, b) => a + b, 0);
@@ -655,7 +655,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         clearInterval(heartbeat);
         if (scratch !== null) {
           await restorer.dropDatabase(scratch).catch((err: unknown) =>
-            logger.error({ err, database: scratch }, "could not drop the scratch database; start-up will retry"),
+            logger.error({ err, database: scratch }, "could not drop the scratch database; the recovery sweep will retry"),
           );
         }
         if (blocked !== null) {
@@ -689,40 +689,55 @@ export function createRestoreUseCase(deps: RestoreDeps) {
      */
     async recoverInterrupted(): Promise<number> {
       let fixed = 0;
-      for (const run of await runs.listRunning()) {
-        const lock = await locks.tryAcquire(restoreRunKey(run.id));
-        if (!lock) continue; // still running on a live replica
+      // Each on its own: one that cannot be put right now (a database with a session the role may
+      // not end) must not keep the others as they are; the next sweep tries it again.
+      const attempt = async (what: Record<string, unknown>, fn: () => Promise<boolean>) => {
         try {
-          if (run.connectionsBlocked) {
-            await restorer.releaseSessions(run.targetDatabase, run.originalConnectionLimit ?? -1);
-          }
-          await runs.update(run.id, {
-            outcome: "INTERRUPTED",
-            connectionsBlocked: false,
-            error:
-              run.error === SWAPPING
-                ? `interrupted while or after swapping the restored database in; check whether "${run.targetDatabase}" holds the restored backup`
-                : "interrupted: the service stopped before the restore finished; the target was not replaced",
-            finishedAt: new Date(),
-          });
-          fixed++;
-        } finally {
-          await lock.release();
+          if (await fn()) fixed++;
+        } catch (err) {
+          logger.warn({ ...what, err }, "could not clean up after an interrupted restore; the next sweep tries again");
         }
+      };
+      for (const run of await runs.listRunning()) {
+        await attempt({ restoreRun: run.id, database: run.targetDatabase }, async () => {
+          const lock = await locks.tryAcquire(restoreRunKey(run.id));
+          if (!lock) return false; // still running on a live replica
+          try {
+            if (run.connectionsBlocked) {
+              await restorer.releaseSessions(run.targetDatabase, run.originalConnectionLimit ?? -1);
+            }
+            await runs.update(run.id, {
+              outcome: "INTERRUPTED",
+              connectionsBlocked: false,
+              error:
+                run.error === SWAPPING
+                  ? `interrupted while or after swapping the restored database in; check whether "${run.targetDatabase}" holds the restored backup`
+                  : "interrupted: the service stopped before the restore finished; the target was not replaced",
+              finishedAt: new Date(),
+            });
+            return true;
+          } finally {
+            await lock.release();
+          }
+        });
       }
       for (const name of await restorer.listDatabases(scratchPrefix)) {
-        const lock = await locks.tryAcquire(`scratch:${name}`);
-        if (!lock) continue;
-        try {
-          await restorer.dropDatabase(name);
-          fixed++;
-        } finally {
-          await lock.release();
-        }
+        await attempt({ database: name }, async () => {
+          const lock = await locks.tryAcquire(`scratch:${name}`);
+          if (!lock) return false; // a live restore's or drill's
+          try {
+            await restorer.dropDatabase(name);
+            return true;
+          } finally {
+            await lock.release();
+          }
+        });
       }
       for (const name of await restorer.listDatabases(retiredPrefix)) {
-        await restorer.dropDatabase(name);
-        fixed++;
+        await attempt({ database: name }, async () => {
+          await restorer.dropDatabase(name);
+          return true;
+        });
       }
       if (fixed > 0) logger.warn({ fixed }, "cleaned up after restores interrupted by an earlier stop");
       return fixed;

@@ -1100,10 +1100,13 @@ export function createRestoreEngine(opts: {
     async swapIn(scratch, target, retired, targetExists, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
         for (let attempt = 1; ; attempt++) {
-          const unendable = await terminate(c, target);
-          if (unendable.length > 0) {
+          // The scratch database's too: only its owner and superusers may connect to it, but a
+          // superuser's session there (a monitoring agent's) would fail its rename the same way.
+          const unendable = [[target, await terminate(c, target)], [scratch, await terminate(c, scratch)]] as const;
+          const stuck = unendable.find(([, roles]) => roles.length > 0);
+          if (stuck) {
             // The rename would wait five seconds for them and fail (55006); they may still leave by themselves.
-            if (attempt >= SWAP_ATTEMPTS) throw sessionsNotEndable(target, unendable);
+            if (attempt >= SWAP_ATTEMPTS) throw sessionsNotEndable(stuck[0], stuck[1]);
             if (signal.aborted) throw signal.reason;
             await new Promise((r) => setTimeout(r, 200 * attempt));
             continue;
