@@ -360,7 +360,9 @@ describe("a service role that is not a superuser", () => {
   const owned: string[] = [];
   afterAll(async () => {
     await limited?.close();
-    for (const d of owned) await dropDatabase(d);
+    // Every database the role owns, or it cannot be dropped.
+    const mine = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = $1", [creator]);
+    for (const d of [...owned, ...mine.map((r) => r.datname)]) await dropDatabase(d);
     await sql("postgres", `DROP ROLE IF EXISTS ${creator}`).catch(() => undefined);
   });
 
@@ -386,6 +388,34 @@ describe("a service role that is not a superuser", () => {
     expect(err.rawMessage).toMatch(new RegExp(`settings of "${db}" onto the scratch database: permission denied; nothing was changed \\(hint: .*CREATEROLE`));
     expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
     expect(await leftovers()).toEqual([]);
+  }, 60_000);
+
+  it("a setting of a superuser in the target, which CREATEROLE does not let it copy: FAILED_PRECONDITION saying only a superuser may", async () => {
+    const manager = uniqueName("bs_edges_manager");
+    await sql("postgres", `CREATE ROLE ${manager} LOGIN CREATEDB CREATEROLE`);
+    const asManager = await serviceAs(manager);
+    const db = newDbName("bs_edges_suset");
+    try {
+      await sql("postgres", `CREATE DATABASE "${db}" OWNER ${manager}`);
+      await sql(db, `CREATE TABLE t (id int); INSERT INTO t VALUES (1); ALTER TABLE t OWNER TO ${manager}`);
+      await sql("postgres", `ALTER ROLE ${PG_USER} IN DATABASE "${db}" SET work_mem = '8MB'`);
+      const { backup } = await svc.client.createBackup({ database: db });
+      const err = await callFailure(
+        (async () => {
+          for await (const _ of asManager.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+            // drain
+          }
+        })(),
+      );
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toMatch(/must be superuser to alter superusers; nothing was changed \(hint: a superuser role's settings in the database only a superuser may copy/);
+      expect(await sql(db, "SELECT id FROM t")).toEqual([{ id: 1 }]);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await asManager.close();
+      await dropDatabase(db); // it owns it
+      await sql("postgres", `DROP ROLE IF EXISTS ${manager}`).catch(() => undefined);
+    }
   }, 60_000);
 
   it("a target owned by a role it is not a member of: refused before anything is created, naming the owner", async () => {

@@ -1012,7 +1012,9 @@ export function createRestoreEngine(opts: {
             `could not copy the settings of "${source.name}" onto the scratch database: ${reason}; nothing was changed (hint: ` +
               (/set parameter/.test(reason)
                 ? "a setting only a superuser may set needs GRANT SET ON PARAMETER to the role in TARGET_DATABASE_URL"
-                : "the role in TARGET_DATABASE_URL needs CREATEROLE to copy other roles' settings in the database") +
+                : /alter superusers/.test(reason)
+                  ? "a superuser role's settings in the database only a superuser may copy, CREATEROLE or not"
+                  : "the role in TARGET_DATABASE_URL needs CREATEROLE to copy other roles' settings in the database") +
               ", or restore as a superuser)",
             { cause: err },
           );
