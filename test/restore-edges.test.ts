@@ -654,6 +654,29 @@ describe("a service role that is not a superuser", () => {
     expect(await backupFiles(svc.dataDir)).toEqual(before);
   }, 60_000);
 
+  it("a database with a subscription, which pg_dump dumps only for a superuser: VERIFIED, with pg_dump's warning in its metadata", async () => {
+    const db = newDbName("bs_edges_subs");
+    await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);
+    await sql(db, `CREATE TABLE mine (x int); ALTER TABLE mine OWNER TO ${creator}`);
+    // Never connects anywhere: no slot, not enabled.
+    await sql(
+      db,
+      `CREATE SUBSCRIPTION bs_edges_sub CONNECTION 'host=${PG_HOST} port=${PG_PORT} dbname=postgres' PUBLICATION nowhere
+         WITH (connect = false, slot_name = NONE, enabled = false, create_slot = false)`,
+    );
+    try {
+      const { backup } = await limited.client.createBackup({ database: db });
+      expect(backup?.status).toBe(BackupStatus.VERIFIED);
+      expect(backup?.metadata?.dumpWarnings).toEqual(["subscriptions not dumped because current user is not a superuser"]);
+      // And by a superuser, nothing to warn about.
+      const { backup: full } = await svc.client.createBackup({ database: db });
+      expect(full?.status).toBe(BackupStatus.VERIFIED);
+      expect(full?.metadata?.dumpWarnings).toBeUndefined();
+    } finally {
+      await sql(db, "DROP SUBSCRIPTION bs_edges_sub"); // or the database could not be dropped
+    }
+  }, 60_000);
+
   it("a table whose row-level security would hide rows from it: FAILED_PRECONDITION, not a backup of some of the rows", async () => {
     const db = newDbName("bs_edges_rls");
     await sql("postgres", `CREATE DATABASE "${db}" OWNER ${creator}`);

@@ -277,6 +277,9 @@ export function createBackupService(deps: BackupServiceDeps) {
       );
       signal.throwIfAborted();
       readBack = result.readBack;
+      if (result.warnings.length > 0) {
+        logger.warn({ backupId: record.id, database: record.databaseName, warnings: result.warnings }, "pg_dump warned: the backup may lack what it names");
+      }
       await store.commit(record.fileName);
       committed = true;
       const counts = Object.values(result.tableRowCounts);
@@ -291,6 +294,7 @@ export function createBackupService(deps: BackupServiceDeps) {
           tableRowCounts: result.tableRowCounts,
           tableCount: counts.length,
           rowCount: counts.reduce((a, b) => a + b, 0),
+          ...(result.warnings.length > 0 ? { metadata: { ...current.metadata, dumpWarnings: result.warnings } } : {}),
         },
         // The verification follows at once and its update is the one callers must see.
         { intermediate: true },

@@ -171,6 +171,8 @@ export interface DumpResult {
    * reading. null: the verification reads the file.
    */
   readBack: { dumpSize: number } | null;
+  /** pg_dump's warnings (it succeeded): what the archive may lack, such as subscriptions. */
+  warnings: string[];
 }
 
 export interface InspectOptions {

@@ -231,6 +231,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         tableRowCounts: counts,
         durationMs: Math.round(performance.now() - started),
         readBack: readBackResult,
+        warnings: dumpWarnings((await dump.exit).stderr),
       };
     } catch (err) {
       signal.throwIfAborted();
@@ -476,6 +477,15 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
     }
     return { ok: true, detail: "", tables };
   }
+}
+
+/**
+ * What pg_dump warned about while it still succeeded: above all, the subscriptions a role that is
+ * not a superuser cannot dump ("subscriptions not dumped because current user is not a
+ * superuser"), which are then missing from the backup.
+ */
+export function dumpWarnings(stderr: string): string[] {
+  return [...stderr.matchAll(/^pg_dump: warning: (.+)$/gm)].map((m) => m[1]!.trim());
 }
 
 /**
