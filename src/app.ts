@@ -15,7 +15,7 @@ import { loadJwtKeys, type JwtKeys } from "./auth/keys.js";
 import { checkServiceFiles, describeTarget, type Config, type PgTarget } from "./config.js";
 import { createAuditRepository } from "./db/audit-repository.js";
 import { createBackupRepository } from "./db/backup-repository.js";
-import { createDb, createPool, ensureDatabase, migrateControlDatabase } from "./db/client.js";
+import { createDb, createPool, ensureDatabase, migrateControlDatabase, settleSslMode } from "./db/client.js";
 import { createAdvisoryLocks } from "./db/locks.js";
 import { MIGRATIONS_SCHEMA, SERVICE_SCHEMA } from "./db/schema.js";
 import { createBackupService } from "./domain/backup-service.js";
@@ -107,6 +107,8 @@ export async function createApp(config: Config, logger: Logger, deps: AppDeps = 
   }
   logger.info({ source: keys.source, algorithms: keys.algorithms }, "JWT verification key loaded");
 
+  // libpq's prefer/allow, which node-postgres cannot do, settled once for both servers.
+  config = { ...config, control: await settleSslMode(config.control, logger), target: await settleSslMode(config.target, logger) };
   await ensureDatabase(config.control, logger);
   const pool = createPool(config.control, logger);
   // Timers started before the servers: a failed start stops them (its pool is closed).

@@ -14,8 +14,24 @@ export interface PgTarget {
   readonly user: string | undefined;
   readonly password: string | undefined;
   readonly database: string;
-  readonly sslmode: string | undefined;
+  /**
+   * libpq's sslmode. Unset, prefer and allow are settled when the service starts
+   * (`settleSslMode`): node-postgres cannot fall back from SSL as libpq does, so the
+   * server is asked once and both the service's connections and its tools then use
+   * "require" or "disable".
+   */
+  readonly sslmode: SslMode | undefined;
+  /** Files for TLS, as libpq's sslrootcert, sslcert and sslkey. */
+  readonly sslrootcert?: string;
+  readonly sslcert?: string;
+  readonly sslkey?: string;
 }
+
+export const SSL_MODES = ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] as const;
+export type SslMode = (typeof SSL_MODES)[number];
+
+/** The query parameters of a PostgreSQL URL the service passes on; libpq's others it refuses rather than ignore. */
+const URL_PARAMETERS = ["host", "port", "user", "password", "sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 export type ArchiveFormatSetting = "custom" | "plain";
 export type CompressionSetting = "zstd" | "gzip";
@@ -183,20 +199,43 @@ export function parsePgUrl(raw: string): PgTarget | string {
       return `has a % not followed by two hex digits in its ${part} (hint: write a % as %25)`;
     }
   }
-  const { database, user, password } = parts;
+  const { database } = parts;
   if (database === "" || database.includes("/")) {
     return "must name a database in its path, e.g. postgres://127.0.0.1:5432/mydb";
   }
-  const host = url.searchParams.get("host") ?? (parts.host || "127.0.0.1");
-  const port = url.port === "" ? 5432 : Number(url.port);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return "has an invalid port";
+  const unknown = [...new Set(url.searchParams.keys())].filter((k) => !URL_PARAMETERS.includes(k));
+  if (unknown.length > 0) {
+    return (
+      `has query parameters the service does not pass on to its connections: ${unknown.join(", ")} ` +
+      `(it takes ${URL_PARAMETERS.join(", ")}; leave the others out rather than have them ignored)`
+    );
+  }
+  // As libpq: a query parameter wins over the same part of the URL.
+  const param = (k: string) => url.searchParams.get(k) ?? undefined;
+  const host = param("host") ?? parts.host;
+  if (host === "") {
+    // libpq would use its compiled-in socket directory, which the service cannot know.
+    return "names no host (hint: postgres://127.0.0.1:5432/mydb, or for the Unix socket its directory: postgres:///mydb?host=/var/run/postgresql)";
+  }
+  const portText = param("port") ?? url.port;
+  const port = portText === "" ? 5432 : Number(portText);
+  if (!/^\d*$/.test(portText) || !Number.isInteger(port) || port < 1 || port > 65535) return "has an invalid port";
+  const sslmode = param("sslmode");
+  if (sslmode !== undefined && !(SSL_MODES as readonly string[]).includes(sslmode)) {
+    return `has an sslmode libpq does not know (it takes ${SSL_MODES.join(", ")})`;
+  }
+  const user = param("user") ?? parts.user;
+  const password = param("password") ?? parts.password;
   return {
     host: host.replace(/^\[(.*)\]$/, "$1"),
     port,
     user: user === "" ? undefined : user,
     password: password === "" ? undefined : password,
     database,
-    sslmode: url.searchParams.get("sslmode") ?? undefined,
+    sslmode: sslmode as SslMode | undefined,
+    ...(param("sslrootcert") ? { sslrootcert: param("sslrootcert") } : {}),
+    ...(param("sslcert") ? { sslcert: param("sslcert") } : {}),
+    ...(param("sslkey") ? { sslkey: param("sslkey") } : {}),
   };
 }
 
@@ -211,6 +250,12 @@ export function checkServiceFiles(config: Config): void {
   for (const [name, file] of [["TLS_CERT_FILE", config.tlsCertFile], ["TLS_KEY_FILE", config.tlsKeyFile]] as const) {
     const problem = file === undefined ? null : unreadableFile(file);
     if (problem) problems.push(`${name}: ${problem}`);
+  }
+  for (const [name, t] of [["CONTROL_DATABASE_URL", config.control], ["TARGET_DATABASE_URL", config.target]] as const) {
+    for (const k of ["sslrootcert", "sslcert", "sslkey"] as const) {
+      const problem = t[k] === undefined ? null : unreadableFile(t[k]);
+      if (problem) problems.push(`${name}: ${k}: ${problem}`);
+    }
   }
   if (problems.length > 0) throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
 }
@@ -353,10 +398,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (catchUpWindowMs === null) {
     problems.push("SCHEDULE_CATCHUP_WINDOW: must be a duration such as 6h, 90m or 3600 (seconds); 0 turns catch-up off");
   }
-  const databases = (e.BACKUP_DATABASES ?? e.TARGET_DATABASE_URL.database)
-    .split(",")
-    .map((d) => d.trim())
-    .filter((d) => d.length > 0);
+  // The target's own database as it is: a name may hold a comma or spaces.
+  const databases =
+    e.BACKUP_DATABASES === undefined
+      ? [e.TARGET_DATABASE_URL.database]
+      : e.BACKUP_DATABASES.split(",")
+          .map((d) => d.trim())
+          .filter((d) => d.length > 0);
   if (databases.length === 0 || databases.some((d) => Buffer.byteLength(d) > 63)) {
     problems.push("BACKUP_DATABASES: must be a comma-separated list of database names (1 to 63 bytes each)");
   }

@@ -1,14 +1,18 @@
+import { existsSync } from "node:fs";
 import { writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, BackupType } from "../gen/backup/v1/backup_pb.js";
-import { ConfigError, loadConfig, parsePgUrl, type PgTarget } from "../src/config.js";
-import { pgConfigOf } from "../src/db/client.js";
+import { checkServiceFiles, ConfigError, loadConfig, parsePgUrl, type PgTarget } from "../src/config.js";
+import { pgConfigOf, settleSslMode } from "../src/db/client.js";
 import {
   createDatabase,
   createFixture,
   dropDatabase,
+  PG_HOST,
+  PG_PORT,
+  PG_USER,
   removeDir,
   spawnService,
   sql,
@@ -106,6 +110,14 @@ describe("configuration", () => {
       [{ JWT_SECRET: "short-hunter2" }, /JWT_SECRET: must be at least 32 bytes/],
       [{ TLS_CERT_FILE: "/tmp/cert.pem" }, /TLS_CERT_FILE, TLS_KEY_FILE: set both/],
       [{ LOG_LEVEL: "loud" }, /LOG_LEVEL: must be one of/],
+      // libpq would take these; ignored, they would change what the service connects to.
+      [
+        { TARGET_DATABASE_URL: "postgres://u:hunter2@h/db?options=-c%20statement_timeout%3D0&connect_timeout=3" },
+        /TARGET_DATABASE_URL: has query parameters the service does not pass on to its connections: options, connect_timeout/,
+      ],
+      [{ TARGET_DATABASE_URL: "postgres:///db" }, /TARGET_DATABASE_URL: names no host \(hint: .*\?host=\/var\/run\/postgresql/],
+      [{ TARGET_DATABASE_URL: "postgres://h/db?sslmode=verify_full" }, /TARGET_DATABASE_URL: has an sslmode libpq does not know \(it takes disable, allow, prefer, require, verify-ca, verify-full\)/],
+      [{ TARGET_DATABASE_URL: "postgres://h/db?port=5x" }, /TARGET_DATABASE_URL: has an invalid port/],
     ];
     for (const [env, message] of bad) {
       let err: unknown;
@@ -182,6 +194,87 @@ describe("configuration", () => {
       expect(await passwordFor("postgres://carol@db.example:5433/shop")).toBeUndefined();
       expect(await passwordFor("postgres://alice@db.example:5433/other")).toBeUndefined();
       expect(await passwordFor("postgres://alice:in-the-url@db.example:5433/shop")).toBe("in-the-url");
+    } finally {
+      for (const [name, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      await removeDir(dir);
+    }
+  });
+
+  it("reads a URL's query parameters as libpq does: they win over the same parts of the URL", () => {
+    expect(parsePgUrl("postgres://a:x@h:5432/db?port=5433&user=b&password=p%40ss&host=/var/run/postgresql&sslmode=verify-full&sslrootcert=/etc/ca.pem")).toEqual({
+      host: "/var/run/postgresql",
+      port: 5433,
+      user: "b",
+      password: "p@ss",
+      database: "db",
+      sslmode: "verify-full",
+      sslrootcert: "/etc/ca.pem",
+    });
+    expect(parsePgUrl("postgres://%2Fvar%2Frun%2Fpostgresql/db")).toMatchObject({ host: "/var/run/postgresql", port: 5432 });
+    expect(parsePgUrl("postgres://[::1]:5433/db")).toMatchObject({ host: "::1", port: 5433 });
+  });
+
+  it("the daily backup of the target's own database keeps its name whole, commas and all", () => {
+    expect(loadConfig({ TARGET_DATABASE_URL: "postgres://127.0.0.1/a%2Cb%20" }).scheduler.databases).toEqual(["a,b "]);
+    expect(loadConfig({ TARGET_DATABASE_URL: "postgres://127.0.0.1/x", BACKUP_DATABASES: "a, b" }).scheduler.databases).toEqual(["a", "b"]);
+  });
+
+  it("an SSL file a URL names must be readable as the service starts", () => {
+    const problem = () => checkServiceFiles(loadConfig({ TARGET_DATABASE_URL: "postgres://127.0.0.1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem" }));
+    expect(problem).toThrow(/TARGET_DATABASE_URL: sslrootcert: cannot read the file \(ENOENT\)/);
+  });
+
+  it("libpq's default, prefer, is settled once with the server: without SSL here, both for the service and its tools", async () => {
+    const local = (q: string) => parsePgUrl(`postgres://${PG_USER}@${PG_HOST}:${PG_PORT}/postgres${q}`) as PgTarget;
+    const [{ ssl }] = await sql<{ ssl: string }>("postgres", "SHOW ssl");
+    const expected = ssl === "on" ? "require" : "disable";
+    expect((await settleSslMode(local(""))).sslmode).toBe(expected);
+    expect((await settleSslMode(local("?sslmode=prefer"))).sslmode).toBe(expected);
+    expect((await settleSslMode(local("?sslmode=allow"))).sslmode).toBe("disable"); // plain first, as libpq
+    // What the URL decides is left alone; so is a Unix socket, which has no SSL.
+    expect((await settleSslMode(local("?sslmode=require"))).sslmode).toBe("require");
+    expect((await settleSslMode(local("?host=/var/run/postgresql"))).sslmode).toBeUndefined();
+    // The control database before it exists: the server took the mode all the same.
+    expect((await settleSslMode({ ...local(""), database: uniqueName("bs_not_yet") })).sslmode).toBe(expected);
+    // A server that does not answer: unsettled, and said so.
+    const unreachable = await settleSslMode({ ...local(""), port: 1 });
+    expect(unreachable.sslmode).toBeUndefined();
+  });
+
+  it("a target over the Unix socket: backups and deep verification work, for the service's connections and its tools alike", async (ctx) => {
+    const socketDir = "/var/run/postgresql";
+    if (!existsSync(path.join(socketDir, `.s.PGSQL.${PG_PORT}`))) ctx.skip();
+    await sql(target, "CREATE TABLE IF NOT EXISTS over_socket (x int); INSERT INTO over_socket VALUES (1), (2)");
+    const viaSocket = await startService(
+      svc.control,
+      target,
+      { TARGET_DATABASE_URL: `postgres://${PG_USER}@${encodeURIComponent(socketDir)}:${PG_PORT}/${encodeURIComponent(target)}` },
+      svc.dataDir,
+    );
+    try {
+      const { backup } = await viaSocket.client.createBackup({ database: target });
+      expect(backup?.status).toBe(BackupStatus.VERIFIED);
+      const v = await viaSocket.client.verifyBackup({ id: backup!.id, deep: true });
+      expect(v.checks.filter((c) => !c.passed)).toEqual([]);
+      expect(v.verified).toBe(true);
+    } finally {
+      await viaSocket.close();
+    }
+  }, 60_000);
+
+  it("over a Unix socket, the password file is read as for localhost, as libpq does", async () => {
+    const dir = await tempDir("bs-pgpass-sock-");
+    const file = path.join(dir, "pgpass");
+    await writeFile(file, "localhost:5432:shop:alice:over-the-socket\n", { mode: 0o600 });
+    const saved = { PGPASSFILE: process.env.PGPASSFILE, PGPASSWORD: process.env.PGPASSWORD };
+    process.env.PGPASSFILE = file;
+    delete process.env.PGPASSWORD;
+    try {
+      const p = pgConfigOf(parsePgUrl("postgres:///shop?host=/var/run/postgresql&user=alice") as PgTarget).password;
+      expect(typeof p === "function" ? await p() : p).toBe("over-the-socket");
     } finally {
       for (const [name, value] of Object.entries(saved)) {
         if (value === undefined) delete process.env[name];

@@ -1,4 +1,4 @@
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -6,19 +6,70 @@ import pg from "pg";
 import pgpass from "pgpass";
 import { drizzle, type NodePgDatabase } from "drizzle-orm/node-postgres";
 import { migrate } from "drizzle-orm/node-postgres/migrator";
-import type { PgTarget } from "../config.js";
+import { describeTarget, type PgTarget } from "../config.js";
 import type { Logger } from "../logger.js";
 import { MIGRATIONS_SCHEMA } from "./schema.js";
 import * as schema from "./schema.js";
 
 export type Db = NodePgDatabase<typeof schema>;
 
+/**
+ * node-postgres's TLS settings for libpq's sslmode: none over a Unix socket (libpq ignores
+ * sslmode there) and for disable (and prefer or allow that could not be settled: see
+ * `settleSslMode`); for require, no checks, unless a root certificate is given, when libpq
+ * checks the chain as for verify-ca; for verify-ca the chain but not the host name; for
+ * verify-full both. sslrootcert, sslcert and sslkey are read as each connection is made.
+ */
+function sslOf(t: PgTarget): pg.ClientConfig["ssl"] {
+  if (t.host.startsWith("/") || t.sslmode === undefined || t.sslmode === "disable" || t.sslmode === "allow" || t.sslmode === "prefer") {
+    return false;
+  }
+  const chain = t.sslmode === "verify-ca" || t.sslmode === "verify-full" || (t.sslmode === "require" && t.sslrootcert !== undefined);
+  return {
+    rejectUnauthorized: chain,
+    ...(chain && t.sslmode !== "verify-full" ? { checkServerIdentity: () => undefined } : {}),
+    ...(t.sslrootcert ? { ca: readFileSync(t.sslrootcert) } : {}),
+    ...(t.sslcert ? { cert: readFileSync(t.sslcert) } : {}),
+    ...(t.sslkey ? { key: readFileSync(t.sslkey) } : {}),
+  };
+}
+
+/**
+ * libpq's prefer (its default when the URL names no sslmode) tries SSL and falls back to none,
+ * allow the other way round; node-postgres can do neither. So the server is asked once, as the
+ * service starts, and the answer ("require" or "disable") holds for the service's connections and
+ * its tools alike. A server that does not answer leaves the mode as it was (the service's
+ * connections then go without SSL); a Unix socket has no SSL.
+ */
+export async function settleSslMode(t: PgTarget, logger?: Logger): Promise<PgTarget> {
+  if (t.host.startsWith("/") || (t.sslmode !== undefined && t.sslmode !== "prefer" && t.sslmode !== "allow")) return t;
+  const order: ("require" | "disable")[] = t.sslmode === "allow" ? ["disable", "require"] : ["require", "disable"];
+  for (const mode of order) {
+    const probe = new pg.Client(pgConfigOf({ ...t, sslmode: mode }, { connectionTimeoutMillis: 5_000 }));
+    probe.on("error", () => undefined);
+    try {
+      await probe.connect();
+      return { ...t, sslmode: mode };
+    } catch (err) {
+      // Past the login, on this mode: the database is not there yet (the control database, before
+      // ensureDatabase makes it) or the server is full. The mode itself was taken.
+      const code = (err as { code?: unknown }).code;
+      if (code === "3D000" || code === "53300") return { ...t, sslmode: mode };
+      // Only the server's own refusal (no SSL here, or a pg_hba.conf line for the other kind) is
+      // a reason to try the other way; a server that cannot be reached answers neither.
+      const answered = typeof (err as { severity?: unknown }).severity === "string" || /does not support SSL/.test(String((err as Error).message));
+      if (!answered) break;
+    } finally {
+      await probe.end().catch(() => undefined);
+    }
+  }
+  logger?.warn({ target: describeTarget(t) }, "could not ask the server whether to use SSL; connecting without it (set sslmode in the URL to decide)");
+  return t;
+}
+
 /** node-postgres settings for a target; the password stays in memory only. */
 export function pgConfigOf(t: PgTarget, extra: pg.PoolConfig = {}): pg.PoolConfig {
-  const ssl =
-    t.sslmode === undefined || t.sslmode === "disable" || t.sslmode === "allow" || t.sslmode === "prefer"
-      ? undefined
-      : { rejectUnauthorized: t.sslmode === "verify-ca" || t.sslmode === "verify-full" };
+  const ssl = sslOf(t);
   // Like libpq: no user in the URL means the operating-system user.
   const user = t.user ?? os.userInfo().username;
   return {
@@ -32,7 +83,8 @@ export function pgConfigOf(t: PgTarget, extra: pg.PoolConfig = {}): pg.PoolConfi
       t.password ??
       ((() =>
         new Promise<string | undefined>((resolve) =>
-          pgpass({ host: t.host, port: t.port, database: t.database, user }, resolve),
+          // Over a Unix socket libpq looks the password up as for host "localhost".
+          pgpass({ host: t.host.startsWith("/") ? "localhost" : t.host, port: t.port, database: t.database, user }, resolve),
         )) as () => Promise<string>),
     database: t.database,
     ssl,

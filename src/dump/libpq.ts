@@ -54,6 +54,9 @@ export function createLibpq(target: PgTarget) {
       if (target.user) env.PGUSER = target.user;
       if (target.password) env.PGPASSWORD = target.password;
       if (target.sslmode) env.PGSSLMODE = target.sslmode;
+      if (target.sslrootcert) env.PGSSLROOTCERT = target.sslrootcert;
+      if (target.sslcert) env.PGSSLCERT = target.sslcert;
+      if (target.sslkey) env.PGSSLKEY = target.sslkey;
       env.PGDATABASE = database;
       env.PGCONNECT_TIMEOUT = "10";
       env.PGAPPNAME = appName;
