@@ -47,8 +47,8 @@ export async function sql<T extends pg.QueryResultRow = Record<string, unknown>>
 }
 
 /** An open connection the test controls (e.g. to hold a lock). */
-export async function connect(database: string): Promise<pg.Client> {
-  const client = new pg.Client({ host: PG_HOST, port: PG_PORT, user: PG_USER, database });
+export async function connect(database: string, user = PG_USER): Promise<pg.Client> {
+  const client = new pg.Client({ host: PG_HOST, port: PG_PORT, user, database });
   client.on("error", () => undefined);
   await client.connect();
   return client;

@@ -431,6 +431,44 @@ describe("a service role that is not a superuser", () => {
     expect(await leftovers()).toEqual([]);
   }, 60_000);
 
+  it("a role the server refuses in the postgres database: the database moves go through the one TARGET_DATABASE_URL names; refused there and in template1 too, FAILED_PRECONDITION in the server's words", async () => {
+    const shut = uniqueName("bs_edges_nopg");
+    await sql("postgres", `CREATE ROLE ${shut} LOGIN CREATEDB`);
+    // What fails its every log-in to postgres, as no CONNECT privilege or no pg_hba.conf line would.
+    const refuse = (db: string) => sql("postgres", `ALTER ROLE ${shut} IN DATABASE "${db}" SET session_preload_libraries = 'bs_no_such_lib'`);
+    await refuse("postgres");
+    const asShut = await serviceAs(shut);
+    const source = newDbName("bs_edges_nopg_src");
+    const into = [newDbName("bs_edges_nopg_a"), newDbName("bs_edges_nopg_b")];
+    const restoreInto = async (id: string, targetDatabase: string) => {
+      for await (const _ of asShut.client.restoreBackup({ id, targetDatabase, confirmRestore: true })) {
+        // drain
+      }
+    };
+    try {
+      await sql("postgres", `CREATE DATABASE "${source}" OWNER ${shut}`);
+      await sql(source, `CREATE TABLE t (id int); INSERT INTO t VALUES (1), (2); ALTER TABLE t OWNER TO ${shut}`);
+      const { backup } = await svc.client.createBackup({ database: source });
+      expect(await connect("postgres", shut).then((c) => c.end(), (e: Error) => e.message)).toMatch(/bs_no_such_lib/);
+
+      await restoreInto(backup!.id, into[0]!);
+      expect(await sql(into[0]!, "SELECT id FROM t ORDER BY id")).toEqual([{ id: 1 }, { id: 2 }]);
+
+      await refuse(fx.target);
+      await refuse("template1");
+      const err = await callFailure(restoreInto(backup!.id, into[1]!));
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toMatch(/refused a session in database "postgres": .*bs_no_such_lib/);
+      expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [into[1]])).toEqual([]);
+      expect(await leftovers()).toEqual([]);
+    } finally {
+      await asShut.close();
+      const mine = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE pg_get_userbyid(datdba) = $1", [shut]);
+      for (const d of mine) await dropDatabase(d.datname);
+      await sql("postgres", `DROP ROLE IF EXISTS ${shut}`).catch(() => undefined);
+    }
+  }, 60_000);
+
   /**
    * A database owned by the service's role, holding t: 300,000 rows (enough that a backup or a
    * load takes a moment), owned by that role too; and a backup of it.

@@ -21,23 +21,43 @@ export function connectionFailure(err: unknown, where: string, database: string)
   const msg = (e.message ?? String(err)).replace(/\s+/g, " ").trim();
   switch (e.code) {
     case "3D000":
-      return new DomainError("not_found", `database "${database}" does not exist on ${where}`);
+      return new DomainError("not_found", `database "${database}" does not exist on ${where}`, { cause: err });
     case "28P01":
     case "28000":
       return new DomainError(
         "failed_precondition",
         `cannot log in to ${where}: ${msg} (hint: check the user and password in TARGET_DATABASE_URL)`,
+        { cause: err },
       );
     case "42501":
-      return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`);
+      return new DomainError("failed_precondition", `permission denied on ${where}: ${msg}`, { cause: err });
     case "53300":
       return new DomainError("unavailable", `${where}/${database} takes no more sessions: ${msg}`, { cause: err });
     default:
+      // Any other refusal in the server's own words (a setting that fails at log-in, say), unless it
+      // is one that passes: the server starting up or shutting down, out of resources.
+      if (typeof (e as { severity?: unknown }).severity === "string" && !/^(08|53|57)/.test(e.code ?? "")) {
+        return new DomainError("failed_precondition", `${where} refused a session in database "${database}": ${msg}`, {
+          cause: err,
+        });
+      }
       return new DomainError(
         "unavailable",
         `cannot reach the target database at ${where}: ${msg} (hint: check TARGET_DATABASE_URL and that PostgreSQL is running)`,
+        { cause: err },
       );
   }
+}
+
+/**
+ * Whether a connection failure was the server refusing this database to this role (no CONNECT
+ * privilege, no pg_hba.conf line for it, the database gone, a per-database setting that fails at
+ * log-in), so another database may still take it; not a wrong password, which would fail the same
+ * everywhere, and not a server that could not be reached.
+ */
+export function refusedDatabase(err: unknown): boolean {
+  const cause = (err as { cause?: { severity?: unknown; code?: unknown } } | null)?.cause;
+  return typeof cause?.severity === "string" && cause.code !== "28P01";
 }
 
 /** Connections and child-process environments for one PostgreSQL server. */

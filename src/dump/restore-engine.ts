@@ -19,7 +19,7 @@ import {
   type ArchiveHead,
   type TocEntry,
 } from "./custom-archive.js";
-import { countRows, createLibpq, listTables, quoteIdent } from "./libpq.js";
+import { countRows, createLibpq, listTables, quoteIdent, refusedDatabase } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { SlabSource } from "./slab-source.js";
 import { decompressCommand, type Tools } from "./tools.js";
@@ -441,9 +441,26 @@ export function createRestoreEngine(opts: {
   // What a killed process left; small, private files, so a failure here only waits for the next start.
   void removeStaleWorkDirs().catch(() => undefined);
 
-  /** A connection for CREATE/ALTER/DROP DATABASE: never to a database being moved. */
-  function admin(...avoid: string[]): Promise<pg.Client> {
-    return libpq.connect(avoid.includes("postgres") ? "template1" : "postgres");
+  /**
+   * A connection for CREATE/ALTER/DROP DATABASE: never to a database being moved. `postgres`
+   * first, as the tools do; where the server refuses the role that one (hardened servers revoke
+   * CONNECT on it, managed ones may not have it), the database TARGET_DATABASE_URL names, then
+   * template1. The first refusal is the one reported.
+   */
+  async function admin(...avoid: string[]): Promise<pg.Client> {
+    const candidates = [...new Set(["postgres", opts.target.database, "template1"])].filter(
+      (d) => d !== "" && !avoid.includes(d),
+    );
+    let first: unknown;
+    for (const database of candidates) {
+      try {
+        return await libpq.connect(database);
+      } catch (err) {
+        first ??= err;
+        if (!refusedDatabase(err)) break;
+      }
+    }
+    throw first;
   }
 
   async function withAdmin<T>(avoid: string[], fn: (c: pg.Client) => Promise<T>): Promise<T> {
