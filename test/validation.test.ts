@@ -174,26 +174,23 @@ describe("configuration", () => {
     }
   });
 
-  it("with no password in the URL, the service's own connections read the password file, as libpq does for the tools", async () => {
+  /**
+   * Runs `fn` with the password lookup pointed at a file holding `lines` (PGPASSFILE, here only: the
+   * service takes it out of its environment, so that it and the tools both read ~/.pgpass), and
+   * with a runner's own PGPASSWORD put aside (libpq, and pgpass, read no file while it is set).
+   */
+  async function withPasswordFile(lines: string, fn: (passwordFor: (url: string) => Promise<unknown>) => Promise<void>) {
     const dir = await tempDir("bs-pgpass-");
     const file = path.join(dir, "pgpass");
-    await writeFile(file, "db.example:5433:shop:alice:from-the-file\n*:*:*:bob:bobs-own\n", { mode: 0o600 });
-    // PGPASSFILE points the lookup at this file here only: the service takes it out of its
-    // environment, so that it and the tools both read ~/.pgpass.
-    // (pgpass, as libpq, reads no file while PGPASSWORD is set: a runner's own is put aside.)
+    await writeFile(file, lines, { mode: 0o600 });
     const saved = { PGPASSFILE: process.env.PGPASSFILE, PGPASSWORD: process.env.PGPASSWORD };
     process.env.PGPASSFILE = file;
     delete process.env.PGPASSWORD;
     try {
-      const passwordFor = async (url: string) => {
+      await fn(async (url) => {
         const p = pgConfigOf(parsePgUrl(url) as PgTarget).password;
         return typeof p === "function" ? await p() : p;
-      };
-      expect(await passwordFor("postgres://alice@db.example:5433/shop")).toBe("from-the-file");
-      expect(await passwordFor("postgres://bob@elsewhere:5432/any")).toBe("bobs-own");
-      expect(await passwordFor("postgres://carol@db.example:5433/shop")).toBeUndefined();
-      expect(await passwordFor("postgres://alice@db.example:5433/other")).toBeUndefined();
-      expect(await passwordFor("postgres://alice:in-the-url@db.example:5433/shop")).toBe("in-the-url");
+      });
     } finally {
       for (const [name, value] of Object.entries(saved)) {
         if (value === undefined) delete process.env[name];
@@ -201,6 +198,16 @@ describe("configuration", () => {
       }
       await removeDir(dir);
     }
+  }
+
+  it("with no password in the URL, the service's own connections read the password file, as libpq does for the tools", async () => {
+    await withPasswordFile("db.example:5433:shop:alice:from-the-file\n*:*:*:bob:bobs-own\n", async (passwordFor) => {
+      expect(await passwordFor("postgres://alice@db.example:5433/shop")).toBe("from-the-file");
+      expect(await passwordFor("postgres://bob@elsewhere:5432/any")).toBe("bobs-own");
+      expect(await passwordFor("postgres://carol@db.example:5433/shop")).toBeUndefined();
+      expect(await passwordFor("postgres://alice@db.example:5433/other")).toBeUndefined();
+      expect(await passwordFor("postgres://alice:in-the-url@db.example:5433/shop")).toBe("in-the-url");
+    });
   });
 
   it("reads a URL's query parameters as libpq does: they win over the same parts of the URL", () => {
@@ -266,22 +273,9 @@ describe("configuration", () => {
   }, 60_000);
 
   it("over a Unix socket, the password file is read as for localhost, as libpq does", async () => {
-    const dir = await tempDir("bs-pgpass-sock-");
-    const file = path.join(dir, "pgpass");
-    await writeFile(file, "localhost:5432:shop:alice:over-the-socket\n", { mode: 0o600 });
-    const saved = { PGPASSFILE: process.env.PGPASSFILE, PGPASSWORD: process.env.PGPASSWORD };
-    process.env.PGPASSFILE = file;
-    delete process.env.PGPASSWORD;
-    try {
-      const p = pgConfigOf(parsePgUrl("postgres:///shop?host=/var/run/postgresql&user=alice") as PgTarget).password;
-      expect(typeof p === "function" ? await p() : p).toBe("over-the-socket");
-    } finally {
-      for (const [name, value] of Object.entries(saved)) {
-        if (value === undefined) delete process.env[name];
-        else process.env[name] = value;
-      }
-      await removeDir(dir);
-    }
+    await withPasswordFile("localhost:5432:shop:alice:over-the-socket\n", async (passwordFor) => {
+      expect(await passwordFor("postgres:///shop?host=/var/run/postgresql&user=alice")).toBe("over-the-socket");
+    });
   });
 
   it("has the documented defaults", () => {
