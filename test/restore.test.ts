@@ -428,6 +428,68 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect(await oidOf(big)).toBe(bigOid);
   }, 120_000);
 
+  it("deadlines swept across the swap: each restore replaced the target or left it exactly as it was, and its audit event says which", async () => {
+    const db = newDbName("bs_sweep");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    const { backup } = await svc.client.createBackup({ database: db });
+    const restored = await fingerprint(db);
+    const args = { id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true, targetDatabase: db };
+    const audits = async () => (await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: backup!.id, pageSize: 1 }));
+    // A state the backup does not hold, so that a replaced target shows.
+    const diverge = () => sql(db, "INSERT INTO t VALUES (0, 'after the backup') ON CONFLICT DO NOTHING");
+    // Two restores with no deadline: when the swap starts (FINALIZING) and when the call ends, here.
+    let finalizing = Infinity;
+    let done = Infinity;
+    for (let i = 0; i < 2; i++) {
+      await diverge();
+      const t0 = performance.now();
+      for await (const m of svc.client.restoreBackup(args)) {
+        if (m.phase === RestorePhase.FINALIZING) finalizing = Math.min(finalizing, performance.now() - t0);
+      }
+      done = Math.min(done, performance.now() - t0);
+      expect(await fingerprint(db)).toEqual(restored);
+    }
+    // Deadlines from well before the swap to well after the call's end, most of them between.
+    const deadlines = [0.5 * finalizing, ...Array.from({ length: 9 }, (_, k) => finalizing + ((done - finalizing) * k) / 8), 1.5 * done + 200];
+    const outcomes: string[] = [];
+    for (const deadline of deadlines) {
+      await diverge();
+      const before = await fingerprint(db);
+      const oid = await oidOf(db);
+      const events = (await audits()).total;
+      let client = "OK";
+      try {
+        for await (const _ of svc.client.restoreBackup(args, { timeoutMs: Math.max(1, Math.round(deadline)) })) {
+          // drain
+        }
+      } catch (err) {
+        client = Code[(err as { code: Code }).code];
+      }
+      await waitFor("the restore's audit event", async () => (await audits()).total > events);
+      const server = (await audits()).events[0]!;
+      await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+      const what = `deadline ${Math.round(deadline)} ms: the client saw ${client}, the service recorded ${server.outcome} (${server.message})`;
+      if (client === "OK") expect(server.outcome, what).toBe("OK");
+      else expect(client, what).toBe("DeadlineExceeded");
+      if (server.outcome === "OK") {
+        // The client may not have heard: the record says so when the service knows (it may have
+        // sent the last message just before the client's deadline passed).
+        expect(server.message, what).toMatch(/^restored into ".+" \(drop_existing, skip_safety_backup\)(; .+ before it was told)?$/);
+        expect(await fingerprint(db), what).toEqual(restored);
+        expect(await oidOf(db), what).not.toBe(oid);
+      } else {
+        expect(["CANCELED", "DEADLINE_EXCEEDED"], what).toContain(server.outcome);
+        expect(await fingerprint(db), what).toEqual(before);
+        expect(await oidOf(db), what).toBe(oid);
+      }
+      outcomes.push(server.outcome);
+    }
+    // The sweep reached both sides of the swap.
+    expect(outcomes[0]).not.toBe("OK");
+    expect(outcomes.at(-1)).toBe("OK");
+  }, 180_000);
+
   it("a client cancelling mid-stream: the target is unchanged, no scratch database is left", async () => {
     const ac = new AbortController();
     const { iterator } = await restoreUntilLoading(ac.signal);

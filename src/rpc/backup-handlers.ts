@@ -13,10 +13,10 @@ import {
 import type { BackupService as Domain, VerificationResult } from "../domain/backup-service.js";
 import { DomainError } from "../errors.js";
 import type { createDownloadUseCase } from "../domain/download.js";
-import type { createRestoreUseCase } from "../domain/restore.js";
+import type { createRestoreUseCase, RestoreProgress } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
-import { kActor, kAuditBackupId, kAuditNote } from "./context.js";
+import { kActor, kAuditBackupId, kAuditLate, kAuditNote } from "./context.js";
 import { withEncodedReply } from "./grpc-lean.js";
 import {
   auditEventToProto,
@@ -208,13 +208,50 @@ export function createBackupHandlers(service: BackupUseCases): ServiceImpl<typeo
         },
         callSignal(ctx),
       );
-      for await (const p of progress) {
+      /** What the audit trail says once the restore has swapped its database in. */
+      let restored: string | null = null;
+      const track = (p: RestoreProgress) => {
         if (p.target) ctx.values.set(kAuditNote, note(`"${p.target}"`));
         if (p.result) {
           const safety = p.result.safetyBackupId ? `, safety backup ${p.result.safetyBackupId}` : "";
-          ctx.values.set(kAuditNote, `restored into "${p.result.targetDatabase}"${safety}${flags ? ` (${flags})` : ""}`);
+          restored = `restored into "${p.result.targetDatabase}"${safety}${flags ? ` (${flags})` : ""}`;
+          ctx.values.set(kAuditNote, restored);
         }
-        yield restoreProgressToProto(p);
+      };
+      // Read by hand rather than with for-await, which would close the progress when the client
+      // goes away and lose how the restore ended.
+      let ended = false;
+      try {
+        for (;;) {
+          let r: IteratorResult<RestoreProgress>;
+          try {
+            r = await progress.next();
+          } catch (err) {
+            ended = true;
+            throw err;
+          }
+          if (r.done) break;
+          track(r.value);
+          yield restoreProgressToProto(r.value);
+        }
+        ended = true;
+      } finally {
+        if (!ended) {
+          // The client went away (cancelled, or its deadline passed) while the restore ran. Before
+          // the swap that stops it and the target stays as it was; once the swap has begun it
+          // finishes, and the audit trail must say that the target was replaced.
+          ctx.values.set(
+            kAuditLate,
+            (async () => {
+              try {
+                for (let r = await progress.next(); !r.done; r = await progress.next()) track(r.value);
+              } catch {
+                // stopped: not restored
+              }
+              return restored;
+            })(),
+          );
+        }
       }
     },
 

@@ -10,5 +10,11 @@ export const kClientAddress = createContextKey<string | undefined>(undefined, { 
 /** What the audit trail should say about a call, set by its handler (e.g. the restore target). */
 export const kAuditNote = createContextKey<string | undefined>(undefined, { description: "audit note" });
 
+/**
+ * Set by a streaming handler whose client went away while its work went on: resolves, once that
+ * work has ended, with what the audit trail should say it did (null: it did not complete).
+ */
+export const kAuditLate = createContextKey<Promise<string | null> | undefined>(undefined, { description: "audit late outcome" });
+
 /** The backup a streaming call concerns, set by its handler for the audit trail. */
 export const kAuditBackupId = createContextKey<string | undefined>(undefined, { description: "audit backup id" });

@@ -5,7 +5,7 @@ import type { Actor } from "../domain/backup.js";
 import type { AuditRepository, NewAuditEvent } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import { kActor, kAuditBackupId, kAuditNote, kClientAddress } from "./context.js";
+import { kActor, kAuditBackupId, kAuditLate, kAuditNote, kClientAddress } from "./context.js";
 import { codeName, toConnectError } from "./errors.js";
 
 const ADMIN_ROLES = new Set(["admin", "superadmin"]);
@@ -157,11 +157,22 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
     };
     const requestId = req.stream ? null : requestBackupId(req.message);
     const note = () => req.contextValues.get(kAuditNote) ?? null;
-    const failed = (err: unknown, backupId: string | null) => {
+    /**
+     * Work that went on after its client had gone and did complete (a restore past its swap) is
+     * recorded as done, with how the call ended; null when there was none.
+     */
+    const late = async (backupId: string | null, ended: string) => {
+      const done = await (req.contextValues.get(kAuditLate) ?? null);
+      if (done === null) return false;
+      await recordAudit(audit, logger, { ...base, backupId, outcome: "OK", message: `${done}; ${ended} before it was told` });
+      return true;
+    };
+    const failed = async (err: unknown, backupId: string | null) => {
       const ce = err instanceof ConnectError ? err : new ConnectError(String(err), Code.Unknown);
       const cause = ce.cause instanceof DomainError ? ce.cause.backupId : undefined;
+      if (await late(cause ?? backupId, `the call ended with ${codeName(ce.code)} (${ce.rawMessage})`)) return;
       const n = note();
-      return recordAudit(audit, logger, {
+      await recordAudit(audit, logger, {
         ...base,
         backupId: cause ?? backupId,
         outcome: codeName(ce.code),
@@ -196,7 +207,7 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
           throw err;
         } finally {
           // The client went away mid-stream: the generator is closed without an error.
-          if (!settled) {
+          if (!settled && !(await late(backupId(), "the client cancelled the call"))) {
             const n = note();
             await recordAudit(audit, logger, {
               ...base,
