@@ -422,4 +422,41 @@ describe("backupctl", () => {
     });
     expect(await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [db])).toHaveLength(0);
   });
+
+  it("Ctrl-C once the swap has begun: it may have gone through, so the CLI does not say the target was left as it was", async () => {
+    const { backup } = await svc.client.createBackup({ database: target });
+    const expected = await sql<{ n: string }>(target, "SELECT count(*)::text AS n FROM pg_class WHERE relkind = 'r'");
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const db = newDbName();
+      const child = spawn(process.execPath, [BIN, "restore", backup!.id, "--target", db, "--yes"], {
+        env: cliEnv(),
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let stderr = "";
+      let interrupted = false;
+      const exited = new Promise<number | null>((resolve) => child.once("close", resolve));
+      child.stderr.on("data", (d) => {
+        stderr += d;
+        // Once: a second Ctrl-C exits at once.
+        if (!interrupted && stderr.includes("restore: FINALIZING")) interrupted = child.kill("SIGINT");
+      });
+      const code = await exited;
+      const { events } = await waitFor("the restore's audit event", async () => {
+        const r = await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: backup!.id, pageSize: 1 });
+        return r.events[0]?.message.includes(db) ? r : null;
+      });
+      const replaced = (await sql("postgres", "SELECT 1 FROM pg_database WHERE datname = $1", [db])).length === 1;
+      // What the audit trail says is what happened.
+      expect(events[0]!.outcome === "OK", events[0]!.message).toBe(replaced);
+      if (replaced) expect(await sql(db, "SELECT count(*)::text AS n FROM pg_class WHERE relkind = 'r'")).toEqual(expected);
+      if (code === 0) continue; // the restore ended before the interrupt was read
+      expect(code, stderr).toBe(130);
+      expect(stderr).toMatch(
+        new RegExp(`^backupctl: interrupted: restore cancelled while the restored database was being swapped in: the target may have been replaced; the audit trail says which \\(backupctl audit --action RestoreBackup --backup ${backup!.id}\\)$`, "m"),
+      );
+      expect(stderr).not.toMatch(/left as it was/);
+      return;
+    }
+    // Three restores that each finished before their interrupt was read: nothing more to check here.
+  }, 120_000);
 });

@@ -105,7 +105,7 @@ function enumValue(schema: DescEnum, allowed?: string[]) {
  * Runs a streaming call that Ctrl-C cancels: the first SIGINT aborts the
  * call (the service then stops the work), a second one exits at once.
  */
-async function interruptible<T>(interrupted: string, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+async function interruptible<T>(interrupted: string | (() => string), work: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const controller = new AbortController();
   const onSigint = () => {
     if (controller.signal.aborted) process.exit(Exit.INTERRUPTED);
@@ -115,7 +115,9 @@ async function interruptible<T>(interrupted: string, work: (signal: AbortSignal)
   try {
     return await work(controller.signal);
   } catch (err) {
-    if (controller.signal.aborted) throw new CliError(`interrupted: ${interrupted}`, Exit.INTERRUPTED);
+    if (controller.signal.aborted) {
+      throw new CliError(`interrupted: ${typeof interrupted === "string" ? interrupted : interrupted()}`, Exit.INTERRUPTED);
+    }
     throw err;
   } finally {
     process.off("SIGINT", onSigint);
@@ -260,7 +262,14 @@ function buildProgram(): Command {
       let last: RestoreBackupResponse | undefined;
       let phase = -1;
       try {
-        await interruptible("restore cancelled; the service drops its scratch database and the target is left as it was", async (signal) => {
+        // Until the swap begins a cancel leaves the target as it was; once it has, the swap may
+        // have committed before the cancel came, and then the restore went through.
+        const interrupted = () =>
+          phase === RestorePhase.FINALIZING
+            ? `restore cancelled while the restored database was being swapped in: the target may have been replaced; ` +
+              `the audit trail says which (backupctl audit --action RestoreBackup --backup ${id})`
+            : "restore cancelled; the service drops its scratch database and the target is left as it was";
+        await interruptible(interrupted, async (signal) => {
           const stream = client.restoreBackup(
             {
               id,
