@@ -1,4 +1,5 @@
 import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
 import { chmod, open, readFile, symlink, truncate, writeFile } from "node:fs/promises";
 import path from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
@@ -293,6 +294,57 @@ describe("cancellation", () => {
       await lock.release();
     }
   });
+
+  it("deadlines swept across a whole backup: each one leaves a VERIFIED backup whose file matches its record, or a FAILED one and no file", async () => {
+    // A service of its own: its backup directory holds only this test's files.
+    const svc = await service();
+    const t0 = performance.now();
+    const { backup: first } = await svc.client.createBackup({});
+    const full = performance.now() - t0;
+    expect(first!.status).toBe(BackupStatus.VERIFIED);
+    const outcomes: string[] = [];
+    for (const f of [0.1, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 1, 1.05, 1.1, 1.3, 3]) {
+      const deadline = Math.max(1, Math.round(full * f));
+      let client = "OK";
+      let returned: string | undefined;
+      try {
+        returned = (await svc.client.createBackup({}, { timeoutMs: deadline })).backup!.id;
+      } catch (err) {
+        client = Code[(err as ConnectError).code];
+      }
+      const { backups } = await svc.client.listBackups({ pageSize: 1 });
+      // A client that stops waiting stops the dump, not the verification once the dump is
+      // complete (COMPLETED): that goes on to its end.
+      const newest = await waitFor("the backup to end", async () => {
+        const r = await recordOf(svc, backups[0]!.id);
+        return r.status === BackupStatus.IN_PROGRESS || r.status === BackupStatus.COMPLETED ? null : r;
+      });
+      const what = `deadline ${deadline} ms: the client saw ${client}, the record is ${BackupStatus[newest.status]} (${newest.errorMessage})`;
+      if (client === "OK") expect(returned, what).toBe(newest.id);
+      else expect(client, what).toBe("DeadlineExceeded");
+      await waitFor("pg_dump to exit", async () => (await pgDumpPids(target)).length === 0);
+      const files = await backupFiles(svc.backupDir);
+      expect(files.filter((f) => f.endsWith(".partial")), what).toEqual([]);
+      if (newest.status === BackupStatus.VERIFIED) {
+        expect(files, what).toContain(newest.fileName);
+        const bytes = await readFile(path.join(svc.backupDir, newest.fileName));
+        expect(BigInt(bytes.length), what).toBe(newest.fileSize);
+        expect(createHash("sha256").update(bytes).digest("hex"), what).toBe(newest.checksum);
+      } else {
+        expect(newest.status, what).toBe(BackupStatus.FAILED);
+        expect(newest.errorMessage, what).toMatch(/cancelled: the call's deadline was exceeded|cancelled by the client/);
+        expect(files, what).not.toContain(newest.fileName);
+      }
+      outcomes.push(BackupStatus[newest.status]);
+    }
+    // Every file in the directory is a VERIFIED backup's.
+    const { backups } = await svc.client.listBackups({ pageSize: 100 });
+    const verified = backups.filter((b) => b.status === BackupStatus.VERIFIED).map((b) => b.fileName).sort();
+    expect(await backupFiles(svc.backupDir)).toEqual(verified);
+    // The sweep reached both sides of the backup's end.
+    expect(outcomes[0]).toBe("FAILED");
+    expect(outcomes.at(-1)).toBe("VERIFIED");
+  }, 180_000);
 
   it("a backup still running can be neither deleted nor verified; a deleted one cannot be verified", async () => {
     const lock = await blockTable(target, "customers");
