@@ -209,6 +209,44 @@ describe("deep verification", () => {
   }, 120_000);
 });
 
+  it("deadlines swept across a deep verification: none makes the backup anything but VERIFIED, and each leaves it as it was or restore-verified", async () => {
+    const db = uniqueName("bs_drill_sweep");
+    extra.push(db);
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
+    const { backup } = await svc.client.createBackup({ database: db });
+    const t0 = performance.now();
+    await svc.client.verifyBackup({ id: backup!.id, deep: true });
+    const full = performance.now() - t0;
+    const levels: string[] = [];
+    for (const f of [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.1, 3]) {
+      // Back to a checksum-level verification, so that a deep one that went through shows.
+      await sql(svc.control, "UPDATE backup_service.backup_history SET restore_verified_at = NULL, metadata = jsonb_set(metadata, '{verification,level}', '\"checksum\"') WHERE id = $1", [backup!.id]);
+      const deadline = Math.max(1, Math.round(full * f));
+      let client = "OK";
+      try {
+        await svc.client.verifyBackup({ id: backup!.id, deep: true }, { timeoutMs: deadline });
+      } catch (err) {
+        client = Code[(err as { code: Code }).code];
+      }
+      await waitFor("the scratch database to be dropped", async () => (await scratchDatabases()).length === 0);
+      // What the service records after the call: nothing, or all of the deep verification.
+      const after = await waitFor("the verification to settle", async () => {
+        const { backup: b } = await svc.client.getBackup({ id: backup!.id });
+        const level = (b!.metadata as { verification: { level: string } }).verification.level;
+        return level === "checksum" || b!.restoreVerifiedAt !== undefined ? { b: b!, level } : null;
+      });
+      const what = `deadline ${deadline} ms: the client saw ${client}; the backup is ${BackupStatus[after.b.status]} at level ${after.level}`;
+      expect(after.b.status, what).toBe(BackupStatus.VERIFIED);
+      if (client === "OK") expect(after.level, what).toBe("restore");
+      else expect(client, what).toBe("DeadlineExceeded");
+      expect(after.level === "restore", what).toBe(after.b.restoreVerifiedAt !== undefined);
+      levels.push(after.level);
+    }
+    expect(levels[0]).toBe("checksum");
+    expect(levels.at(-1)).toBe("restore");
+  }, 180_000);
+
 describe("crash mid-drill", () => {
   it("after the process is killed, the next start removes the leftover scratch database", async () => {
     const big = uniqueName("bs_drill_crash");

@@ -368,3 +368,28 @@ describe("the restore engine", () => {
     expect(progress.at(-1)).toBe(1);
   });
 });
+
+describe("the restore's connections", () => {
+  it("a cancel that lands while a connection is being made ends the wait at once", async () => {
+    const { createLibpq } = await import("../src/dump/libpq.js");
+    const libpq = createLibpq({ host: PG_HOST, port: PG_PORT, user: PG_USER, password: undefined, database: "postgres", sslmode: undefined });
+    // node-postgres, ended before its startup message is answered, never settles its connect():
+    // the loader would then wait for ever on a cancelled restore, its scratch database kept.
+    for (let i = 0; i < 5; i++) {
+      const ac = new AbortController();
+      const connecting = libpq.connect("postgres", ac.signal);
+      ac.abort(new Error("cancelled"));
+      const outcome = await Promise.race([
+        connecting.then(
+          async (c) => {
+            await c.end();
+            return "connected";
+          },
+          (err: unknown) => (err as Error).message,
+        ),
+        new Promise((r) => setTimeout(() => r("still waiting after 5 s"), 5000)),
+      ]);
+      expect(outcome).toBe("cancelled");
+    }
+  });
+});

@@ -99,7 +99,14 @@ export function createLibpq(target: PgTarget) {
       signal?.addEventListener("abort", onAbort, { once: true });
       client.once("end", () => signal?.removeEventListener("abort", onAbort));
       try {
-        await client.connect();
+        // node-postgres never settles connect() on a client ended while it connects (its 'end'
+        // handler skips the callback once end() was called): the abort rejects it here instead,
+        // or a cancel that lands then would leave the caller, and its clean-up, waiting for ever.
+        await new Promise<void>((resolve, reject) => {
+          const stop = () => reject(signal!.reason);
+          signal?.addEventListener("abort", stop, { once: true });
+          client.connect().then(() => resolve(), reject).finally(() => signal?.removeEventListener("abort", stop));
+        });
       } catch (err) {
         signal?.removeEventListener("abort", onAbort);
         await client.end().catch(() => undefined);
