@@ -54,6 +54,16 @@ async function scratchDatabases(s: TestService = svc): Promise<string[]> {
   return rows.map((r) => r.datname);
 }
 
+/** A new database of this file's, made by `ddl`, and a backup of it. */
+async function backedUp(prefix: string, ddl: string) {
+  const db = uniqueName(prefix);
+  extra.push(db);
+  await createDatabase(db);
+  await sql(db, ddl);
+  const { backup } = await svc.client.createBackup({ database: db });
+  return { db, backup: backup! };
+}
+
 /** Makes a tampered file pass every file check: its record gets the file's size and SHA-256. */
 async function matchRecordToFile(id: string, bytes: Buffer): Promise<void> {
   await sql(svc.control, "UPDATE backup_service.backup_history SET checksum = $2, file_size = $3 WHERE id = $1", [
@@ -143,11 +153,7 @@ describe("deep verification", () => {
   }, 60_000);
 
   it("an archive re-made after rows were deleted fails with the table and the expected and found counts", async () => {
-    const db = uniqueName("bs_drill_tamper");
-    extra.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger SELECT generate_series(1, 100)");
-    const { backup } = await svc.client.createBackup({ database: db });
+    const { db, backup } = await backedUp("bs_drill_tamper", "CREATE TABLE ledger (id int PRIMARY KEY); INSERT INTO ledger SELECT generate_series(1, 100)");
     // Rows vanish after the counts were taken; the archive is re-made, and made to pass every file check.
     await sql(db, "DELETE FROM ledger WHERE id > 90");
     const file = path.join(svc.backupDir, backup!.fileName);
@@ -169,11 +175,7 @@ describe("deep verification", () => {
 
   it("never takes the database's lock: a backup of it runs during a deep verification", async () => {
     // Big enough that the drill is still loading when the second backup starts.
-    const db = uniqueName("bs_drill_lock");
-    extra.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g");
-    const { backup } = await svc.client.createBackup({ database: db });
+    const { db, backup } = await backedUp("bs_drill_lock", "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 300000) g");
     let deepDone = false;
     const deep = svc.client.verifyBackup({ id: backup!.id, deep: true }).finally(() => (deepDone = true));
     await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
@@ -190,11 +192,7 @@ describe("deep verification", () => {
   }, 120_000);
 
   it("cancelled mid-drill: the scratch database is dropped and the backup's status is unchanged", async () => {
-    const big = uniqueName("bs_drill_big");
-    extra.push(big);
-    await createDatabase(big);
-    await sql(big, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g");
-    const { backup } = await svc.client.createBackup({ database: big });
+    const { backup } = await backedUp("bs_drill_big", "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, repeat(md5(g::text), 4) FROM generate_series(1, 800000) g");
     const ac = new AbortController();
     const call = svc.client.verifyBackup({ id: backup!.id, deep: true }, { signal: ac.signal });
     await waitFor("the scratch database", async () => (await scratchDatabases()).length > 0);
@@ -207,14 +205,8 @@ describe("deep verification", () => {
     expect(after!.restoreVerifiedAt).toBeUndefined();
     expect((after!.metadata as { verification: { level: string } }).verification.level).toBe("checksum");
   }, 120_000);
-});
-
   it("deadlines swept across a deep verification: none makes the backup anything but VERIFIED, and each leaves it as it was or restore-verified", async () => {
-    const db = uniqueName("bs_drill_sweep");
-    extra.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
-    const { backup } = await svc.client.createBackup({ database: db });
+    const { backup } = await backedUp("bs_drill_sweep", "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
     const t0 = performance.now();
     await svc.client.verifyBackup({ id: backup!.id, deep: true });
     const full = performance.now() - t0;
@@ -246,6 +238,7 @@ describe("deep verification", () => {
     expect(levels[0]).toBe("checksum");
     expect(levels.at(-1)).toBe("restore");
   }, 180_000);
+});
 
 describe("crash mid-drill", () => {
   it("after the process is killed, the next start removes the leftover scratch database", async () => {
@@ -341,11 +334,7 @@ describe("the restore-drill job", () => {
 
 describe("deep verification of a truncated archive", () => {
   it("a file cut short (record made to match) fails at the restore, CORRUPTED", async () => {
-    const db = uniqueName("bs_drill_cut");
-    extra.push(db);
-    await createDatabase(db);
-    await sql(db, "CREATE TABLE big (id int, body text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
-    const { backup } = await svc.client.createBackup({ database: db });
+    const { backup } = await backedUp("bs_drill_cut", "CREATE TABLE big (id int, body text); INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 200000) g");
     const file = path.join(svc.backupDir, backup!.fileName);
     const bytes = (await readFile(file)).subarray(0, Math.floor(Number(backup!.fileSize) * 0.6));
     await writeFile(file, bytes);
