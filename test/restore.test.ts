@@ -451,7 +451,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       expect(await fingerprint(db)).toEqual(restored);
     }
     // Deadlines from well before the swap to well after the call's end, most of them between.
-    const deadlines = [0.5 * finalizing, ...Array.from({ length: 9 }, (_, k) => finalizing + ((done - finalizing) * k) / 8), 1.5 * done + 200];
+    const deadlines = [0.5 * finalizing, ...Array.from({ length: 9 }, (_, k) => finalizing + ((done - finalizing) * k) / 8), 3 * done + 5000];
     const outcomes: string[] = [];
     for (const deadline of deadlines) {
       await diverge();
