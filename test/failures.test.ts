@@ -295,7 +295,7 @@ describe("cancellation", () => {
     }
   });
 
-  it("deadlines swept across a whole backup: each one leaves a VERIFIED backup whose file matches its record, or a FAILED one and no file", async () => {
+  it("deadlines swept across a whole backup: each one leaves a VERIFIED backup whose file matches its record, or a FAILED one and no file, and its audit event says which", async () => {
     // A service of its own: its backup directory holds only this test's files.
     const svc = await service();
     const t0 = performance.now();
@@ -336,6 +336,13 @@ describe("cancellation", () => {
         expect(newest.errorMessage, what).toMatch(/cancelled: the call's deadline was exceeded|cancelled by the client/);
         expect(files, what).not.toContain(newest.fileName);
       }
+      const audit = await waitFor("the call's audit event", async () => {
+        const { events } = await svc.client.listAuditEvents({ action: "CreateBackup", backupId: newest.id });
+        return events[0];
+      });
+      // The audit trail says what became of the backup, whatever the client saw.
+      if (newest.status === BackupStatus.VERIFIED) expect(audit.outcome, `${what}; audited ${audit.outcome}`).toBe("OK");
+      else expect(["DEADLINE_EXCEEDED", "CANCELED"], `${what}; audited ${audit.outcome}`).toContain(audit.outcome);
       outcomes.push(BackupStatus[newest.status]);
     }
     // Every file in the directory is a VERIFIED backup's.
