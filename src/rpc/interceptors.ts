@@ -159,7 +159,7 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
     const note = () => req.contextValues.get(kAuditNote) ?? null;
     /**
      * Work that went on after its client had gone and did complete (a restore past its swap) is
-     * recorded as done, with how the call ended; null when there was none.
+     * recorded as done, with how the call ended. False when there was no such work.
      */
     const late = async (backupId: string | null, ended: string) => {
       const done = await (req.contextValues.get(kAuditLate) ?? null);
