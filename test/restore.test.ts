@@ -428,14 +428,19 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     expect(await oidOf(big)).toBe(bigOid);
   }, 120_000);
 
-  it("deadlines swept across the swap: each restore replaced the target or left it exactly as it was, and its audit event says which", async () => {
+  it.each([
+    ["over two COPY sessions", {}],
+    ["through one psql stream (RESTORE_JOBS=1)", { RESTORE_JOBS: "1" }],
+  ])("deadlines swept across the swap, %s: each restore replaced the target or left it exactly as it was, and its audit event says which", async (_, env: Record<string, string>) => {
+    const one = Object.keys(env).length === 0 ? svc : await fx.service(env);
+    tags.push(one.app.restoreTag);
     const db = newDbName("bs_sweep");
     await createDatabase(db);
     await sql(db, "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
-    const { backup } = await svc.client.createBackup({ database: db });
+    const { backup } = await one.client.createBackup({ database: db });
     const restored = await fingerprint(db);
     const args = { id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true, targetDatabase: db };
-    const audits = async () => (await svc.client.listAuditEvents({ action: "RestoreBackup", backupId: backup!.id, pageSize: 1 }));
+    const audits = async () => (await one.client.listAuditEvents({ action: "RestoreBackup", backupId: backup!.id, pageSize: 1 }));
     // A state the backup does not hold, so that a replaced target shows.
     const diverge = () => sql(db, "INSERT INTO t VALUES (0, 'after the backup') ON CONFLICT DO NOTHING");
     // Two restores with no deadline: when the swap starts (FINALIZING) and when the call ends, here.
@@ -444,7 +449,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
     for (let i = 0; i < 2; i++) {
       await diverge();
       const t0 = performance.now();
-      for await (const m of svc.client.restoreBackup(args)) {
+      for await (const m of one.client.restoreBackup(args)) {
         if (m.phase === RestorePhase.FINALIZING) finalizing = Math.min(finalizing, performance.now() - t0);
       }
       done = Math.min(done, performance.now() - t0);
@@ -460,7 +465,7 @@ describe("atomicity: a failed restore leaves the target exactly as it was", () =
       const events = (await audits()).total;
       let client = "OK";
       try {
-        for await (const _ of svc.client.restoreBackup(args, { timeoutMs: Math.max(1, Math.round(deadline)) })) {
+        for await (const _ of one.client.restoreBackup(args, { timeoutMs: Math.max(1, Math.round(deadline)) })) {
           // drain
         }
       } catch (err) {
