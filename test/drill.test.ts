@@ -205,6 +205,7 @@ describe("deep verification", () => {
     expect(after!.restoreVerifiedAt).toBeUndefined();
     expect((after!.metadata as { verification: { level: string } }).verification.level).toBe("checksum");
   }, 120_000);
+
   it("deadlines swept across a deep verification: none makes the backup anything but VERIFIED, and each leaves it as it was or restore-verified", async () => {
     const { backup } = await backedUp("bs_drill_sweep", "CREATE TABLE p (id int PRIMARY KEY, body text); INSERT INTO p SELECT g, md5(g::text) FROM generate_series(1, 20000) g");
     const t0 = performance.now();
