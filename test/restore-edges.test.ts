@@ -288,9 +288,51 @@ async function lockWaiters(db: string, like: string): Promise<number> {
   return Number(n);
 }
 
+async function allowsConnections(db: string): Promise<boolean> {
+  const [{ allow }] = await sql<{ allow: boolean }>("postgres", "SELECT datallowconn AS allow FROM pg_database WHERE datname = $1", [db]);
+  return allow;
+}
+
 async function connLimitOf(db: string): Promise<number> {
   const [{ limit }] = await sql<{ limit: number }>("postgres", "SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [db]);
   return limit;
+}
+
+/**
+ * An application that reconnects to `db` as `user` the moment its session is ended, as a
+ * connection pool does; each session sits in a long query until it is. stop() ends it and
+ * resolves with how many sessions it had and the errors the server gave it, once each.
+ */
+function reconnecting(db: string, user = PG_USER) {
+  let stopped = false;
+  let sessions = 0;
+  const refusals = new Set<string>();
+  let current: pg.Client | null = null;
+  const loop = (async () => {
+    while (!stopped) {
+      const c = new pg.Client({ host: PG_HOST, port: PG_PORT, user, database: db });
+      c.on("error", () => undefined);
+      current = c;
+      try {
+        await c.connect();
+        sessions++;
+        await c.query("SELECT pg_sleep(60)");
+      } catch (err) {
+        const msg = (err as Error).message;
+        if (!/terminat|Connection terminated/i.test(msg)) refusals.add(msg);
+      } finally {
+        await c.end().catch(() => undefined);
+      }
+    }
+  })();
+  return {
+    async stop(): Promise<{ sessions: number; refusals: string[] }> {
+      stopped = true;
+      await current?.end().catch(() => undefined);
+      await loop;
+      return { sessions, refusals: [...refusals] };
+    },
+  };
 }
 
 describe("a crash while the target's sessions are held off", () => {
@@ -347,6 +389,105 @@ describe("a crash while the target's sessions are held off", () => {
     }
     await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
   }, 120_000);
+
+  it("during the swap, once no session may connect: the next start allows connections again", async () => {
+    const db = newDbName("bs_edges_fenced");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    const [{ spawned }] = await sql<{ spawned: Date }>("postgres", "SELECT now() AS spawned");
+    const child = await spawnService(svc.control, fx.target, svc.dataDir);
+    const blocker = await connect("postgres");
+    try {
+      void (async () => {
+        for await (const _ of child.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          // drain
+        }
+      })().catch(() => undefined);
+      // An open transaction that changed the scratch database's pg_database row: the swap shuts the
+      // target, then waits to shut the scratch database, so the service can be killed right there.
+      const scratch = await waitFor("the scratch database", async () => {
+        const rows = await sql<{ datname: string }>("postgres", "SELECT datname FROM pg_database WHERE datname LIKE $1", [
+          `bsvc\_restore\_${svc.app.restoreTag}\_%`,
+        ]);
+        return rows[0]?.datname;
+      });
+      await blocker.query("BEGIN");
+      await blocker.query(`ALTER DATABASE "${scratch}" CONNECTION LIMIT -1`);
+      await waitFor("the swap to wait on the scratch database", async () => (await lockWaiters("postgres", "ALTER DATABASE%ALLOW_CONNECTIONS false")) > 0);
+      child.child.kill("SIGKILL");
+      await child.exited;
+    } finally {
+      if (child.child.exitCode === null) child.child.kill("SIGKILL");
+      await blocker.query("ROLLBACK").catch(() => undefined);
+      await blocker.end().catch(() => undefined);
+    }
+    expect(await allowsConnections(db), "the target was not shut when the service was killed").toBe(false);
+    await waitFor("the killed service's sessions to end", async () => {
+      const [{ n }] = await sql<{ n: string }>(
+        "postgres",
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND backend_start >= $2",
+        [svc.control, spawned],
+      );
+      return Number(n) === 0;
+    });
+    const again = await startService(svc.control, fx.target, {}, svc.dataDir);
+    try {
+      const [row] = await sql<{ allow: boolean; limit: number }>(
+        "postgres",
+        "SELECT datallowconn AS allow, datconnlimit AS limit FROM pg_database WHERE datname = $1",
+        [db],
+      );
+      expect(row).toEqual({ allow: true, limit: -1 });
+      const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
+        svc.control,
+        "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
+        [db],
+      );
+      expect(run).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+    } finally {
+      await again.close();
+    }
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+  }, 120_000);
+});
+
+describe("an application that reconnects the moment its sessions are ended", () => {
+  it("is kept out for the swap, which goes through; it is let in again to the restored database", async () => {
+    const db = newDbName("bs_edges_pool");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    await sql(db, "INSERT INTO t VALUES (0)");
+    // A superuser's pool: the connection limit of 0 does not keep it out.
+    const app = reconnecting(db);
+    let phases: RestorePhase[] = [];
+    let err: ConnectError | null;
+    try {
+      await waitFor("the application to be connected", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1", [db])).length > 0);
+      err = await (async () => {
+        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          phases.push(m.phase);
+        }
+      })().then(
+        () => null,
+        (e: unknown) => ConnectError.from(e),
+      );
+      expect(err, err?.rawMessage).toBeNull();
+      expect(phases.at(-1)).toBe(RestorePhase.DONE);
+      // It is let in again, to the restored database.
+      expect(await allowsConnections(db)).toBe(true);
+      await waitFor("the application to be back", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1 AND query LIKE 'SELECT pg_sleep%'", [db])).length > 0);
+    } finally {
+      const seen = await app.stop();
+      expect(seen.sessions).toBeGreaterThan(1);
+      // Refused in the server's words while the swap ran.
+      expect(seen.refusals.join("\n")).toMatch(new RegExp(`database "${db}" is not currently accepting connections`));
+    }
+    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+    await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
+  }, 60_000);
 });
 
 describe("a service role that is not a superuser", () => {
@@ -516,6 +657,28 @@ describe("a service role that is not a superuser", () => {
     return { err, phases, seenBefore, session: await arrived! };
   }
 
+  it("an application of its own role that reconnects the moment its sessions are ended: kept out for the swap, which goes through", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_own_pool");
+    await sql(db, "INSERT INTO t VALUES (0)");
+    const app = reconnecting(db, creator);
+    try {
+      await waitFor("the application to be connected", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1", [db])).length > 0);
+      const err = await (async () => {
+        for await (const _ of limited.client.restoreBackup({ id: backupId, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+          // drain
+        }
+      })().then(
+        () => null,
+        (e: unknown) => ConnectError.from(e),
+      );
+      expect(err, err?.rawMessage).toBeNull();
+    } finally {
+      await app.stop();
+    }
+    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+    await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
+  }, 60_000);
+
   it("a superuser's session in the target, which its role may not end: refused before the load, naming the role; the session left alone", async () => {
     const { db, backupId } = await ownTarget("bs_edges_su_before");
     const session = await connect(db);
@@ -542,6 +705,8 @@ describe("a service role that is not a superuser", () => {
       expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
       expect(err!.rawMessage).toContain(`database "${db}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
       expect((await session.query("SELECT count(*)::int AS n FROM t")).rows).toEqual([{ n: 300001 }]);
+      // The swap shut it while it waited; it lets everyone in again.
+      expect(await allowsConnections(db)).toBe(true);
       await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
     } finally {
       await session.end();
@@ -560,6 +725,8 @@ describe("a service role that is not a superuser", () => {
       expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
       expect(err!.rawMessage).toContain(`database "${db}" has sessions of role "${PG_USER}" that the service's role may not end; nothing was changed`);
       expect((await session.query("SELECT count(*)::int AS n FROM t")).rows).toEqual([{ n: 300001 }]);
+      // The swap shut it while it waited; it lets everyone in again.
+      expect(await allowsConnections(db)).toBe(true);
       const [{ owner }] = await sql<{ owner: string }>("postgres", "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = $1", [db]);
       expect(owner).toBe(creator);
       await waitFor("the scratch and retired databases to be dropped", async () => (await leftovers()).length === 0);

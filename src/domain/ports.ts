@@ -284,18 +284,23 @@ export interface RestoreEngine {
   /**
    * Ends the database's sessions and keeps new ones out (connection limit 0,
    * which the service's role passes only if it is a superuser) until
-   * `release`, which puts the original limit back.
+   * `release`, which puts the original limit back and allows connections
+   * again should a swap that failed have left them shut out.
    */
   holdSessions(
     name: string,
     /** Awaited with the original limit before it is set to 0, so that recovery can put it back. */
     intent: (originalLimit: number) => Promise<void>,
   ): Promise<{ originalLimit: number; release(): Promise<void> }>;
-  /** After a crash: puts back the connection limit a restore had set to 0. */
+  /** After a crash: puts back the connection limit a restore had set to 0, and allows connections a swap had shut out. */
   releaseSessions(name: string, originalLimit: number): Promise<void>;
   /**
    * Gives `scratch` the name `target` in one transaction; an existing `target`
-   * is renamed to `retired` first (then dropped by the caller). Nothing
+   * is renamed to `retired` first (then dropped by the caller). No session,
+   * not even a superuser's, may connect to either from its start until that
+   * transaction commits (ALLOW_CONNECTIONS false), so that a client that
+   * reconnects at once cannot make the rename fail; the restored database
+   * allows connections, and a swap that fails allows them again. Nothing
    * changes if `signal` has aborted by the time it would commit, nor if the
    * target's existence is no longer `targetExists` (a dropped target is not
    * created again: NOT_FOUND; one created meanwhile is not replaced:

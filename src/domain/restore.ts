@@ -513,6 +513,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         send({ within: 1, message: "counts match the backup" });
 
         let safetyBackupId: string | null = null;
+        let originalLimit: number | null = null;
         if (state.exists) {
           // From here nobody writes to the old database: the safety backup is its last state, and
           // what is inspected below is what the swap replaces. (The swap ends its sessions anyway.)
@@ -524,6 +525,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             blocked = { database: target, restore: { release: () => restorer.releaseSessions(target, originalLimit) } };
           });
           blocked = { database: target, restore: holding };
+          originalLimit = holding.originalLimit;
         }
         // The target again, as the swap will find it: the load may have taken hours, and someone may
         // have created the database, or objects in it, meanwhile. The swap must not drop those
@@ -566,7 +568,12 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         const retired = `${retiredPrefix}${randomBytes(4).toString("hex")}`;
         // Written ahead: should the outcome below never be recorded, recovery must not say the target
         // was left as it was.
-        await runs.update(runId, { error: SWAPPING });
+        // And the swap shuts every session out of the target until it commits: should the service
+        // die before, recovery lets them in again (what the limit is, it knows from here).
+        await runs.update(runId, {
+          error: SWAPPING,
+          ...(originalLimit !== null ? { connectionsBlocked: true, originalConnectionLimit: originalLimit } : {}),
+        });
         await restorer.swapIn(scratch, target, retired, now.exists, signal);
         scratch = null; // it is the target now
         blocked = null; // the new database has the old one's connection limit

@@ -901,13 +901,20 @@ export function createRestoreEngine(opts: {
     if (!succeeded(exit)) throw new DomainError("dump_failed", describeExit(exit));
   }
 
-  /** Puts back the connection limit a restore set to 0; a limit that is not 0 is left alone. */
+  /**
+   * Lets sessions into `name` again: puts back the connection limit a restore set to 0 (a limit
+   * that is not 0 is left alone), and allows connections the swap had shut out.
+   */
   async function putBackLimit(name: string, originalLimit: number): Promise<void> {
     await withAdmin([name], async (c) => {
-      const res = await c.query<{ limit: number }>("SELECT datconnlimit AS limit FROM pg_database WHERE datname = $1", [name]);
+      const res = await c.query<{ limit: number; allow: boolean }>(
+        "SELECT datconnlimit AS limit, datallowconn AS allow FROM pg_database WHERE datname = $1",
+        [name],
+      );
       if (res.rows[0]?.limit === 0) {
         await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(originalLimit)}`);
       }
+      if (res.rows[0]?.allow === false) await c.query(`ALTER DATABASE ${quoteIdent(name)} ALLOW_CONNECTIONS true`);
     });
   }
 
@@ -1104,12 +1111,8 @@ export function createRestoreEngine(opts: {
         }
         return {
           originalLimit: row.limit,
-          release: async () => {
-            if (!limited) return;
-            await withAdmin([name], (a) =>
-              a.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT ${Number(row.limit)}`),
-            );
-          },
+          // Also after a swap that failed once it had shut every session out.
+          release: () => putBackLimit(name, row.limit),
         };
       });
     },
@@ -1118,6 +1121,38 @@ export function createRestoreEngine(opts: {
 
     async swapIn(scratch, target, retired, targetExists, signal) {
       await withAdmin([scratch, target, retired], async (c) => {
+        // Nobody may connect to either database from here until the swap commits, not even a
+        // superuser: a connection limit keeps out only roles that are not, and only when the
+        // service's role is one, and a pool that reconnects the moment its session is ended would
+        // be back before the rename, which then fails (55006). The restored database allows
+        // connections again in the swap's own transaction; a swap that fails puts it back here (and
+        // the caller's release, or recovery after a crash, if this cannot).
+        const fenced = targetExists ? [target, scratch] : [scratch];
+        let swappedIn = false;
+        try {
+          for (const name of fenced) {
+            await c.query(`ALTER DATABASE ${quoteIdent(name)} ALLOW_CONNECTIONS false`).catch((err: unknown) => {
+              if (name === target && (err as { code?: string }).code === "3D000") throw targetGone(target);
+              throw new DomainError(
+                "failed_precondition",
+                `could not keep sessions out of "${name}" for the swap: ${safeReason(err)}; nothing was changed`,
+                { cause: err },
+              );
+            });
+          }
+          await swapAttempts(c, () => {
+            swappedIn = true;
+          });
+        } finally {
+          if (!swappedIn) {
+            for (const name of fenced) {
+              await c.query(`ALTER DATABASE ${quoteIdent(name)} ALLOW_CONNECTIONS true`).catch(() => undefined);
+            }
+          }
+        }
+      });
+
+      async function swapAttempts(c: pg.Client, committed: () => void): Promise<void> {
         for (let attempt = 1; ; attempt++) {
           // The scratch database's too: only its owner and superusers may connect to it, but a
           // superuser's session there (a monitoring agent's) would fail its rename the same way.
@@ -1144,6 +1179,7 @@ export function createRestoreEngine(opts: {
             await copyPrivileges(c, existing, scratch);
             if (existing) await c.query(`ALTER DATABASE ${quoteIdent(target)} RENAME TO ${quoteIdent(retired)}`);
             await c.query(`ALTER DATABASE ${quoteIdent(scratch)} RENAME TO ${quoteIdent(target)}`);
+            await c.query(`ALTER DATABASE ${quoteIdent(target)} ALLOW_CONNECTIONS true`);
             // The last moment a cancel or a deadline can still leave the target as it was.
             if (signal.aborted) {
               await c.query("ROLLBACK");
@@ -1151,12 +1187,16 @@ export function createRestoreEngine(opts: {
             }
             committing = true;
             await c.query("COMMIT");
+            committed();
             return;
           } catch (err) {
             await c.query("ROLLBACK").catch(() => undefined);
             // A COMMIT whose answer was lost (the session dropped) may have gone through: then the
             // target is replaced, and saying "nothing was changed" would be false.
-            if (committing && (await swapped(scratch))) return;
+            if (committing && (await swapped(scratch))) {
+              committed();
+              return;
+            }
             if (signal.aborted) throw signal.reason;
             if (err instanceof DomainError) throw err;
             // 55006: a session connected between the termination and the rename.
@@ -1173,7 +1213,7 @@ export function createRestoreEngine(opts: {
             await new Promise((r) => setTimeout(r, 200 * attempt));
           }
         }
-      });
+      }
     },
 
     async dropDatabase(name) {
