@@ -1,4 +1,6 @@
 import { Code, ConnectError, createContextKey, type HandlerContext, type Interceptor, type StreamRequest, type UnaryRequest } from "@connectrpc/connect";
+import { parseTimeout as parseConnectTimeout } from "@connectrpc/connect/protocol-connect";
+import { parseTimeout as parseGrpcTimeout } from "@connectrpc/connect/protocol-grpc";
 import type { JwtKeys } from "../auth/keys.js";
 import { describeTokenError } from "../auth/keys.js";
 import type { Actor } from "../domain/backup.js";
@@ -23,6 +25,33 @@ export const AUDITED_METHODS = new Set([
   // Not a change, but it hands out the data: who took a copy is worth knowing.
   "DownloadBackup",
 ]);
+
+/** When the call's deadline (grpc-timeout, or connect-timeout-ms) passes, in Date.now() terms; undefined without one. */
+function deadlineOf(header: Headers): number | undefined {
+  const connect = header.get("connect-timeout-ms");
+  const grpc = header.get("grpc-timeout");
+  const { timeoutMs } =
+    connect !== null
+      ? parseConnectTimeout(connect, Number.MAX_SAFE_INTEGER)
+      : grpc !== null
+        ? parseGrpcTimeout(grpc, Number.MAX_SAFE_INTEGER)
+        : {};
+  return timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
+}
+
+/**
+ * How a stream whose client went away ended: its deadline, or a cancel. A client's own deadline
+ * timer resets the stream a moment before the server's fires, so a reset within that moment of
+ * the deadline is the deadline (as the handlers' call signal takes it).
+ */
+function streamLeft(signal: AbortSignal, deadline: number | undefined): { outcome: string; words: string } {
+  const reason: unknown = signal.reason;
+  const passed =
+    (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (deadline !== undefined && deadline - Date.now() <= 250);
+  return passed
+    ? { outcome: "DEADLINE_EXCEEDED", words: "the call's deadline passed" }
+    : { outcome: "CANCELED", words: "the client cancelled the call" };
+}
 
 function recordAudit(audit: AuditRepository, logger: Logger, event: NewAuditEvent): Promise<void> {
   // An audit write that fails is logged; it never changes the call's outcome.
@@ -156,6 +185,7 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
       clientAddress: req.contextValues.get(kClientAddress) ?? null,
     };
     const requestId = req.stream ? null : requestBackupId(req.message);
+    const deadline = deadlineOf(req.header);
     const note = () => req.contextValues.get(kAuditNote) ?? null;
     /**
      * Work that went on after its client had gone and did complete (a restore past its swap) is
@@ -206,14 +236,16 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
           await failed(err, backupId());
           throw err;
         } finally {
-          // The client went away mid-stream: the generator is closed without an error.
-          if (!settled && !(await late(backupId(), "the client cancelled the call"))) {
+          // The client went away mid-stream (cancelled, or its deadline passed): the generator is
+          // closed without an error.
+          const left = settled ? null : streamLeft(req.signal, deadline);
+          if (left && !(await late(backupId(), left.words))) {
             const n = note();
             await recordAudit(audit, logger, {
               ...base,
               backupId: backupId(),
-              outcome: "CANCELED",
-              message: n ? `${n}: the client cancelled the call` : "the client cancelled the call",
+              outcome: left.outcome,
+              message: n ? `${n}: ${left.words}` : left.words,
             });
           }
         }
