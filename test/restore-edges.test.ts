@@ -300,10 +300,11 @@ async function connLimitOf(db: string): Promise<number> {
 
 /**
  * An application that reconnects to `db` as `user` the moment its session is ended, as a
- * connection pool does; each session sits in a long query until it is. stop() ends it and
+ * connection pool does; each session runs `query` (by default one that sits until it is ended),
+ * then ends and the next connects. stop() ends it and
  * resolves with how many sessions it had and the errors the server gave it, once each.
  */
-function reconnecting(db: string, user = PG_USER) {
+function reconnecting(db: string, user = PG_USER, query = "SELECT pg_sleep(60)") {
   let stopped = false;
   let sessions = 0;
   const refusals = new Set<string>();
@@ -316,7 +317,7 @@ function reconnecting(db: string, user = PG_USER) {
       try {
         await c.connect();
         sessions++;
-        await c.query("SELECT pg_sleep(60)");
+        await c.query(query);
       } catch (err) {
         const msg = (err as Error).message;
         if (!/terminat|Connection terminated/i.test(msg)) refusals.add(msg);
@@ -657,26 +658,59 @@ describe("a service role that is not a superuser", () => {
     return { err, phases, seenBefore, session: await arrived! };
   }
 
-  it("an application of its own role that reconnects the moment its sessions are ended: kept out for the swap, which goes through", async () => {
-    const { db, backupId } = await ownTarget("bs_edges_own_pool");
-    await sql(db, "INSERT INTO t VALUES (0)");
-    const app = reconnecting(db, creator);
+  /** Restores `id` over its database as the limited service with drop_existing (and a safety backup unless `skip`); resolves with the call's error, null if it succeeded. */
+  function restoreOver(id: string, skip: boolean): Promise<ConnectError | null> {
+    return (async () => {
+      for await (const _ of limited.client.restoreBackup({ id, confirmRestore: true, dropExisting: true, skipSafetyBackup: skip })) {
+        // drain
+      }
+    })().then(
+      () => null,
+      (e: unknown) => ConnectError.from(e),
+    );
+  }
+
+  it.each([true, false])(
+    "an application of its own role that reconnects the moment its sessions are ended (skip_safety_backup %s): kept out for the swap, which goes through",
+    async (skip) => {
+      const { db, backupId } = await ownTarget("bs_edges_own_pool");
+      await sql(db, "INSERT INTO t VALUES (0)");
+      const app = reconnecting(db, creator);
+      try {
+        await waitFor("the application to be connected", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1", [db])).length > 0);
+        const err = await restoreOver(backupId, skip);
+        expect(err, err?.rawMessage).toBeNull();
+      } finally {
+        await app.stop();
+      }
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+      await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
+    },
+    60_000,
+  );
+
+  it("an application of its own role that goes on writing through the safety backup: FAILED_PRECONDITION, the target as the application left it", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_own_writer");
+    // A new session every few milliseconds, each writing one row: this role cannot keep them out.
+    const app = reconnecting(db, creator, "INSERT INTO t VALUES (-1); SELECT pg_sleep(0.01)");
+    let err: ConnectError | null;
     try {
-      await waitFor("the application to be connected", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1", [db])).length > 0);
-      const err = await (async () => {
-        for await (const _ of limited.client.restoreBackup({ id: backupId, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
-          // drain
-        }
-      })().then(
-        () => null,
-        (e: unknown) => ConnectError.from(e),
-      );
-      expect(err, err?.rawMessage).toBeNull();
+      await waitFor("the application to have written", async () => (await sql(db, "SELECT 1 FROM t WHERE id = -1 LIMIT 1")).length > 0);
+      err = await restoreOver(backupId, false);
     } finally {
       await app.stop();
     }
-    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
-    await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
+    expect(err, "the restore went through").not.toBeNull();
+    expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+    expect(err!.rawMessage).toMatch(
+      new RegExp(`^database "${db}" was written to \\(\\d+ rows?\\) after its safety backup began, so the safety backup does not hold its last state; nothing was changed \\(hint: stop its clients`),
+    );
+    // Not replaced: every row the application wrote is still there, and it may connect.
+    const [{ n, written }] = await sql<{ n: number; written: number }>(db, "SELECT count(*)::int AS n, count(*) FILTER (WHERE id = -1)::int AS written FROM t");
+    expect(written).toBeGreaterThan(0);
+    expect(n).toBe(300000 + written);
+    expect(await allowsConnections(db)).toBe(true);
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
   }, 60_000);
 
   it("a superuser's session in the target, which its role may not end: refused before the load, naming the role; the session left alone", async () => {

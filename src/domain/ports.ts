@@ -306,7 +306,25 @@ export interface RestoreEngine {
    * created again: NOT_FOUND; one created meanwhile is not replaced:
    * FAILED_PRECONDITION).
    */
-  swapIn(scratch: string, target: string, retired: string, targetExists: boolean, signal: AbortSignal): Promise<void>;
+  swapIn(
+    scratch: string,
+    target: string,
+    retired: string,
+    targetExists: boolean,
+    signal: AbortSignal,
+    /**
+     * The target's rows written so far (writesTo) when its safety backup began: once no session
+     * may connect, a count that moved since is FAILED_PRECONDITION, and nothing is changed, for
+     * the safety backup would not hold what was written.
+     */
+    unwrittenSince?: number,
+  ): Promise<void>;
+  /**
+   * Rows inserted, updated and deleted in the database since the server's statistics began, as
+   * its ended sessions have reported them; null where the server does not count them
+   * (track_counts off).
+   */
+  writesTo(name: string): Promise<number | null>;
   dropDatabase(name: string): Promise<void>;
   listDatabases(prefix: string): Promise<string[]>;
   /** Free bytes where the server keeps its data, when that can be seen from here; null otherwise. */

@@ -539,7 +539,12 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         if (replacing && !input.dropExisting) {
           throw holdsObjects(target, `now holds ${now.objectCount} objects, created while the backup was loading`);
         }
+        // What the target's sessions have written so far: the swap refuses to replace it if this
+        // moves before then, since the safety backup would miss it. (A role that is not a
+        // superuser can only end the target's sessions, not keep them out.)
+        let unwrittenSince: number | undefined;
         if (replacing && !input.skipSafetyBackup) {
+          unwrittenSince = (await restorer.writesTo(target)) ?? undefined;
           send({ phase: "SAFETY_BACKUP", within: 0, bytesDone: 0, bytesTotal: 0, message: `taking a safety backup of "${target}"` });
           try {
             const safety = await core.backupUnderLock(
@@ -574,7 +579,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           error: SWAPPING,
           ...(originalLimit !== null ? { connectionsBlocked: true, originalConnectionLimit: originalLimit } : {}),
         });
-        await restorer.swapIn(scratch, target, retired, now.exists, signal);
+        await restorer.swapIn(scratch, target, retired, now.exists, signal, unwrittenSince);
         scratch = null; // it is the target now
         blocked = null; // the new database has the old one's connection limit
         if (now.exists) {

@@ -407,6 +407,27 @@ async function terminate(c: pg.Client, name: string): Promise<string[]> {
   return [...new Set(res.rows.filter((r) => !r.may_end).map((r) => r.role))].sort();
 }
 
+/** See RestoreEngine.writesTo. */
+async function writesTo(c: pg.Client, name: string): Promise<number | null> {
+  const res = await c.query<{ on: boolean; n: string | null }>(
+    `SELECT current_setting('track_counts')::bool AS on,
+            (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = $1)::text AS n`,
+    [name],
+  );
+  const row = res.rows[0];
+  return row?.on && row.n !== null ? Number(row.n) : null;
+}
+
+function writtenAfterSafetyBackup(target: string, rows: number): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    // Fewer than before only if someone reset the server's statistics meanwhile: written or not, it cannot be told.
+    `database "${target}" was written to${rows > 0 ? ` (${rows} row${rows === 1 ? "" : "s"})` : " (or its statistics reset)"} after its safety backup began, so the ` +
+      "safety backup does not hold its last state; nothing was changed (hint: stop its clients and try again; a " +
+      "service role that is a superuser keeps other roles' sessions out while the safety backup runs)",
+  );
+}
+
 async function fileSizeOf(p: string): Promise<number> {
   return (await stat(p)).size;
 }
@@ -1119,7 +1140,11 @@ export function createRestoreEngine(opts: {
 
     releaseSessions: putBackLimit,
 
-    async swapIn(scratch, target, retired, targetExists, signal) {
+    async writesTo(name) {
+      return withAdmin([name], (c) => writesTo(c, name));
+    },
+
+    async swapIn(scratch, target, retired, targetExists, signal, unwrittenSince) {
       await withAdmin([scratch, target, retired], async (c) => {
         // Nobody may connect to either database from here until the swap commits, not even a
         // superuser: a connection limit keeps out only roles that are not, and only when the
@@ -1164,6 +1189,11 @@ export function createRestoreEngine(opts: {
             if (signal.aborted) throw signal.reason;
             await new Promise((r) => setTimeout(r, 200 * attempt));
             continue;
+          }
+          // Every session that could have written has ended, and reported its counts in ending.
+          if (unwrittenSince !== undefined && targetExists) {
+            const now = await writesTo(c, target);
+            if (now !== null && now !== unwrittenSince) throw writtenAfterSafetyBackup(target, now - unwrittenSince);
           }
           let committing = false;
           try {
