@@ -277,6 +277,38 @@ describe("a restore whose outcome was never recorded", () => {
   });
 });
 
+describe("a restore that ended without letting sessions in again", () => {
+  it("has them let in by the next start (or sweep): the connection limit put back, connections allowed, the outcome kept", async () => {
+    const db = newDbName("bs_edges_shut");
+    await createDatabase(db);
+    await sql("postgres", `ALTER DATABASE "${db}" CONNECTION LIMIT 0 ALLOW_CONNECTIONS false`);
+    // As a restore leaves it whose swap failed, and whose release failed after it.
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.restore_runs (backup_id, target_database, replica_id, outcome, error, connections_blocked, original_connection_limit, finished_at)
+       VALUES ('00000000-0000-4000-8000-000000000000', $1, 'dead-replica', 'FAILED', 'the swap failed', true, 7, now())`,
+      [db],
+    );
+    const again = await startService(svc.control, fx.target, {}, svc.dataDir);
+    try {
+      const [row] = await sql<{ allow: boolean; limit: number }>(
+        "postgres",
+        "SELECT datallowconn AS allow, datconnlimit AS limit FROM pg_database WHERE datname = $1",
+        [db],
+      );
+      expect(row).toEqual({ allow: true, limit: 7 });
+      const [run] = await sql<{ outcome: string; error: string; connections_blocked: boolean }>(
+        svc.control,
+        "SELECT outcome, error, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
+        [db],
+      );
+      expect(run).toEqual({ outcome: "FAILED", error: "the swap failed", connections_blocked: false });
+    } finally {
+      await again.close();
+    }
+  });
+});
+
 /** The service's sessions in `db` that wait on a lock, running a query like `like`. */
 async function lockWaiters(db: string, like: string): Promise<number> {
   const [{ n }] = await sql<{ n: string }>(

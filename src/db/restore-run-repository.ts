@@ -1,4 +1,4 @@
-import { eq } from "drizzle-orm";
+import { eq, or } from "drizzle-orm";
 import type { RestoreRun, RestoreRunRepository } from "../domain/ports.js";
 import type { Db } from "./client.js";
 import { restoreRuns as t } from "./schema.js";
@@ -14,8 +14,8 @@ export function createRestoreRunRepository(db: Db): RestoreRunRepository {
     async update(id, patch) {
       await db.update(t).set(patch).where(eq(t.id, id));
     },
-    async listRunning() {
-      return (await db.select().from(t).where(eq(t.outcome, "RUNNING"))).map(toRun);
+    async listUnsettled() {
+      return (await db.select().from(t).where(or(eq(t.outcome, "RUNNING"), eq(t.connectionsBlocked, true)))).map(toRun);
     },
   };
 }

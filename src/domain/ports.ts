@@ -413,7 +413,11 @@ export interface RestoreRunRepository {
       Pick<RestoreRun, "outcome" | "safetyBackupId" | "connectionsBlocked" | "originalConnectionLimit" | "error" | "finishedAt">
     >,
   ): Promise<void>;
-  listRunning(): Promise<RestoreRun[]>;
+  /**
+   * Runs still RUNNING, and finished runs that still hold their target's sessions off (the
+   * release at their end failed).
+   */
+  listUnsettled(): Promise<RestoreRun[]>;
 }
 
 export interface Incident {

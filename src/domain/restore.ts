@@ -696,7 +696,8 @@ export function createRestoreUseCase(deps: RestoreDeps) {
 
     /**
      * After a crash: restores that no live replica runs are marked
-     * INTERRUPTED (their targets let sessions in again), and scratch and
+     * INTERRUPTED (their targets let sessions in again; so are those of
+     * finished restores whose own release failed), and scratch and
      * retired databases they left are dropped.
      */
     async recoverInterrupted(): Promise<number> {
@@ -710,13 +711,18 @@ export function createRestoreUseCase(deps: RestoreDeps) {
           logger.warn({ ...what, err }, "could not clean up after an interrupted restore; the next sweep tries again");
         }
       };
-      for (const run of await runs.listRunning()) {
+      for (const run of await runs.listUnsettled()) {
         await attempt({ restoreRun: run.id, database: run.targetDatabase }, async () => {
           const lock = await locks.tryAcquire(restoreRunKey(run.id));
           if (!lock) return false; // still running on a live replica
           try {
             if (run.connectionsBlocked) {
               await restorer.releaseSessions(run.targetDatabase, run.originalConnectionLimit ?? -1);
+            }
+            if (run.outcome !== "RUNNING") {
+              // It ended, but letting sessions in again at its end failed: only that was left to do.
+              await runs.update(run.id, { connectionsBlocked: false });
+              return true;
             }
             await runs.update(run.id, {
               outcome: "INTERRUPTED",
