@@ -721,6 +721,23 @@ describe("a service role that is not a superuser", () => {
     60_000,
   );
 
+  it("an application of its own role that only reads through the safety backup (with temporary tables, and an ANALYZE): the swap goes through", async () => {
+    const { db, backupId } = await ownTarget("bs_edges_own_reader");
+    // Writes to the system catalogs and to its own temporary tables, none to the database's tables.
+    const app = reconnecting(db, creator, "CREATE TEMP TABLE scratchpad AS SELECT id FROM t LIMIT 100; ANALYZE t; SELECT pg_sleep(0.01)");
+    let err: ConnectError | null;
+    try {
+      await waitFor("the application to be connected", async () => (await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE datname = $1", [db])).length > 0);
+      err = await restoreOver(backupId, false);
+    } finally {
+      const seen = await app.stop();
+      expect(seen.sessions).toBeGreaterThan(1);
+    }
+    expect(err, err?.rawMessage).toBeNull();
+    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+    await waitFor("the retired database to be dropped", async () => (await leftovers()).length === 0);
+  }, 60_000);
+
   it("an application of its own role that goes on writing through the safety backup: FAILED_PRECONDITION, the target as the application left it", async () => {
     const { db, backupId } = await ownTarget("bs_edges_own_writer");
     // A new session every few milliseconds, each writing one row: this role cannot keep them out.

@@ -394,28 +394,46 @@ const SESSIONS_OF = `SELECT a.pid, r.rolname AS role,
    WHERE a.datname = $1 AND a.pid <> pg_backend_pid()`;
 
 /**
- * Ends the sessions in `name` the service's role may end, waiting (up to 5 s each) until they are
- * gone. Returns the roles of those it may not (sorted, once each).
+ * Ends the sessions in `name` the service's role may end (but the session `keep`), waiting up to
+ * 5 s for each to be gone. Returns the roles of those it may not end (sorted, once each), and how
+ * many it told to end are not gone yet (or had left by themselves a moment before).
  */
-async function terminate(c: pg.Client, name: string): Promise<string[]> {
+async function terminate(c: pg.Client, name: string, keep: number | null = null): Promise<{ refused: string[]; lingering: number }> {
   // CASE, so that pg_terminate_backend is not even tried (it would raise an error) where it may not.
-  const res = await c.query<{ role: string; may_end: boolean }>(
+  const res = await c.query<{ role: string; may_end: boolean; ended: boolean | null }>(
     `SELECT s.role::text AS role, s.may_end, CASE WHEN s.may_end THEN pg_terminate_backend(s.pid, 5000) END AS ended
-       FROM (${SESSIONS_OF}) s`,
-    [name],
+       FROM (${SESSIONS_OF}) s WHERE s.pid IS DISTINCT FROM $2::int`,
+    [name, keep],
   );
-  return [...new Set(res.rows.filter((r) => !r.may_end).map((r) => r.role))].sort();
+  return {
+    refused: [...new Set(res.rows.filter((r) => !r.may_end).map((r) => r.role))].sort(),
+    lingering: res.rows.filter((r) => r.may_end && r.ended !== true).length,
+  };
 }
 
-/** See RestoreEngine.writesTo. */
-async function writesTo(c: pg.Client, name: string): Promise<number | null> {
-  const res = await c.query<{ on: boolean; n: string | null }>(
+/**
+ * See RestoreEngine.writesTo; `c` is a session in that database. The tables of its schemas and
+ * its large objects: not the system catalogs, which autovacuum's ANALYZE writes to and a session
+ * that only reads changes with its temporary tables (nor those tables; nor sequences, whose
+ * nextval is not counted).
+ */
+async function countWrites(c: pg.Client): Promise<number | null> {
+  const res = await c.query<{ on: boolean; n: string }>(
     `SELECT current_setting('track_counts')::bool AS on,
-            (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = $1)::text AS n`,
-    [name],
+            (SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_all_tables
+              WHERE (schemaname NOT IN ('pg_catalog', 'information_schema') AND schemaname !~ '^pg_(toast|temp_)')
+                 OR relid IN ('pg_catalog.pg_largeobject'::regclass, 'pg_catalog.pg_largeobject_metadata'::regclass))::text AS n`,
   );
   const row = res.rows[0];
-  return row?.on && row.n !== null ? Number(row.n) : null;
+  return row?.on ? Number(row.n) : null;
+}
+
+function sessionsLingering(name: string, n: number): DomainError {
+  return new DomainError(
+    "failed_precondition",
+    `database "${name}" has ${n} session(s) that did not end within 5 s of being told to; nothing was changed ` +
+      "(hint: try again; a session in an uninterruptible wait ends only once that wait does)",
+  );
 }
 
 function writtenAfterSafetyBackup(target: string, rows: number): DomainError {
@@ -963,12 +981,12 @@ export function createRestoreEngine(opts: {
     return { how: "through psql", stepsMs: { load: Math.round(performance.now() - started) } };
   }
 
-  /** Whether a swap committed: its scratch database no longer exists by that name (false if that cannot be told). */
-  async function swapped(scratch: string): Promise<boolean> {
-    return withAdmin([scratch], async (c) => {
-      const res = await c.query("SELECT 1 FROM pg_database WHERE datname = $1", [scratch]);
-      return res.rowCount === 0;
-    }).catch(() => false);
+  /** Whether a swap committed: the database named `target` is the scratch database (`scratchOid`); null if that cannot be told. */
+  async function swapped(target: string, scratchOid: string): Promise<boolean | null> {
+    return withAdmin([target], async (c) => {
+      const res = await c.query<{ oid: string }>("SELECT oid::text AS oid FROM pg_database WHERE datname = $1", [target]);
+      return res.rows[0]?.oid === scratchOid;
+    }).catch(() => null);
   }
 
   return {
@@ -1119,6 +1137,7 @@ export function createRestoreEngine(opts: {
           await intent(row.limit);
           try {
             await c.query(`ALTER DATABASE ${quoteIdent(name)} CONNECTION LIMIT 0`);
+            // Any left still (a superuser's that will not end) are the swap's to deal with.
             await terminate(c, name);
           } catch (err) {
             // The caller gets no release: the limit (if the ALTER went through) is put back here.
@@ -1126,9 +1145,9 @@ export function createRestoreEngine(opts: {
             throw err;
           }
         } else {
-          const left = await terminate(c, name);
+          const { refused } = await terminate(c, name);
           // Still there at the swap, they would fail its rename: better said now, before a safety backup.
-          if (left.length > 0) throw sessionsNotEndable(name, left);
+          if (refused.length > 0) throw sessionsNotEndable(name, refused);
         }
         return {
           originalLimit: row.limit,
@@ -1141,7 +1160,12 @@ export function createRestoreEngine(opts: {
     releaseSessions: putBackLimit,
 
     async writesTo(name) {
-      return withAdmin([name], (c) => writesTo(c, name));
+      const c = await libpq.connect(name);
+      try {
+        return await countWrites(c);
+      } finally {
+        await c.end().catch(() => undefined);
+      }
     },
 
     async swapIn(scratch, target, retired, targetExists, signal, unwrittenSince) {
@@ -1153,6 +1177,28 @@ export function createRestoreEngine(opts: {
         // connections again in the swap's own transaction; a swap that fails puts it back here (and
         // the caller's release, or recovery after a crash, if this cannot).
         const fenced = targetExists ? [target, scratch] : [scratch];
+        const scratchOid = (await c.query<{ oid: string }>("SELECT oid::text AS oid FROM pg_database WHERE datname = $1", [scratch]))
+          .rows[0]?.oid;
+        if (scratchOid === undefined) throw new DomainError("failed_precondition", `the scratch database "${scratch}" is gone; nothing was changed`);
+        // The target's writes are counted from a session in it, opened while it still lets one in
+        // and ended before the rename (which waits for it to be gone). A swap that does not commit
+        // lets sessions into both names again; one whose outcome is not known too, since the
+        // database by the target's name is to let them in either way.
+        let probe: { client: pg.Client; pid: number } | null = null;
+        if (unwrittenSince !== undefined && targetExists) {
+          const client = await libpq.connect(target).catch((err: unknown) => {
+            if ((err as { code?: string }).code === "3D000") throw targetGone(target);
+            throw new DomainError("failed_precondition", `could not connect to "${target}" before the swap: ${safeReason(err)}; nothing was changed`, {
+              cause: err,
+            });
+          });
+          probe = { client, pid: (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid };
+        }
+        const endProbe = async () => {
+          const p = probe;
+          probe = null;
+          await p?.client.end().catch(() => undefined);
+        };
         let swappedIn = false;
         try {
           for (const name of fenced) {
@@ -1165,10 +1211,16 @@ export function createRestoreEngine(opts: {
               );
             });
           }
-          await swapAttempts(c, () => {
-            swappedIn = true;
+          await swapAttempts(c, {
+            scratchOid,
+            probe: () => probe,
+            endProbe,
+            committed: () => {
+              swappedIn = true;
+            },
           });
         } finally {
+          await endProbe();
           if (!swappedIn) {
             for (const name of fenced) {
               await c.query(`ALTER DATABASE ${quoteIdent(name)} ALLOW_CONNECTIONS true`).catch(() => undefined);
@@ -1177,23 +1229,43 @@ export function createRestoreEngine(opts: {
         }
       });
 
-      async function swapAttempts(c: pg.Client, committed: () => void): Promise<void> {
+      async function swapAttempts(
+        c: pg.Client,
+        how: {
+          scratchOid: string;
+          probe: () => { client: pg.Client; pid: number } | null;
+          endProbe: () => Promise<void>;
+          committed: () => void;
+        },
+      ): Promise<void> {
+        const { committed } = how;
         for (let attempt = 1; ; attempt++) {
           // The scratch database's too: only its owner and superusers may connect to it, but a
           // superuser's session there (a monitoring agent's) would fail its rename the same way.
-          const unendable = [[target, await terminate(c, target)], [scratch, await terminate(c, scratch)]] as const;
-          const stuck = unendable.find(([, roles]) => roles.length > 0);
-          if (stuck) {
-            // The rename would wait five seconds for them and fail (55006); they may still leave by themselves.
-            if (attempt >= SWAP_ATTEMPTS) throw sessionsNotEndable(stuck[0], stuck[1]);
+          const ended = [
+            [target, await terminate(c, target, how.probe()?.pid ?? null)],
+            [scratch, await terminate(c, scratch)],
+          ] as const;
+          const stuck = ended.find(([, r]) => r.refused.length > 0);
+          const lingering = ended.find(([, r]) => r.lingering > 0);
+          if (stuck || lingering) {
+            // The rename would wait five seconds for them and fail (55006); they may still leave by
+            // themselves. And one not gone yet has not reported what it wrote.
+            if (attempt >= SWAP_ATTEMPTS) {
+              throw stuck ? sessionsNotEndable(stuck[0], stuck[1].refused) : sessionsLingering(lingering![0], lingering![1].lingering);
+            }
             if (signal.aborted) throw signal.reason;
             await new Promise((r) => setTimeout(r, 200 * attempt));
             continue;
           }
-          // Every session that could have written has ended, and reported its counts in ending.
-          if (unwrittenSince !== undefined && targetExists) {
-            const now = await writesTo(c, target);
-            if (now !== null && now !== unwrittenSince) throw writtenAfterSafetyBackup(target, now - unwrittenSince);
+          // Every session that could have written is gone, and reported its counts in going. (One
+          // that connected a moment before the target was shut, and is found by the rename, is
+          // ended on the next attempt without this being counted again: its probe is gone.)
+          const probe = how.probe();
+          if (probe) {
+            const now = await countWrites(probe.client);
+            await how.endProbe();
+            if (now !== null && now !== unwrittenSince) throw writtenAfterSafetyBackup(target, now - unwrittenSince!);
           }
           let committing = false;
           try {
@@ -1223,9 +1295,21 @@ export function createRestoreEngine(opts: {
             await c.query("ROLLBACK").catch(() => undefined);
             // A COMMIT whose answer was lost (the session dropped) may have gone through: then the
             // target is replaced, and saying "nothing was changed" would be false.
-            if (committing && (await swapped(scratch))) {
-              committed();
-              return;
+            if (committing) {
+              const done = await swapped(target, how.scratchOid);
+              if (done === true) {
+                committed();
+                return;
+              }
+              if (done === null) {
+                // Either way the database by that name is to let sessions in (see the finally above).
+                throw new DomainError(
+                  "unavailable",
+                  `the swap's COMMIT got no answer (${safeReason(err)}), and whether "${target}" was replaced cannot be told now; ` +
+                    `check whether it holds the restored backup (its retired predecessor, if any, is "${retired}")`,
+                  { cause: err },
+                );
+              }
             }
             if (signal.aborted) throw signal.reason;
             if (err instanceof DomainError) throw err;
