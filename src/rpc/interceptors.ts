@@ -26,16 +26,15 @@ export const AUDITED_METHODS = new Set([
   "DownloadBackup",
 ]);
 
-/** When the call's deadline (grpc-timeout, or connect-timeout-ms) passes, in Date.now() terms; undefined without one. */
+/**
+ * When the call's deadline passes, in Date.now() terms; undefined without one. The header its
+ * protocol reads: grpc-timeout for gRPC and gRPC-web, connect-timeout-ms for Connect.
+ */
 function deadlineOf(header: Headers): number | undefined {
-  const connect = header.get("connect-timeout-ms");
-  const grpc = header.get("grpc-timeout");
-  const { timeoutMs } =
-    connect !== null
-      ? parseConnectTimeout(connect, Number.MAX_SAFE_INTEGER)
-      : grpc !== null
-        ? parseGrpcTimeout(grpc, Number.MAX_SAFE_INTEGER)
-        : {};
+  const grpc = /^application\/grpc/i.test(header.get("content-type") ?? "");
+  const value = header.get(grpc ? "grpc-timeout" : "connect-timeout-ms");
+  if (value === null) return undefined;
+  const { timeoutMs } = grpc ? parseGrpcTimeout(value, Number.MAX_SAFE_INTEGER) : parseConnectTimeout(value, Number.MAX_SAFE_INTEGER);
   return timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
 }
 
