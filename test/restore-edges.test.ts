@@ -291,12 +291,7 @@ describe("a restore that ended without letting sessions in again", () => {
     );
     const again = await startService(svc.control, fx.target, {}, svc.dataDir);
     try {
-      const [row] = await sql<{ allow: boolean; limit: number }>(
-        "postgres",
-        "SELECT datallowconn AS allow, datconnlimit AS limit FROM pg_database WHERE datname = $1",
-        [db],
-      );
-      expect(row).toEqual({ allow: true, limit: 7 });
+      expect(await accessOf(db)).toEqual({ allow: true, limit: 7 });
       const [run] = await sql<{ outcome: string; error: string; connections_blocked: boolean }>(
         svc.control,
         "SELECT outcome, error, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
@@ -368,6 +363,49 @@ function reconnecting(db: string, user = PG_USER, query = "SELECT pg_sleep(60)")
   };
 }
 
+/** Waits until the sessions in the control database of a service started at `spawned` (killed since) are gone. */
+async function killedServiceGone(spawned: Date): Promise<void> {
+  await waitFor("the killed service's sessions to end", async () => {
+    const [{ n }] = await sql<{ n: string }>(
+      "postgres",
+      "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND backend_start >= $2",
+      [svc.control, spawned],
+    );
+    return Number(n) === 0;
+  });
+}
+
+/** Starts the service again on the same records (its start-up recovers), runs `check`, stops it; then waits for the scratch databases to be gone. */
+async function afterRestart(check: () => Promise<void>): Promise<void> {
+  const again = await startService(svc.control, fx.target, {}, svc.dataDir);
+  try {
+    await check();
+  } finally {
+    await again.close();
+  }
+  await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+}
+
+/** Whether `db` allows connections, and its connection limit. */
+async function accessOf(db: string): Promise<{ allow: boolean; limit: number }> {
+  const [row] = await sql<{ allow: boolean; limit: number }>(
+    "postgres",
+    "SELECT datallowconn AS allow, datconnlimit AS limit FROM pg_database WHERE datname = $1",
+    [db],
+  );
+  return row!;
+}
+
+/** The outcome of the restore run into `db`, and whether it still holds the target's sessions off. */
+async function runOf(db: string): Promise<{ outcome: string; connections_blocked: boolean } | undefined> {
+  const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
+    svc.control,
+    "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
+    [db],
+  );
+  return run;
+}
+
 describe("a crash while the target's sessions are held off", () => {
   it("leaves the next start what it needs to put the connection limit back", async () => {
     const db = newDbName("bs_edges_held");
@@ -399,28 +437,12 @@ describe("a crash while the target's sessions are held off", () => {
     // The killed service's ALTER goes through once the blocker is gone: the target is left at 0.
     await waitFor("the connection limit to be 0", async () => (await connLimitOf(db)) === 0);
     // And the killed service's sessions (its run lock) are gone, so that recovery may act.
-    await waitFor("the killed service's sessions to end", async () => {
-      const [{ n }] = await sql<{ n: string }>(
-        "postgres",
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND backend_start >= $2",
-        [svc.control, spawned],
-      );
-      return Number(n) === 0;
-    });
-    const again = await startService(svc.control, fx.target, {}, svc.dataDir);
-    try {
+    await killedServiceGone(spawned);
+    await afterRestart(async () => {
       expect(await connLimitOf(db)).toBe(7);
-      const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
-        svc.control,
-        "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
-        [db],
-      );
-      expect(run).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
+      expect(await runOf(db)).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
       expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 2 }]);
-    } finally {
-      await again.close();
-    }
-    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+    });
   }, 120_000);
 
   it("during the swap, once no session may connect: the next start allows connections again", async () => {
@@ -456,33 +478,12 @@ describe("a crash while the target's sessions are held off", () => {
       await blocker.end().catch(() => undefined);
     }
     expect(await allowsConnections(db), "the target was not shut when the service was killed").toBe(false);
-    await waitFor("the killed service's sessions to end", async () => {
-      const [{ n }] = await sql<{ n: string }>(
-        "postgres",
-        "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND backend_start >= $2",
-        [svc.control, spawned],
-      );
-      return Number(n) === 0;
-    });
-    const again = await startService(svc.control, fx.target, {}, svc.dataDir);
-    try {
-      const [row] = await sql<{ allow: boolean; limit: number }>(
-        "postgres",
-        "SELECT datallowconn AS allow, datconnlimit AS limit FROM pg_database WHERE datname = $1",
-        [db],
-      );
-      expect(row).toEqual({ allow: true, limit: -1 });
-      const [run] = await sql<{ outcome: string; connections_blocked: boolean }>(
-        svc.control,
-        "SELECT outcome, connections_blocked FROM backup_service.restore_runs WHERE target_database = $1",
-        [db],
-      );
-      expect(run).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
+    await killedServiceGone(spawned);
+    await afterRestart(async () => {
+      expect(await accessOf(db)).toEqual({ allow: true, limit: -1 });
+      expect(await runOf(db)).toEqual({ outcome: "INTERRUPTED", connections_blocked: false });
       expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
-    } finally {
-      await again.close();
-    }
-    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+    });
   }, 120_000);
 });
 
