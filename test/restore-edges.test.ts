@@ -524,6 +524,62 @@ describe("an application that reconnects the moment its sessions are ended", () 
   }, 60_000);
 });
 
+describe("a session that does not end when told to", () => {
+  // Stopping a server process (SIGSTOP) takes root, as CI runs; it then neither ends nor reports.
+  const asRoot = process.getuid?.() === 0;
+  it.skipIf(!asRoot)(
+    "holds up the swap until it has gone, and what it wrote but had not reported yet still refuses the swap",
+    async () => {
+      const db = newDbName("bs_edges_stopped");
+      await createDatabase(db);
+      await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
+      const { backup } = await svc.client.createBackup({ database: db });
+      let session: pg.Client | null = null;
+      let pid = 0;
+      let resumed: Promise<void> | null = null;
+      const err = await (async () => {
+        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true })) {
+          if (m.phase === RestorePhase.SAFETY_BACKUP && !session) {
+            // A superuser's session, which the connection limit of 0 lets in. Its first statement
+            // reports its counts at once (a temporary table's, which the check leaves out); its
+            // write a moment later waits to be reported, and then the process is stopped.
+            session = await connect(db);
+            pid = (await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
+            await session.query("CREATE TEMP TABLE x AS SELECT 1 AS i");
+            await session.query("INSERT INTO t VALUES (-1)");
+            process.kill(pid, "SIGSTOP");
+          }
+          if (m.phase === RestorePhase.FINALIZING && pid && !resumed) {
+            // Past the first attempt's 5 s wait for it to end, inside the second's.
+            resumed = new Promise<void>((r) => setTimeout(r, 6000)).then(() => void process.kill(pid, "SIGCONT"));
+          }
+        }
+      })().then(
+        () => null,
+        (e: unknown) => ConnectError.from(e),
+      );
+      await resumed;
+      // Whatever happened, it is not left stopped (once gone, there is nothing to signal).
+      if (pid) {
+        try {
+          process.kill(pid, "SIGCONT");
+        } catch {
+          // gone
+        }
+      }
+      await (session as pg.Client | null)?.end().catch(() => undefined);
+      expect(pid, "no SAFETY_BACKUP phase").not.toBe(0);
+      expect(err, "the restore went through").not.toBeNull();
+      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+      expect(err!.rawMessage).toMatch(new RegExp(`^database "${db}" was written to \\(1 row\\) after its safety backup began`));
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300001 }]);
+      expect(await allowsConnections(db)).toBe(true);
+      await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+    },
+    60_000,
+  );
+});
+
 describe("a service role that is not a superuser", () => {
   const creator = uniqueName("bs_edges_creator");
   let limited: TestService;
