@@ -524,6 +524,15 @@ describe("an application that reconnects the moment its sessions are ended", () 
   }, 60_000);
 });
 
+/** Lets a stopped server process go on; once it is gone there is nothing to signal. */
+function resume(pid: number): void {
+  try {
+    process.kill(pid, "SIGCONT");
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ESRCH") throw err;
+  }
+}
+
 describe("a session that does not end when told to", () => {
   // Stopping a server process (SIGSTOP) takes root, as CI runs; it then neither ends nor reports.
   const asRoot = process.getuid?.() === 0;
@@ -559,14 +568,8 @@ describe("a session that does not end when told to", () => {
         (e: unknown) => ConnectError.from(e),
       );
       await resumed;
-      // Whatever happened, it is not left stopped (once gone, there is nothing to signal).
-      if (pid) {
-        try {
-          process.kill(pid, "SIGCONT");
-        } catch {
-          // gone
-        }
-      }
+      // Whatever happened, it is not left stopped.
+      if (pid) resume(pid);
       await (session as pg.Client | null)?.end().catch(() => undefined);
       expect(pid, "no SAFETY_BACKUP phase").not.toBe(0);
       expect(err, "the restore went through").not.toBeNull();
@@ -578,6 +581,56 @@ describe("a session that does not end when told to", () => {
     },
     60_000,
   );
+});
+
+describe("a session that never ends when told to", () => {
+  const asRoot = process.getuid?.() === 0;
+  it.skipIf(!asRoot)("fails the swap after its attempts, FAILED_PRECONDITION saying so; the target as it was, open to sessions", async () => {
+    const db = newDbName("bs_edges_frozen");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
+    const { backup } = await svc.client.createBackup({ database: db });
+    await sql(db, "INSERT INTO t VALUES (0)");
+    let pid = 0;
+    let session: pg.Client | null = null;
+    try {
+      const call = callFailure(
+        (async () => {
+          for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
+            if (m.phase === RestorePhase.RESTORING && !session) {
+              session = await connect(db);
+              pid = (await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
+              process.kill(pid, "SIGSTOP");
+            }
+          }
+        })(),
+      );
+      // Once the swap has given up, dropping the scratch database waits for every server process to
+      // take in a signal, which a stopped one never does (a PostgreSQL matter, not the swap's): it
+      // goes on once the process does.
+      await waitFor(
+        "the scratch database's drop to wait on the stopped process",
+        async () =>
+          (
+            await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE application_name = 'backup-service' AND query LIKE 'DROP DATABASE%' AND wait_event = 'ProcSignalBarrier'")
+          ).length > 0,
+        60_000,
+      );
+      process.kill(pid, "SIGCONT");
+      const err = await call;
+      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
+      expect(err.rawMessage).toBe(
+        `database "${db}" has 1 session(s) that did not end within 5 s of being told to; nothing was changed ` +
+          "(hint: try again; a session in an uninterruptible wait ends only once that wait does)",
+      );
+      expect(await allowsConnections(db)).toBe(true);
+    } finally {
+      if (pid) resume(pid);
+      await (session as pg.Client | null)?.end().catch(() => undefined);
+    }
+    expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300001 }]);
+    await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
+  }, 90_000);
 });
 
 describe("a service role that is not a superuser", () => {
