@@ -533,9 +533,35 @@ function resume(pid: number): void {
   }
 }
 
+/**
+ * A superuser's session in `db` (the connection limit of 0 does not keep it out), whose server
+ * process is then stopped (SIGSTOP: it neither ends when told to nor reports anything), after
+ * running `statements` one by one. Resolves with the process's pid and the session.
+ */
+async function stoppedSession(db: string, statements: string[] = []): Promise<{ pid: number; session: pg.Client }> {
+  const session = await connect(db);
+  const pid = (await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
+  for (const q of statements) await session.query(q);
+  process.kill(pid, "SIGSTOP");
+  return { pid, session };
+}
+
+/** Restores `id` over its database with drop_existing through the superuser service; resolves with the call's error, null if it succeeded. */
+function restoreOverAsSuperuser(id: string, skipSafetyBackup: boolean): Promise<ConnectError | null> {
+  return (async () => {
+    for await (const _ of svc.client.restoreBackup({ id, confirmRestore: true, dropExisting: true, skipSafetyBackup })) {
+      // drain
+    }
+  })().then(
+    () => null,
+    (e: unknown) => ConnectError.from(e),
+  );
+}
+
 describe("a session that does not end when told to", () => {
-  // Stopping a server process (SIGSTOP) takes root, as CI runs; it then neither ends nor reports.
+  // Stopping a server process takes root, as CI runs.
   const asRoot = process.getuid?.() === 0;
+
   it.skipIf(!asRoot)(
     "holds up the swap until it has gone, and what it wrote but had not reported yet still refuses the swap",
     async () => {
@@ -543,68 +569,41 @@ describe("a session that does not end when told to", () => {
       await createDatabase(db);
       await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
       const { backup } = await svc.client.createBackup({ database: db });
-      let session: pg.Client | null = null;
-      let pid = 0;
-      let resumed: Promise<void> | null = null;
-      const err = await (async () => {
-        for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true })) {
-          if (m.phase === RestorePhase.SAFETY_BACKUP && !session) {
-            // A superuser's session, which the connection limit of 0 lets in. Its first statement
-            // reports its counts at once (a temporary table's, which the check leaves out); its
-            // write a moment later waits to be reported, and then the process is stopped.
-            session = await connect(db);
-            pid = (await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
-            await session.query("CREATE TEMP TABLE x AS SELECT 1 AS i");
-            await session.query("INSERT INTO t VALUES (-1)");
-            process.kill(pid, "SIGSTOP");
-          }
-          if (m.phase === RestorePhase.FINALIZING && pid && !resumed) {
-            // Past the first attempt's 5 s wait for it to end, inside the second's.
-            resumed = new Promise<void>((r) => setTimeout(r, 6000)).then(() => void process.kill(pid, "SIGCONT"));
-          }
-        }
-      })().then(
-        () => null,
-        (e: unknown) => ConnectError.from(e),
-      );
-      await resumed;
-      // Whatever happened, it is not left stopped.
-      if (pid) resume(pid);
-      await (session as pg.Client | null)?.end().catch(() => undefined);
-      expect(pid, "no SAFETY_BACKUP phase").not.toBe(0);
-      expect(err, "the restore went through").not.toBeNull();
-      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
-      expect(err!.rawMessage).toMatch(new RegExp(`^database "${db}" was written to \\(1 row\\) after its safety backup began`));
+      // Its first statement reports its counts at once (a temporary table's, which the check
+      // leaves out); its write a moment later waits to be reported, and then it is stopped. Told
+      // to end before the safety backup, it does not: so the write is not in the count taken then.
+      const { pid, session } = await stoppedSession(db, ["CREATE TEMP TABLE x AS SELECT 1 AS i", "INSERT INTO t VALUES (-1)"]);
+      try {
+        const call = restoreOverAsSuperuser(backup!.id, false);
+        // The swap has shut the target and is waiting 5 s for the session to end; it goes on once
+        // that wait is over and the next has begun, and reports its write in ending.
+        await waitFor("the swap to shut the target", async () => !(await allowsConnections(db)), 60_000);
+        await new Promise((r) => setTimeout(r, 5500));
+        resume(pid);
+        const err = await call;
+        expect(err, "the restore went through").not.toBeNull();
+        expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+        expect(err!.rawMessage).toMatch(new RegExp(`^database "${db}" was written to \\(1 row\\) after its safety backup began`));
+      } finally {
+        resume(pid);
+        await session.end().catch(() => undefined);
+      }
       expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300001 }]);
       expect(await allowsConnections(db)).toBe(true);
       await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
     },
-    60_000,
+    90_000,
   );
-});
 
-describe("a session that never ends when told to", () => {
-  const asRoot = process.getuid?.() === 0;
-  it.skipIf(!asRoot)("fails the swap after its attempts, FAILED_PRECONDITION saying so; the target as it was, open to sessions", async () => {
+  it.skipIf(!asRoot)("one that never ends: the swap fails after its attempts, FAILED_PRECONDITION saying so; the target as it was, open to sessions", async () => {
     const db = newDbName("bs_edges_frozen");
     await createDatabase(db);
     await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
     const { backup } = await svc.client.createBackup({ database: db });
     await sql(db, "INSERT INTO t VALUES (0)");
-    let pid = 0;
-    let session: pg.Client | null = null;
+    const { pid, session } = await stoppedSession(db);
     try {
-      const call = callFailure(
-        (async () => {
-          for await (const m of svc.client.restoreBackup({ id: backup!.id, confirmRestore: true, dropExisting: true, skipSafetyBackup: true })) {
-            if (m.phase === RestorePhase.RESTORING && !session) {
-              session = await connect(db);
-              pid = (await session.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid;
-              process.kill(pid, "SIGSTOP");
-            }
-          }
-        })(),
-      );
+      const call = restoreOverAsSuperuser(backup!.id, true);
       // Once the swap has given up, dropping the scratch database waits for every server process to
       // take in a signal, which a stopped one never does (a PostgreSQL matter, not the swap's): it
       // goes on once the process does.
@@ -612,25 +611,29 @@ describe("a session that never ends when told to", () => {
         "the scratch database's drop to wait on the stopped process",
         async () =>
           (
-            await sql("postgres", "SELECT 1 FROM pg_stat_activity WHERE application_name = 'backup-service' AND query LIKE 'DROP DATABASE%' AND wait_event = 'ProcSignalBarrier'")
+            await sql(
+              "postgres",
+              "SELECT 1 FROM pg_stat_activity WHERE application_name = 'backup-service' AND query LIKE 'DROP DATABASE%' AND wait_event = 'ProcSignalBarrier'",
+            )
           ).length > 0,
-        60_000,
+        80_000,
       );
-      process.kill(pid, "SIGCONT");
+      resume(pid);
       const err = await call;
-      expect(Code[err.code], err.rawMessage).toBe("FailedPrecondition");
-      expect(err.rawMessage).toBe(
+      expect(err, "the restore went through").not.toBeNull();
+      expect(Code[err!.code], err!.rawMessage).toBe("FailedPrecondition");
+      expect(err!.rawMessage).toBe(
         `database "${db}" has 1 session(s) that did not end within 5 s of being told to; nothing was changed ` +
           "(hint: try again; a session in an uninterruptible wait ends only once that wait does)",
       );
       expect(await allowsConnections(db)).toBe(true);
     } finally {
-      if (pid) resume(pid);
-      await (session as pg.Client | null)?.end().catch(() => undefined);
+      resume(pid);
+      await session.end().catch(() => undefined);
     }
     expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300001 }]);
     await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
-  }, 90_000);
+  }, 120_000);
 });
 
 describe("a service role that is not a superuser", () => {
