@@ -16,7 +16,7 @@ import type { createDownloadUseCase } from "../domain/download.js";
 import type { createRestoreUseCase, RestoreProgress } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
-import { kActor, kAuditBackupId, kAuditLate, kAuditNote } from "./context.js";
+import { DEADLINE_SLACK_MS, kActor, kAuditBackupId, kAuditLate, kAuditNote } from "./context.js";
 import { withEncodedReply } from "./grpc-lean.js";
 import {
   auditEventToProto,
@@ -42,7 +42,7 @@ function callSignal(ctx: HandlerContext): AbortSignal {
     // a cancel within that moment of the deadline is the deadline.
     const left = ctx.timeoutMs();
     const deadline =
-      (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (left !== undefined && left <= 250);
+      (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (left !== undefined && left <= DEADLINE_SLACK_MS);
     ac.abort(
       deadline
         ? new DomainError("deadline_exceeded", "cancelled: the call's deadline was exceeded")

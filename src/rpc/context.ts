@@ -1,6 +1,14 @@
 import { createContextKey } from "@connectrpc/connect";
 import type { Actor } from "../domain/backup.js";
 
+/**
+ * A client's own deadline timer resets the stream when the deadline passes by its clock, which
+ * started before the request reached us: a reset that comes this close to the call's deadline (as
+ * the server counts it) is taken for the deadline, not for a cancel. The gap is the request's
+ * way here, which on a loaded machine has been seen past 250 ms.
+ */
+export const DEADLINE_SLACK_MS = 1000;
+
 /** The authenticated caller, set by the auth interceptor. */
 export const kActor = createContextKey<Actor | undefined>(undefined, { description: "authenticated actor" });
 

@@ -7,7 +7,7 @@ import type { Actor } from "../domain/backup.js";
 import type { AuditRepository, NewAuditEvent } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import { kActor, kAuditBackupId, kAuditLate, kAuditNote, kClientAddress } from "./context.js";
+import { DEADLINE_SLACK_MS, kActor, kAuditBackupId, kAuditLate, kAuditNote, kClientAddress } from "./context.js";
 import { codeName, toConnectError } from "./errors.js";
 
 const ADMIN_ROLES = new Set(["admin", "superadmin"]);
@@ -41,12 +41,12 @@ function deadlineOf(header: Headers): number | undefined {
 /**
  * How a stream whose client went away ended: its deadline, or a cancel. A client's own deadline
  * timer resets the stream a moment before the server's fires, so a reset within that moment of
- * the deadline is the deadline (as the handlers' call signal takes it).
+ * the deadline (DEADLINE_SLACK_MS) is the deadline, as the handlers' call signal takes it.
  */
 function streamLeft(signal: AbortSignal, deadline: number | undefined): { outcome: string; words: string } {
   const reason: unknown = signal.reason;
   const passed =
-    (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (deadline !== undefined && deadline - Date.now() <= 250);
+    (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (deadline !== undefined && deadline - Date.now() <= DEADLINE_SLACK_MS);
   return passed
     ? { outcome: "DEADLINE_EXCEEDED", words: "the call's deadline passed" }
     : { outcome: "CANCELED", words: "the client cancelled the call" };

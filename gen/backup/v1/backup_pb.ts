@@ -862,7 +862,8 @@ export type RestoreBackupRequest = Message<"backup.v1.RestoreBackupRequest"> & {
   targetDatabase?: string | undefined;
 
   /**
-   * Do not take a safety backup of the database being replaced.
+   * Do not take a safety backup of the database being replaced (nor refuse to
+   * replace it when it was written to after one began).
    *
    * @generated from field: bool skip_safety_backup = 6;
    */
