@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BackupStatus, RestorePhase, VerificationLevel, type RestoreBackupResponse } from "../gen/backup/v1/backup_pb.js";
 import {
   backupFiles,
+  blockTable,
   callFailure,
   connect,
   createDatabase,
@@ -26,6 +27,7 @@ import {
   startService,
   uniqueName,
   waitFor,
+  waitForBlockedDump,
   type TestService,
 } from "./helpers.js";
 
@@ -302,6 +304,39 @@ describe("a restore that ended without letting sessions in again", () => {
       await again.close();
     }
   });
+
+  it("is left alone while a backup or restore of its database runs, and let in once that has ended", async () => {
+    const db = newDbName("bs_edges_shut_busy");
+    await createDatabase(db);
+    await sql(db, "CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    await sql("postgres", `ALTER DATABASE "${db}" CONNECTION LIMIT 0`);
+    await sql(
+      svc.control,
+      `INSERT INTO backup_service.restore_runs (backup_id, target_database, replica_id, outcome, error, connections_blocked, original_connection_limit, finished_at)
+       VALUES ('00000000-0000-4000-8000-000000000000', $1, 'dead-replica', 'FAILED', 'the swap failed', true, 7, now())`,
+      [db],
+    );
+    // A backup of it that holds the database's lock (its dump blocked on a table lock): what a new
+    // restore of it would hold too, whose hold on the sessions a release now would undo.
+    const block = await blockTable(db, "t");
+    const backup = svc.client.createBackup({ database: db });
+    let again: TestService | null = null;
+    try {
+      await waitForBlockedDump(db);
+      again = await startService(svc.control, fx.target, { RECOVERY_INTERVAL_MS: "300" }, svc.dataDir);
+      await new Promise((r) => setTimeout(r, 1000));
+      expect(await connLimitOf(db)).toBe(0);
+      expect((await runOf(db))?.connections_blocked).toBe(true);
+      await block.release();
+      expect((await backup).backup?.status).toBe(BackupStatus.VERIFIED);
+      await waitFor("the sweep to let sessions in", async () => (await connLimitOf(db)) === 7);
+      expect(await runOf(db)).toEqual({ outcome: "FAILED", connections_blocked: false });
+    } finally {
+      await block.release().catch(() => undefined);
+      await backup.catch(() => undefined);
+      await again?.close();
+    }
+  });
 });
 
 /** The service's sessions in `db` that wait on a lock, running a query like `like`. */
@@ -524,6 +559,12 @@ describe("an application that reconnects the moment its sessions are ended", () 
   }, 60_000);
 });
 
+/** Whether the database named `db` is still the one with `oid` (not replaced). */
+async function oidStill(db: string, oid: string): Promise<boolean> {
+  const rows = await sql<{ oid: string }>("postgres", "SELECT oid::text AS oid FROM pg_database WHERE datname = $1", [db]);
+  return rows[0]?.oid === oid;
+}
+
 /** Lets a stopped server process go on; once it is gone there is nothing to signal. */
 function resume(pid: number): void {
   try {
@@ -570,10 +611,11 @@ describe("a session that does not end when told to", () => {
       await createDatabase(db);
       await sql(db, "CREATE TABLE t (id int); INSERT INTO t SELECT generate_series(1, 300000)");
       const { backup } = await svc.client.createBackup({ database: db });
-      // Its first statement reports its counts at once (a temporary table's, which the check
-      // leaves out); its write a moment later waits to be reported, and then it is stopped. Told
-      // to end before the safety backup, it does not: so the write is not in the count taken then.
-      const { pid, session } = await stoppedSession(db, ["CREATE TEMP TABLE x AS SELECT 1 AS i", "INSERT INTO t VALUES (-1)"]);
+      const [{ oid }] = await sql<{ oid: string }>("postgres", "SELECT oid::text AS oid FROM pg_database WHERE datname = $1", [db]);
+      // A write in a transaction still open when it is stopped: a session reports its counts only
+      // once its transaction has ended (an aborted insert counts too). Told to end before the safety
+      // backup, it does not: so the write is not in the count taken then.
+      const { pid, session } = await stoppedSession(db, ["BEGIN", "INSERT INTO t VALUES (-1)"]);
       try {
         const call = restoreOverAsSuperuser(backup!.id);
         // The swap has shut the target and is waiting 5 s for the session to end; it goes on once
@@ -589,7 +631,9 @@ describe("a session that does not end when told to", () => {
         resume(pid);
         await session.end().catch(() => undefined);
       }
-      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300001 }]);
+      // Not replaced: the target as that session left it (its transaction rolled back as it ended).
+      expect(await sql(db, "SELECT count(*)::int AS n FROM t")).toEqual([{ n: 300000 }]);
+      expect(await oidStill(db, oid)).toBe(true);
       expect(await allowsConnections(db)).toBe(true);
       await waitFor("the scratch database to be dropped", async () => (await leftovers()).length === 0);
     },

@@ -715,6 +715,13 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         await attempt({ restoreRun: run.id, database: run.targetDatabase }, async () => {
           const lock = await locks.tryAcquire(restoreRunKey(run.id));
           if (!lock) return false; // still running on a live replica
+          // And not while a backup or another restore of the database runs: letting sessions in
+          // now would undo a new restore's hold on them (the next sweep tries again).
+          const dbLock = run.connectionsBlocked ? await locks.tryAcquire(core.lockKey(run.targetDatabase)) : null;
+          if (run.connectionsBlocked && !dbLock) {
+            await lock.release();
+            return false;
+          }
           try {
             if (run.connectionsBlocked) {
               await restorer.releaseSessions(run.targetDatabase, run.originalConnectionLimit ?? -1);
@@ -735,6 +742,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             });
             return true;
           } finally {
+            await dbLock?.release();
             await lock.release();
           }
         });

@@ -428,6 +428,17 @@ async function countWrites(c: pg.Client): Promise<number | null> {
   return row?.on ? Number(row.n) : null;
 }
 
+/** Rows inserted, updated and deleted in database `name` as a whole (its catalogs too); null where not counted. */
+async function databaseWrites(c: pg.Client, name: string): Promise<number | null> {
+  const res = await c.query<{ on: boolean; n: string | null }>(
+    `SELECT current_setting('track_counts')::bool AS on,
+            (SELECT tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = $1)::text AS n`,
+    [name],
+  );
+  const row = res.rows[0];
+  return row?.on && row.n !== null ? Number(row.n) : null;
+}
+
 function sessionsLingering(name: string, n: number): DomainError {
   return new DomainError(
     "failed_precondition",
@@ -1187,12 +1198,20 @@ export function createRestoreEngine(opts: {
         let probe: { client: pg.Client; pid: number } | null = null;
         if (unwrittenSince !== undefined && targetExists) {
           const client = await libpq.connect(target).catch((err: unknown) => {
-            if ((err as { code?: string }).code === "3D000") throw targetGone(target);
+            // Already in words a person can act on (a database that is gone: NOT_FOUND).
+            if (err instanceof DomainError) throw err;
             throw new DomainError("failed_precondition", `could not connect to "${target}" before the swap: ${safeReason(err)}; nothing was changed`, {
               cause: err,
             });
           });
-          probe = { client, pid: (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid };
+          try {
+            probe = { client, pid: (await client.query<{ pid: number }>("SELECT pg_backend_pid() AS pid")).rows[0]!.pid };
+          } catch (err) {
+            await client.end().catch(() => undefined);
+            throw new DomainError("failed_precondition", `could not look at "${target}" before the swap: ${safeReason(err)}; nothing was changed`, {
+              cause: err,
+            });
+          }
         }
         const endProbe = async () => {
           const p = probe;
@@ -1239,6 +1258,7 @@ export function createRestoreEngine(opts: {
         },
       ): Promise<void> {
         const { committed } = how;
+        let dbWrites: number | null = null;
         for (let attempt = 1; ; attempt++) {
           // The scratch database's too: only its owner and superusers may connect to it, but a
           // superuser's session there (a monitoring agent's) would fail its rename the same way.
@@ -1258,14 +1278,20 @@ export function createRestoreEngine(opts: {
             await new Promise((r) => setTimeout(r, 200 * attempt));
             continue;
           }
-          // Every session that could have written is gone, and reported its counts in going. (One
-          // that connected a moment before the target was shut, and is found by the rename, is
-          // ended on the next attempt without this being counted again: its probe is gone.)
+          // Every session that could have written is gone, and reported its counts in going.
           const probe = how.probe();
           if (probe) {
             const now = await countWrites(probe.client);
             await how.endProbe();
             if (now !== null && now !== unwrittenSince) throw writtenAfterSafetyBackup(target, now - unwrittenSince!);
+            // A session that was logging in as the target was shut can still be found by the rename
+            // (55006) and write before the next attempt ends it; the probe is gone by then (the target
+            // takes no new session), so the next attempts compare the server's counts for the whole
+            // database, catalogs included: an ANALYZE meanwhile refuses too, which errs the safe way.
+            dbWrites = await databaseWrites(c, target);
+          } else if (dbWrites !== null) {
+            const now = await databaseWrites(c, target);
+            if (now !== null && now !== dbWrites) throw writtenAfterSafetyBackup(target, now - dbWrites);
           }
           let committing = false;
           try {
