@@ -353,6 +353,30 @@ describe("calls that must not wait on a client", () => {
     }
   }, 60_000);
 
+  it("a download its client resets a moment before its deadline is audited as past its deadline, by the header its protocol reads", async () => {
+    for (const [name, headers] of paths) {
+      const { backup } = await svc.client.createBackup({});
+      const body = frame(Buffer.from(toBinary(DownloadBackupRequestSchema, create(DownloadBackupRequestSchema, { id: backup!.id }))));
+      // The other protocol's header too, saying something else: only the call's own counts.
+      const stray: Record<string, string> = name.endsWith("Connect") ? { "grpc-timeout": "999S" } : { "connect-timeout-ms": "999000" };
+      const { session, req } = open("DownloadBackup", { ...headers, ...authed(), ...stray, ...timeoutHeader(name, 1500) }, body, true);
+      try {
+        // As a client's own deadline timer does, a little before the server's would fire.
+        await new Promise((r) => setTimeout(r, 1000));
+        req.close(http2.constants.NGHTTP2_CANCEL);
+        const audit = await waitFor(`${name}: the download's audit event`, async () => {
+          const { events } = await svc.client.listAuditEvents({ backupId: backup!.id, action: "DownloadBackup" });
+          return events[0];
+        });
+        // Closed on the lean path, failing on connect-node's (its write to the reset stream): either way the deadline.
+        expect(audit.outcome, `${name}: ${audit.message}`).toBe("DEADLINE_EXCEEDED");
+        expect(audit.message, name).toMatch(/^download from offset 0: (the call's deadline passed|cancelled: the call's deadline was exceeded)$/);
+      } finally {
+        session.destroy();
+      }
+    }
+  }, 60_000);
+
   /** The answer to a call opened with `open`, and how long it took to come. */
   async function answer(opened: ReturnType<typeof open>) {
     const { req, started } = opened;

@@ -39,7 +39,7 @@ function deadlineOf(header: Headers): number | undefined {
 }
 
 /**
- * How a stream whose client went away ended: its deadline, or a cancel. A client's own deadline
+ * How a call whose client went away ended: its deadline, or a cancel. A client's own deadline
  * timer resets the stream a moment before the server's fires, so a reset within that moment of
  * the deadline (DEADLINE_SLACK_MS) is the deadline, as the handlers' call signal takes it.
  */
@@ -258,9 +258,10 @@ export function createErrorInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
     // Once the client has gone (cancelled, or past its deadline), any error is that: for
     // example a write to the closed stream, which is no fault of the service.
+    const deadline = deadlineOf(req.header);
     const map = (err: unknown) =>
       req.signal.aborted && !(err instanceof DomainError)
-        ? req.signal.reason instanceof ConnectError && req.signal.reason.code === Code.DeadlineExceeded
+        ? streamLeft(req.signal, deadline).outcome === "DEADLINE_EXCEEDED"
           ? new ConnectError("cancelled: the call's deadline was exceeded", Code.DeadlineExceeded)
           : new ConnectError("cancelled by the client", Code.Canceled)
         : toConnectError(err, logger, req.method.name);
