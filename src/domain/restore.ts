@@ -513,7 +513,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         send({ within: 1, message: "counts match the backup" });
 
         let safetyBackupId: string | null = null;
-        let originalLimit: number | null = null;
+        let heldLimit: number | null = null;
         if (state.exists) {
           // From here nobody writes to the old database: the safety backup is its last state, and
           // what is inspected below is what the swap replaces. (The swap ends its sessions anyway.)
@@ -525,7 +525,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
             blocked = { database: target, restore: { release: () => restorer.releaseSessions(target, originalLimit) } };
           });
           blocked = { database: target, restore: holding };
-          originalLimit = holding.originalLimit;
+          heldLimit = holding.originalLimit;
         }
         // The target again, as the swap will find it: the load may have taken hours, and someone may
         // have created the database, or objects in it, meanwhile. The swap must not drop those
@@ -577,7 +577,7 @@ export function createRestoreUseCase(deps: RestoreDeps) {
         // die before, recovery lets them in again (what the limit is, it knows from here).
         await runs.update(runId, {
           error: SWAPPING,
-          ...(originalLimit !== null ? { connectionsBlocked: true, originalConnectionLimit: originalLimit } : {}),
+          ...(heldLimit !== null ? { connectionsBlocked: true, originalConnectionLimit: heldLimit } : {}),
         });
         await restorer.swapIn(scratch, target, retired, now.exists, signal, unwrittenSince);
         scratch = null; // it is the target now

@@ -16,7 +16,7 @@ import type { createDownloadUseCase } from "../domain/download.js";
 import type { createRestoreUseCase, RestoreProgress } from "../domain/restore.js";
 import type { createRetentionUseCase } from "../domain/retention.js";
 import type { JobStatus } from "../scheduler/scheduler.js";
-import { DEADLINE_SLACK_MS, kActor, kAuditBackupId, kAuditLate, kAuditNote } from "./context.js";
+import { endedByDeadline, kActor, kAuditBackupId, kAuditLate, kAuditNote } from "./context.js";
 import { withEncodedReply } from "./grpc-lean.js";
 import {
   auditEventToProto,
@@ -37,14 +37,8 @@ import {
 function callSignal(ctx: HandlerContext): AbortSignal {
   const ac = new AbortController();
   const onAbort = () => {
-    const reason: unknown = ctx.signal.reason;
-    // A client's own deadline timer may fire, and reset the stream, a moment before ours:
-    // a cancel within that moment of the deadline is the deadline.
-    const left = ctx.timeoutMs();
-    const deadline =
-      (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (left !== undefined && left <= DEADLINE_SLACK_MS);
     ac.abort(
-      deadline
+      endedByDeadline(ctx.signal.reason, ctx.timeoutMs())
         ? new DomainError("deadline_exceeded", "cancelled: the call's deadline was exceeded")
         : new DomainError("cancelled", "cancelled by the client"),
     );

@@ -1,4 +1,4 @@
-import { createContextKey } from "@connectrpc/connect";
+import { Code, ConnectError, createContextKey } from "@connectrpc/connect";
 import type { Actor } from "../domain/backup.js";
 
 /**
@@ -7,7 +7,16 @@ import type { Actor } from "../domain/backup.js";
  * the server counts it) is taken for the deadline, not for a cancel. The gap is the request's
  * way here, which on a loaded machine has been seen past 250 ms.
  */
-export const DEADLINE_SLACK_MS = 1000;
+const DEADLINE_SLACK_MS = 1000;
+
+/**
+ * Whether a call aborted with `reason` (its signal's), `msLeft` before its deadline (undefined:
+ * it has none), ended because of its deadline rather than a cancel. The one rule for the
+ * handlers' signal, the audit trail and the error codes.
+ */
+export function endedByDeadline(reason: unknown, msLeft: number | undefined): boolean {
+  return (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (msLeft !== undefined && msLeft <= DEADLINE_SLACK_MS);
+}
 
 /** The authenticated caller, set by the auth interceptor. */
 export const kActor = createContextKey<Actor | undefined>(undefined, { description: "authenticated actor" });

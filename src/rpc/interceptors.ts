@@ -7,7 +7,7 @@ import type { Actor } from "../domain/backup.js";
 import type { AuditRepository, NewAuditEvent } from "../domain/ports.js";
 import { DomainError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import { DEADLINE_SLACK_MS, kActor, kAuditBackupId, kAuditLate, kAuditNote, kClientAddress } from "./context.js";
+import { endedByDeadline, kActor, kAuditBackupId, kAuditLate, kAuditNote, kClientAddress } from "./context.js";
 import { codeName, toConnectError } from "./errors.js";
 
 const ADMIN_ROLES = new Set(["admin", "superadmin"]);
@@ -27,29 +27,17 @@ export const AUDITED_METHODS = new Set([
 ]);
 
 /**
- * When the call's deadline passes, in Date.now() terms; undefined without one. The header its
- * protocol reads: grpc-timeout for gRPC and gRPC-web, connect-timeout-ms for Connect.
+ * Whether a call that began at `started` (Date.now()) and whose client went away ended because of
+ * its deadline (see endedByDeadline). The deadline is the header the call's protocol reads:
+ * grpc-timeout for gRPC and gRPC-web, connect-timeout-ms for Connect. Read only once a call has
+ * ended early, not on every call.
  */
-function deadlineOf(header: Headers): number | undefined {
-  const grpc = /^application\/grpc/i.test(header.get("content-type") ?? "");
-  const value = header.get(grpc ? "grpc-timeout" : "connect-timeout-ms");
-  if (value === null) return undefined;
-  const { timeoutMs } = grpc ? parseGrpcTimeout(value, Number.MAX_SAFE_INTEGER) : parseConnectTimeout(value, Number.MAX_SAFE_INTEGER);
-  return timeoutMs === undefined ? undefined : Date.now() + timeoutMs;
-}
-
-/**
- * How a call whose client went away ended: its deadline, or a cancel. A client's own deadline
- * timer resets the stream a moment before the server's fires, so a reset within that moment of
- * the deadline (DEADLINE_SLACK_MS) is the deadline, as the handlers' call signal takes it.
- */
-function streamLeft(signal: AbortSignal, deadline: number | undefined): { outcome: string; words: string } {
-  const reason: unknown = signal.reason;
-  const passed =
-    (reason instanceof ConnectError && reason.code === Code.DeadlineExceeded) || (deadline !== undefined && deadline - Date.now() <= DEADLINE_SLACK_MS);
-  return passed
-    ? { outcome: "DEADLINE_EXCEEDED", words: "the call's deadline passed" }
-    : { outcome: "CANCELED", words: "the client cancelled the call" };
+function leftAtDeadline(req: { signal: AbortSignal; header: Headers }, started: number): boolean {
+  const grpc = /^application\/grpc/i.test(req.header.get("content-type") ?? "");
+  const value = req.header.get(grpc ? "grpc-timeout" : "connect-timeout-ms");
+  const { timeoutMs } =
+    value === null ? {} : grpc ? parseGrpcTimeout(value, Number.MAX_SAFE_INTEGER) : parseConnectTimeout(value, Number.MAX_SAFE_INTEGER);
+  return endedByDeadline(req.signal.reason, timeoutMs === undefined ? undefined : started + timeoutMs - Date.now());
 }
 
 function recordAudit(audit: AuditRepository, logger: Logger, event: NewAuditEvent): Promise<void> {
@@ -184,7 +172,7 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
       clientAddress: req.contextValues.get(kClientAddress) ?? null,
     };
     const requestId = req.stream ? null : requestBackupId(req.message);
-    const deadline = deadlineOf(req.header);
+    const started = Date.now();
     const note = () => req.contextValues.get(kAuditNote) ?? null;
     /**
      * Work that went on after its client had gone and did complete (a restore past its swap) is
@@ -237,7 +225,11 @@ export function createAuditInterceptor(audit: AuditRepository, logger: Logger): 
         } finally {
           // The client went away mid-stream (cancelled, or its deadline passed): the generator is
           // closed without an error.
-          const left = settled ? null : streamLeft(req.signal, deadline);
+          const left = settled
+            ? null
+            : leftAtDeadline(req, started)
+              ? { outcome: "DEADLINE_EXCEEDED", words: "the call's deadline passed" }
+              : { outcome: "CANCELED", words: "the client cancelled the call" };
           if (left && !(await late(backupId(), left.words))) {
             const n = note();
             await recordAudit(audit, logger, {
@@ -258,10 +250,10 @@ export function createErrorInterceptor(logger: Logger): Interceptor {
   return (next) => async (req) => {
     // Once the client has gone (cancelled, or past its deadline), any error is that: for
     // example a write to the closed stream, which is no fault of the service.
-    const deadline = deadlineOf(req.header);
+    const started = Date.now();
     const map = (err: unknown) =>
       req.signal.aborted && !(err instanceof DomainError)
-        ? streamLeft(req.signal, deadline).outcome === "DEADLINE_EXCEEDED"
+        ? leftAtDeadline(req, started)
           ? new ConnectError("cancelled: the call's deadline was exceeded", Code.DeadlineExceeded)
           : new ConnectError("cancelled by the client", Code.Canceled)
         : toConnectError(err, logger, req.method.name);
