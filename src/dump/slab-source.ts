@@ -175,10 +175,18 @@ export class SlabSource implements AsyncIterator<Buffer> {
     }
   }
 
-  /** Stops reading: the child writing into it gets EPIPE. */
+  /**
+   * Stops reading (the child writing into it gets EPIPE) and lets go of the
+   * slabs: what was read and not taken is dropped, and a piece a socket is
+   * still sending keeps its own reference to its memory.
+   */
   destroy(): void {
     this.socket.destroy();
     this.ended = true;
+    this.queue.length = 0;
+    this.queued = 0;
+    this.slabs.length = 0;
+    this.byMemory.clear();
     this.notify();
   }
 
