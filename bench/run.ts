@@ -616,7 +616,7 @@ async function restoreOnly(svc: Service, n: number, work: string, freshDb: () =>
       const r = await ourRestore(svc, backup!.id, freshDb());
       const these = Object.entries(r.steps ?? {});
       for (const [step, v] of these) (steps[step] ??= []).push(v);
-      last = these.map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`).join(", ");
+      last = `${these.map(([k, v]) => `${k} ${(v / 1000).toFixed(2)}`).join(", ")}; the service's peak RSS ${r.peakMb.toFixed(0)} MB`;
       return r.ms;
     },
   };
