@@ -1,5 +1,4 @@
-import { mkdtemp, open, readdir, rm, stat, statfs, writeFile, type FileHandle } from "node:fs/promises";
-import os from "node:os";
+import { open, stat, statfs, writeFile, type FileHandle } from "node:fs/promises";
 import path from "node:path";
 import type { Writable } from "node:stream";
 import type pg from "pg";
@@ -21,6 +20,7 @@ import {
 import { countRows, createLibpq, listTables, quoteIdent, refusedDatabase } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
 import { SlabSource } from "./slab-source.js";
+import { removeStaleWorkDirs, withWorkDir } from "./work-dir.js";
 import { decompressCommand, type Tools } from "./tools.js";
 
 const READ_CHUNK = 1 << 20;
@@ -141,24 +141,6 @@ function bigTableFirst(head: ArchiveHead, counts: TableRowCounts | undefined): {
       e.deps.every((d) => d === table || (byId.has(d) && byId.get(d)!.section === SECTION_PRE_DATA && byId.get(d)!.desc !== "TABLE")),
   );
   return early.length > 0 ? { big, early } : null;
-}
-
-/** Private directories for the table of contents: `bsvc-restore-<pid>-<random>` in the system's temporary area. */
-const WORK_PREFIX = "bsvc-restore-";
-
-/** Removes the directories a process that is gone (killed mid-restore) left behind. */
-async function removeStaleWorkDirs(): Promise<void> {
-  for (const name of await readdir(os.tmpdir())) {
-    const m = new RegExp(`^${WORK_PREFIX}(\\d+)-`).exec(name);
-    if (!m || Number(m[1]) === process.pid) continue;
-    try {
-      process.kill(Number(m[1]), 0);
-      continue; // alive: perhaps another replica on this machine, mid-restore
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ESRCH") continue;
-    }
-    await rm(path.join(os.tmpdir(), name), { recursive: true, force: true });
-  }
 }
 
 const ending = new WeakMap<pg.Client, Promise<void>>();
@@ -640,13 +622,8 @@ export function createRestoreEngine(opts: {
     signal: AbortSignal,
   ): Promise<LaneLoadResult | null> {
     // The table of contents (the schema's DDL) and the decompressor's socket go to a private
-    // directory of the system's temporary area, never beside the backups, removed whatever happens.
-    const work = await mkdtemp(path.join(os.tmpdir(), `${WORK_PREFIX}${process.pid}-`));
-    try {
-      return await laneLoadIn(work, options, onProgress, signal);
-    } finally {
-      await rm(work, { recursive: true, force: true });
-    }
+    // directory (see work-dir.ts).
+    return withWorkDir("restore", (work) => laneLoadIn(work, options, onProgress, signal));
   }
 
   async function laneLoadIn(
