@@ -1,6 +1,8 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { statSync, writeFileSync } from "node:fs";
+import { readdir } from "node:fs/promises";
+import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
 import {
@@ -126,6 +128,35 @@ describe("CreateBackup (custom format, zstd)", () => {
     }
     expect(zstdReportedBytes("zstd: error: truncated\n")).toBeNull();
   });
+
+  it("a backup many times the size of the compressor's read buffers is written and read back byte for byte", async () => {
+    // About 50 MB of hex that compresses to about half: the compressor's output goes through
+    // the service's 1 MiB slabs some twenty-five times, each written to the file and to the
+    // read-back before it is read into again.
+    const big = uniqueName("bs_big_src");
+    await createDatabase(big);
+    onTestFinished(() => dropDatabase(big));
+    await sql(big, "CREATE TABLE blob (id int PRIMARY KEY, b bytea); INSERT INTO blob SELECT g, sha512(int4send(g)) FROM generate_series(1, 400000) g");
+    const [{ sum }] = await sql<{ sum: string }>(big, "SELECT md5(string_agg(b::text, '' ORDER BY id)) AS sum FROM blob");
+    const { backup } = await svc.client.createBackup({ database: big });
+    expect(backup!.status).toBe(BackupStatus.VERIFIED);
+    const file = path.join(svc.backupDir, backup!.fileName);
+    expect(Number(backup!.fileSize)).toBe(statSync(file).size);
+    expect(Number(backup!.fileSize)).toBeGreaterThan(20 << 20);
+    expect(backup!.checksum).toBe(sha256sum(file));
+    const dumpSize = Number(execFileSync("sh", ["-c", `zstd -dc '${file}' | wc -c`], { encoding: "utf8" }).trim());
+    expect(Number(backup!.dumpSize)).toBe(dumpSize);
+    // What the file holds restores to the same bytes.
+    const copy = uniqueName("bs_big_copy");
+    await createDatabase(copy);
+    onTestFinished(() => dropDatabase(copy));
+    execFileSync("sh", ["-c", `zstd -dc '${file}' | pg_restore --exit-on-error -h 127.0.0.1 -U postgres -d ${copy}`], {
+      stdio: ["ignore", "ignore", "pipe"],
+    });
+    expect(await sql(copy, "SELECT md5(string_agg(b::text, '' ORDER BY id)) AS sum FROM blob")).toEqual([{ sum }]);
+    // The compressor's socket went with its private directory.
+    expect((await readdir(os.tmpdir())).filter((n) => n.startsWith(`bsvc-backup-${process.pid}-`))).toEqual([]);
+  }, 120_000);
 
   it("VerifyBackup re-checks a good backup and reports every check", async () => {
     const { backup } = await svc.client.createBackup({});

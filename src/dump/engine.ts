@@ -1,7 +1,6 @@
 import { createHash } from "node:crypto";
-import { createWriteStream } from "node:fs";
-import { rm } from "node:fs/promises";
-import { pipeline } from "node:stream/promises";
+import { open, rm } from "node:fs/promises";
+import path from "node:path";
 import { setImmediate } from "node:timers/promises";
 import type { Readable, Writable } from "node:stream";
 import { childProcessEnv, type PgTarget } from "../config.js";
@@ -20,7 +19,9 @@ import { createStopper } from "../domain/stopper.js";
 import { readToc } from "./archive.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { BULK_NICE, describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
+import { SlabSource } from "./slab-source.js";
 import { decompressCommand, type Tools } from "./tools.js";
+import { removeStaleWorkDirs, withWorkDir } from "./work-dir.js";
 
 export interface DumpEngineOptions {
   target: PgTarget;
@@ -34,7 +35,6 @@ export interface DumpEngineOptions {
   control: { database: string; schemas: string[] } | null;
 }
 
-const WRITE_CHUNK = 1 << 20;
 const PLAIN_TRAILER = "-- PostgreSQL database dump complete";
 
 /** Runs pg_dump, the compressors and pg_restore as child processes. */
@@ -43,6 +43,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   const libpq = createLibpq(target);
   const { where } = libpq;
   const connect = libpq.connect;
+  // What a killed process left; small, private directories, so a failure here only waits for the next start.
+  void removeStaleWorkDirs().catch(() => undefined);
 
   /** For the bulk children: they get the CPU after the service's calls and PostgreSQL. */
   const bulk = { nice: BULK_NICE, idleScheduler: tools.idleScheduler };
@@ -85,13 +87,14 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   }
 
   /** One dump; `utf8`: the archive in UTF-8 (see encodingArgs). */
-  async function dumpIn(options: DumpOptions, signal: AbortSignal, utf8: boolean): Promise<DumpResult> {
+  async function dumpIn(work: string, options: DumpOptions, signal: AbortSignal, utf8: boolean): Promise<DumpResult> {
     const started = performance.now();
     // One snapshot for pg_dump and for the row counts, so that the counts describe
     // exactly what the dump holds.
     const client = await connect(options.database, signal);
     const onAbort = () => void client.end().catch(() => undefined);
     signal.addEventListener("abort", onAbort, { once: true });
+    let slabs: Awaited<ReturnType<typeof SlabSource.open>> | null = null;
     try {
       // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
       await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
@@ -129,6 +132,12 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       // has no conversion to UTF8.
       const encoding = snap.rows[0]!.encoding;
       const encodingArgs = !utf8 || encoding === "SQL_ASCII" || encoding === "MULE_INTERNAL" ? [] : ["--encoding=UTF8"];
+      // The compressor writes into a socket read into reused buffers (see SlabSource), not a
+      // pipe, whose every read would be a new buffer that glibc keeps once freed (bench/NOTES.md,
+      // 2026-12-08); a pipe where no socket can be made (the temporary path too long for one).
+      // Made before pg_dump starts: nothing may come between its start and the compressor's,
+      // which takes pg_dump's stdout while it is still open.
+      slabs = await SlabSource.open(path.join(work, "out.sock")).catch(() => null);
       const dump = startChild(
         "pg_dump",
         tools.pgDump,
@@ -144,13 +153,22 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
       const compressor = startChild(options.compression, compressCmd, compressArgv, {
         env: childProcessEnv(),
-        stdio: [dump.child.stdout!, "pipe", "pipe"],
+        stdio: [dump.child.stdout!, slabs ? slabs.childEnd : "pipe", "pipe"],
         signal: steps,
         ...bulk,
       });
       // Our copy of the pipe's read end must go, or pg_dump would block instead of
-      // getting SIGPIPE if the compressor died.
+      // getting SIGPIPE if the compressor died; and our copy of the socket's other end, or the
+      // socket would not end with the compressor.
       dump.child.stdout!.destroy();
+      slabs?.childEnd.destroy();
+      const output: AsyncIterator<Buffer> = slabs
+        ? slabs.source
+        : (compressor.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>);
+      // Until the first read listens, a pipe's read error must not go unhandled.
+      if (!slabs) compressor.child.stdout!.on("error", () => undefined);
+      const stopReading = () => (slabs ? slabs.source.destroy() : compressor.child.stdout!.destroy());
+      steps.addEventListener("abort", stopReading, { once: true });
 
       const hash = createHash("sha256");
       let fileSize = 0;
@@ -160,28 +178,30 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       // Each spawn holds the event loop until its child has started (2-5 ms for a process of
       // this size, more on busy cores): the calls waiting meanwhile are answered between the
       // dump's two processes and the read-back's two. (Not between pg_dump and the
-      // compressor: Node starts reading pg_dump's stdout at the next turn of the loop.)
-      if (readsBack) {
-        // Until pipeline() below listens, a read error must not go unhandled; pipeline then
-        // finds the stream destroyed and reports it.
-        compressor.child.stdout!.once("error", () => undefined);
-        await setImmediate();
-      }
+      // compressor: Node starts reading the compressor's output at the next turn of the loop.)
+      if (readsBack) await setImmediate();
       const readBack = readsBack ? startReadBack(steps) : null;
-      const written = pipeline(
-        compressor.child.stdout!,
-        async function* (source: AsyncIterable<Buffer>) {
-          for await (const chunk of source) {
-            hash.update(chunk);
-            fileSize += chunk.length;
-            await readBack?.feed(chunk);
-            yield chunk;
+      // Each piece is hashed, written to the file and handed to the read-back (which holds its
+      // slab until written) before the next is read into.
+      const written = (async () => {
+        const file = await open(options.outputPath, "wx", 0o600);
+        try {
+          for (let r = await output.next(); !r.done; r = await output.next()) {
+            if (steps.aborted) return;
+            const piece = r.value;
+            hash.update(piece);
+            fileSize += piece.length;
+            await readBack?.feed(piece, slabs?.source.hold(piece));
+            for (let at = 0; at < piece.length; ) {
+              at += (await file.write(piece, at, piece.length - at)).bytesWritten;
+            }
           }
           readBack?.end();
-        },
-        createWriteStream(options.outputPath, { flags: "wx", mode: 0o600, highWaterMark: WRITE_CHUNK }),
-        { signal: steps },
-      ).catch((err: unknown) => {
+        } finally {
+          await file.close();
+        }
+      })().catch((err: unknown) => {
+        stopReading();
         if (steps.aborted) return;
         const code = (err as { code?: unknown }).code;
         // The disk filled up under the dump (the estimate before it was short, or something else
@@ -241,6 +261,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       });
     } finally {
       signal.removeEventListener("abort", onAbort);
+      slabs?.childEnd.destroy();
+      slabs?.source.destroy();
       await client.end().catch(() => undefined);
     }
   }
@@ -273,7 +295,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
     async dump(options: DumpOptions, signal: AbortSignal): Promise<DumpResult> {
       try {
-        return await dumpIn(options, signal, true);
+        // The compressor's socket goes to a private directory (see work-dir.ts).
+        return await withWorkDir("backup", (work) => dumpIn(work, options, signal, true));
       } catch (err) {
         // A byte of the database's own encoding with no Unicode equivalent (WIN1252's 0x81, say,
         // which the server stores without a check): dumped again in that encoding, as pg_dump
@@ -281,7 +304,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         // matched in the table of contents (its check reads UTF-8).
         if (signal.aborted || !(err instanceof DomainError) || !/has no equivalent in encoding "UTF8"/.test(err.message)) throw err;
         await rm(options.outputPath, { force: true });
-        return dumpIn(options, signal, false);
+        return withWorkDir("backup", (work) => dumpIn(work, options, signal, false));
       }
     },
 
@@ -426,9 +449,13 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       broken = true;
     });
     return {
-      async feed(chunk: Buffer): Promise<void> {
-        if (broken || stdin.destroyed) return;
-        if (stdin.write(chunk)) return;
+      /** `sent`, if given, is called once the child's stdin no longer needs `chunk` (written, or gone). */
+      async feed(chunk: Buffer, sent?: () => void): Promise<void> {
+        if (broken || stdin.destroyed) {
+          sent?.();
+          return;
+        }
+        if (stdin.write(chunk, () => sent?.())) return;
         await new Promise<void>((resolve) => {
           const done = () => {
             stdin.off("drain", done);
