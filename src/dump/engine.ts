@@ -19,9 +19,9 @@ import { createStopper } from "../domain/stopper.js";
 import { readToc } from "./archive.js";
 import { connectionFailure, countRows, createLibpq, listTables } from "./libpq.js";
 import { BULK_NICE, describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
-import { SlabSource } from "./slab-source.js";
+import { childOutput, type ChildOutput } from "./slab-source.js";
 import { decompressCommand, type Tools } from "./tools.js";
-import { removeStaleWorkDirs, withWorkDir } from "./work-dir.js";
+import { removeStaleWorkDirs, withWorkDirIfAny } from "./work-dir.js";
 
 export interface DumpEngineOptions {
   target: PgTarget;
@@ -87,14 +87,14 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
   }
 
   /** One dump; `utf8`: the archive in UTF-8 (see encodingArgs). */
-  async function dumpIn(work: string, options: DumpOptions, signal: AbortSignal, utf8: boolean): Promise<DumpResult> {
+  async function dumpIn(work: string | null, options: DumpOptions, signal: AbortSignal, utf8: boolean): Promise<DumpResult> {
     const started = performance.now();
     // One snapshot for pg_dump and for the row counts, so that the counts describe
     // exactly what the dump holds.
     const client = await connect(options.database, signal);
     const onAbort = () => void client.end().catch(() => undefined);
     signal.addEventListener("abort", onAbort, { once: true });
-    let slabs: Awaited<ReturnType<typeof SlabSource.open>> | null = null;
+    let output: ChildOutput | null = null;
     try {
       // Lets the server notice a vanished client during a long count (PostgreSQL 14+).
       await client.query("SET client_connection_check_interval = 1000").catch(() => undefined);
@@ -134,10 +134,10 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       const encodingArgs = !utf8 || encoding === "SQL_ASCII" || encoding === "MULE_INTERNAL" ? [] : ["--encoding=UTF8"];
       // The compressor writes into a socket read into reused buffers (see SlabSource), not a
       // pipe, whose every read would be a new buffer that glibc keeps once freed (bench/NOTES.md,
-      // 2026-12-08); a pipe where no socket can be made (the temporary path too long for one).
-      // Made before pg_dump starts: nothing may come between its start and the compressor's,
-      // which takes pg_dump's stdout while it is still open.
-      slabs = await SlabSource.open(path.join(work, "out.sock")).catch(() => null);
+      // 2026-12-08); into a pipe where no socket can be made. Made before pg_dump starts: nothing
+      // may come between its start and the compressor's, which takes pg_dump's stdout while it
+      // is still open.
+      const out = (output = await childOutput(work === null ? null : path.join(work, "out.sock")));
       const dump = startChild(
         "pg_dump",
         tools.pgDump,
@@ -153,22 +153,15 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       // pg_dump's stdout goes straight into the compressor: no raw byte passes through Node.
       const compressor = startChild(options.compression, compressCmd, compressArgv, {
         env: childProcessEnv(),
-        stdio: [dump.child.stdout!, slabs ? slabs.childEnd : "pipe", "pipe"],
+        stdio: [dump.child.stdout!, out.stdio, "pipe"],
         signal: steps,
         ...bulk,
       });
       // Our copy of the pipe's read end must go, or pg_dump would block instead of
-      // getting SIGPIPE if the compressor died; and our copy of the socket's other end, or the
-      // socket would not end with the compressor.
+      // getting SIGPIPE if the compressor died.
       dump.child.stdout!.destroy();
-      slabs?.childEnd.destroy();
-      const output: AsyncIterator<Buffer> = slabs
-        ? slabs.source
-        : (compressor.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>);
-      // Until the first read listens, a pipe's read error must not go unhandled.
-      if (!slabs) compressor.child.stdout!.on("error", () => undefined);
-      const stopReading = () => (slabs ? slabs.source.destroy() : compressor.child.stdout!.destroy());
-      steps.addEventListener("abort", stopReading, { once: true });
+      const pieces = out.attach(compressor.child.stdout);
+      steps.addEventListener("abort", () => out.stop(), { once: true });
 
       const hash = createHash("sha256");
       let fileSize = 0;
@@ -186,12 +179,12 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       const written = (async () => {
         const file = await open(options.outputPath, "wx", 0o600);
         try {
-          for (let r = await output.next(); !r.done; r = await output.next()) {
+          for (let r = await pieces.next(); !r.done; r = await pieces.next()) {
             if (steps.aborted) return;
             const piece = r.value;
             hash.update(piece);
             fileSize += piece.length;
-            await readBack?.feed(piece, slabs?.source.hold(piece));
+            await readBack?.feed(piece, out.slabs?.hold(piece));
             for (let at = 0; at < piece.length; ) {
               at += (await file.write(piece, at, piece.length - at)).bytesWritten;
             }
@@ -201,7 +194,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
           await file.close();
         }
       })().catch((err: unknown) => {
-        stopReading();
+        out.stop();
         if (steps.aborted) return;
         const code = (err as { code?: unknown }).code;
         // The disk filled up under the dump (the estimate before it was short, or something else
@@ -261,8 +254,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
       });
     } finally {
       signal.removeEventListener("abort", onAbort);
-      slabs?.childEnd.destroy();
-      slabs?.source.destroy();
+      output?.stop();
       await client.end().catch(() => undefined);
     }
   }
@@ -295,8 +287,8 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
 
     async dump(options: DumpOptions, signal: AbortSignal): Promise<DumpResult> {
       try {
-        // The compressor's socket goes to a private directory (see work-dir.ts).
-        return await withWorkDir("backup", (work) => dumpIn(work, options, signal, true));
+        // The compressor's socket goes to a private directory (see work-dir.ts), a pipe if none.
+        return await withWorkDirIfAny("backup", (work) => dumpIn(work, options, signal, true));
       } catch (err) {
         // A byte of the database's own encoding with no Unicode equivalent (WIN1252's 0x81, say,
         // which the server stores without a check): dumped again in that encoding, as pg_dump
@@ -304,7 +296,7 @@ export function createDumpEngine(opts: DumpEngineOptions): DumpEngine {
         // matched in the table of contents (its check reads UTF-8).
         if (signal.aborted || !(err instanceof DomainError) || !/has no equivalent in encoding "UTF8"/.test(err.message)) throw err;
         await rm(options.outputPath, { force: true });
-        return withWorkDir("backup", (work) => dumpIn(work, options, signal, false));
+        return withWorkDirIfAny("backup", (work) => dumpIn(work, options, signal, false));
       }
     },
 

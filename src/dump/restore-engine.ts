@@ -19,7 +19,7 @@ import {
 } from "./custom-archive.js";
 import { countRows, createLibpq, listTables, quoteIdent, refusedDatabase } from "./libpq.js";
 import { describeExit, startChild, succeeded, type ExitInfo } from "./process.js";
-import { SlabSource } from "./slab-source.js";
+import { childOutput, type SlabSource } from "./slab-source.js";
 import { removeStaleWorkDirs, withWorkDir } from "./work-dir.js";
 import { decompressCommand, type Tools } from "./tools.js";
 
@@ -870,25 +870,25 @@ export function createRestoreEngine(opts: {
     const [dcmd, dargs] = decompressCommand(tools, options.compression);
     // The decompressor writes into a socket that is read into reused buffers (see SlabSource);
     // where none can be made (a temporary path too long for a socket's name), into a pipe.
-    const slabs = await SlabSource.open(socketPath).catch(() => null);
-    const dec = startChild(options.compression, dcmd, dargs, {
-      env: childProcessEnv(),
-      stdio: ["pipe", slabs ? slabs.childEnd : "pipe", "pipe"],
-      signal,
-    });
-    slabs?.childEnd.destroy(); // the child has its own copy: ours would keep the socket from ending
+    const out = await childOutput(socketPath);
+    let dec: ReturnType<typeof startChild>;
+    try {
+      dec = startChild(options.compression, dcmd, dargs, { env: childProcessEnv(), stdio: ["pipe", out.stdio, "pipe"], signal });
+    } catch (err) {
+      out.stop();
+      throw err;
+    }
     const reading = feedFile(options.path, dec.child.stdin!, onFileBytes, signal);
-    const reader = new CustomArchiveReader(slabs ? slabs.source : (dec.child.stdout![Symbol.asyncIterator]() as AsyncIterator<Buffer>));
+    const reader = new CustomArchiveReader(out.attach(dec.child.stdout));
     // Its output is read by us: unread, the child would wait for it for ever.
     const stop = () => {
       dec.stop();
-      if (slabs) slabs.source.destroy();
-      else dec.child.stdout!.destroy();
+      out.stop();
     };
     const settled = () => Promise.all([dec.exit, reading]);
     return {
       reader,
-      slabs: slabs?.source ?? null,
+      slabs: out.slabs,
       signal,
       stop,
       settled,

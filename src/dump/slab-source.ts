@@ -1,5 +1,6 @@
 import { once } from "node:events";
 import net from "node:net";
+import type { Readable } from "node:stream";
 
 /**
  * A child process's output, read into a few reused buffers ("slabs") instead
@@ -197,3 +198,49 @@ export class SlabSource implements AsyncIterator<Buffer> {
 }
 
 function noop(): void {}
+
+/** A child's stdout, read through a SlabSource where one can be made, else through a pipe. */
+export interface ChildOutput {
+  /** For the spawn's stdio. */
+  readonly stdio: net.Socket | "pipe";
+  /** The slabs, to hold pieces handed on; null on a pipe, whose buffers are not reused. */
+  readonly slabs: SlabSource | null;
+  /**
+   * Once the child has started (given its stdout, for a pipe): lets go of our copy of the
+   * socket's child end, which would keep the socket from ending, and returns the output.
+   */
+  attach(stdout: Readable | null): AsyncIterator<Buffer>;
+  /** Stops reading (the child gets EPIPE) and lets go of the slabs; for a child never started too. */
+  stop(): void;
+}
+
+/**
+ * Where a child writes its output: a SlabSource's socket at `socketPath`, or a pipe where none
+ * can be made (no private directory for it, or a path too long for a socket's name).
+ */
+export async function childOutput(socketPath: string | null): Promise<ChildOutput> {
+  const opened = socketPath === null ? null : await SlabSource.open(socketPath).catch(() => null);
+  let pipe: Readable | null = null;
+  return {
+    stdio: opened ? opened.childEnd : "pipe",
+    slabs: opened?.source ?? null,
+    attach(stdout) {
+      if (opened) {
+        opened.childEnd.destroy();
+        return opened.source;
+      }
+      pipe = stdout!;
+      // Until the first read listens, a read error must not go unhandled; the reader still gets it.
+      pipe.on("error", () => undefined);
+      return pipe[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+    },
+    stop() {
+      if (opened) {
+        opened.childEnd.destroy();
+        opened.source.destroy();
+      } else {
+        pipe?.destroy();
+      }
+    },
+  };
+}

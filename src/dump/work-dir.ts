@@ -10,14 +10,29 @@ import path from "node:path";
  */
 export type WorkKind = "backup" | "restore";
 
-/** Runs `fn` with a new private directory, removed whatever happens. */
-export async function withWorkDir<T>(kind: WorkKind, fn: (dir: string) => Promise<T>): Promise<T> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), `bsvc-${kind}-${process.pid}-`));
+function makeWorkDir(kind: WorkKind): Promise<string> {
+  return mkdtemp(path.join(os.tmpdir(), `bsvc-${kind}-${process.pid}-`));
+}
+
+async function inWorkDir<T>(dir: string | null, fn: (dir: string | null) => Promise<T>): Promise<T> {
   try {
     return await fn(dir);
   } finally {
-    await rm(dir, { recursive: true, force: true });
+    if (dir !== null) await rm(dir, { recursive: true, force: true });
   }
+}
+
+/** Runs `fn` with a new private directory, removed whatever happens. */
+export async function withWorkDir<T>(kind: WorkKind, fn: (dir: string) => Promise<T>): Promise<T> {
+  return inWorkDir(await makeWorkDir(kind), (dir) => fn(dir!));
+}
+
+/**
+ * As withWorkDir, for work that can do without one: where the temporary area has no room for a
+ * directory (not writable, say), `fn` runs with null.
+ */
+export async function withWorkDirIfAny<T>(kind: WorkKind, fn: (dir: string | null) => Promise<T>): Promise<T> {
+  return inWorkDir(await makeWorkDir(kind).catch(() => null), fn);
 }
 
 /** Removes the directories a process that is gone (killed mid-backup or mid-restore) left behind. */
