@@ -1,7 +1,7 @@
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { statSync, writeFileSync } from "node:fs";
-import { readdir } from "node:fs/promises";
+import { mkdir, readdir } from "node:fs/promises";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it, onTestFinished } from "vitest";
@@ -157,6 +157,29 @@ describe("CreateBackup (custom format, zstd)", () => {
     // The compressor's socket went with its private directory.
     expect((await readdir(os.tmpdir())).filter((n) => n.startsWith(`bsvc-backup-${process.pid}-`))).toEqual([]);
   }, 120_000);
+
+  it("where the temporary area cannot hold the compressor's socket, the backup reads it through a pipe, verified all the same", async () => {
+    const base = await fx.tempDir();
+    const long = path.join(base, "a-temporary-directory-whose-path-is-longer-than-a-unix-socket-name-may-be".repeat(2));
+    await mkdir(long);
+    const saved = process.env.TMPDIR;
+    try {
+      // A path too long for a socket's name; then one where no directory can be made at all.
+      for (const tmp of [long, path.join(base, "no-such-directory")]) {
+        process.env.TMPDIR = tmp;
+        expect(os.tmpdir()).toBe(tmp);
+        const { backup } = await svc.client.createBackup({});
+        expect(backup!.status).toBe(BackupStatus.VERIFIED);
+        const file = path.join(svc.backupDir, backup!.fileName);
+        expect(backup!.checksum).toBe(sha256sum(file));
+        expect(Number(backup!.fileSize)).toBe(statSync(file).size);
+      }
+      expect(await readdir(long)).toEqual([]);
+    } finally {
+      if (saved === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = saved;
+    }
+  });
 
   it("VerifyBackup re-checks a good backup and reports every check", async () => {
     const { backup } = await svc.client.createBackup({});
